@@ -1,0 +1,37 @@
+//! Named crash and error points for tests, switched on with the `FAILPOINTS`
+//! environment variable (`name=return;other=return`, format of the `fail` crate).
+//! Without the `failpoints` cargo feature they compile to nothing.
+//!
+//! Points: `after-produce`, `before-commit`, `after-commit-before-checkpoint`
+//! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
+//! and `commit-error` (the commit fails with an abortable error).
+
+/// Reads `FAILPOINTS`; keep the guard alive for the life of the process.
+#[cfg(feature = "failpoints")]
+pub fn setup() -> Option<fail::FailScenario<'static>> {
+    std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup())
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub fn setup() -> Option<()> {
+    None
+}
+
+/// Aborts the process when `name` is on.
+pub fn crash(name: &str) {
+    if error(name) {
+        eprintln!("failpoint {name}: aborting the process");
+        std::process::abort();
+    }
+}
+
+/// True when the point `name` is on.
+#[cfg(feature = "failpoints")]
+pub fn error(name: &str) -> bool {
+    fail::eval(name, |_| ()).is_some()
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub fn error(_name: &str) -> bool {
+    false
+}

@@ -1,0 +1,255 @@
+//! `tally generate`: realistic user-login events, reproducible from a seed, with a
+//! configurable share of malformed records of many kinds.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+/// The malformed kinds the generator mixes in (each lands in the DLQ with its reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Malformed {
+    MissingDeviceType,
+    InvalidUtf8,
+    TruncatedJson,
+    NullValue,
+    EmptyValue,
+    WrongType,
+    Huge,
+    NegativeTimestamp,
+    WordTimestamp,
+    FloatTimestamp,
+    BadIp,
+    NullField,
+    NotAnObject,
+    FutureTimestamp,
+    BadAppVersion,
+}
+
+impl Malformed {
+    pub const ALL: [Malformed; 15] = [
+        Malformed::MissingDeviceType,
+        Malformed::InvalidUtf8,
+        Malformed::TruncatedJson,
+        Malformed::NullValue,
+        Malformed::EmptyValue,
+        Malformed::WrongType,
+        Malformed::Huge,
+        Malformed::NegativeTimestamp,
+        Malformed::WordTimestamp,
+        Malformed::FloatTimestamp,
+        Malformed::BadIp,
+        Malformed::NullField,
+        Malformed::NotAnObject,
+        Malformed::FutureTimestamp,
+        Malformed::BadAppVersion,
+    ];
+}
+
+const APP_VERSIONS: [&str; 8] = [
+    "2.3.0",
+    "2.3.1",
+    "2.4.0",
+    "2.10.2",
+    "3.0.0",
+    "3.0.2",
+    "3.1.0",
+    "3.2.0-beta",
+];
+const LOCALES: [&str; 8] = [
+    "en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "pt_BR", "ja_JP", "hi_IN",
+];
+const USERS: u64 = 5_000;
+
+/// One generated record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    pub key: Vec<u8>,
+    /// `None`: a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub malformed: Option<Malformed>,
+}
+
+#[derive(Debug)]
+pub struct Generator {
+    rng: ChaCha8Rng,
+    seed: u64,
+    start_time: i64,
+    invalid_ratio: f64,
+    kinds: Vec<Malformed>,
+    n: u64,
+}
+
+fn uuid_for(seed: u64, salt: u64, id: u64) -> String {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    uuid::Builder::from_random_bytes(rng.random())
+        .into_uuid()
+        .to_string()
+}
+
+impl Generator {
+    pub fn new(seed: u64, start_time: i64, invalid_ratio: f64, huge: bool) -> Self {
+        let kinds = Malformed::ALL
+            .into_iter()
+            .filter(|k| huge || *k != Malformed::Huge)
+            .collect();
+        Generator {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            seed,
+            start_time,
+            invalid_ratio: invalid_ratio.clamp(0.0, 1.0),
+            kinds,
+            n: 0,
+        }
+    }
+
+    fn valid_event(&mut self) -> Value {
+        let user = self.rng.random_range(0..USERS);
+        let ip = if self.rng.random_bool(0.85) {
+            format!(
+                "{}.{}.{}.{}",
+                self.rng.random_range(1..224),
+                self.rng.random_range(0..256),
+                self.rng.random_range(0..256),
+                self.rng.random_range(1..255)
+            )
+        } else {
+            format!(
+                "2001:db8:{:x}:{:x}::{:x}",
+                self.rng.random_range(0..0xffffu32),
+                self.rng.random_range(0..0xffffu32),
+                self.rng.random_range(1..0xffffu32)
+            )
+        };
+        // Event times advance ~1000 per minute with a little jitter.
+        let ts = self.start_time + (self.n * 60 / 1000) as i64 + self.rng.random_range(0..3);
+        let timestamp = if self.rng.random_bool(0.1) {
+            json!(ts.to_string())
+        } else {
+            json!(ts)
+        };
+        json!({
+            "user_id": uuid_for(self.seed, 1, user),
+            "app_version": APP_VERSIONS[self.rng.random_range(0..APP_VERSIONS.len())],
+            "device_type": if self.rng.random_bool(0.55) { "android" } else { "iOS" },
+            "ip": ip,
+            "locale": LOCALES[self.rng.random_range(0..LOCALES.len())],
+            "device_id": uuid_for(self.seed, 2, user),
+            "timestamp": timestamp,
+        })
+    }
+
+    /// The next record.
+    pub fn next_record(&mut self) -> Generated {
+        let mut event = self.valid_event();
+        self.n += 1;
+        let key = event["user_id"]
+            .as_str()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        let malformed = (!self.kinds.is_empty() && self.rng.random_bool(self.invalid_ratio))
+            .then(|| self.kinds[self.rng.random_range(0..self.kinds.len())]);
+        let bytes = |v: &Value| Some(v.to_string().into_bytes());
+        let value = match malformed {
+            None => bytes(&event),
+            Some(kind) => match kind {
+                Malformed::MissingDeviceType => {
+                    event.as_object_mut().unwrap().remove("device_type");
+                    bytes(&event)
+                }
+                Malformed::InvalidUtf8 => {
+                    let mut b = event.to_string().into_bytes();
+                    b.splice(2..2, [0xff, 0xfe]);
+                    Some(b)
+                }
+                Malformed::TruncatedJson => {
+                    let s = event.to_string();
+                    Some(s.as_bytes()[..s.len() / 2].to_vec())
+                }
+                Malformed::NullValue => None,
+                Malformed::EmptyValue => Some(Vec::new()),
+                Malformed::WrongType => {
+                    event["user_id"] = json!(12345);
+                    bytes(&event)
+                }
+                Malformed::Huge => {
+                    event["padding"] = json!("x".repeat(1 << 20));
+                    bytes(&event)
+                }
+                Malformed::NegativeTimestamp => {
+                    event["timestamp"] = json!(-1_700_000_000i64);
+                    bytes(&event)
+                }
+                Malformed::WordTimestamp => {
+                    event["timestamp"] = json!("yesterday");
+                    bytes(&event)
+                }
+                Malformed::FloatTimestamp => {
+                    event["timestamp"] = json!(self.start_time as f64 + 0.5);
+                    bytes(&event)
+                }
+                Malformed::BadIp => {
+                    event["ip"] = json!("300.12.1.999");
+                    bytes(&event)
+                }
+                Malformed::NullField => {
+                    event["locale"] = Value::Null;
+                    bytes(&event)
+                }
+                Malformed::NotAnObject => Some(json!([event]).to_string().into_bytes()),
+                Malformed::FutureTimestamp => {
+                    event["timestamp"] = json!(self.start_time + 10 * 365 * 86_400);
+                    bytes(&event)
+                }
+                Malformed::BadAppVersion => {
+                    event["app_version"] = json!("latest");
+                    bytes(&event)
+                }
+            },
+        };
+        Generated {
+            key,
+            value,
+            malformed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Limits, validate};
+
+    #[test]
+    fn same_seed_same_records() {
+        let mut a = Generator::new(7, 1_700_000_000, 0.3, true);
+        let mut b = Generator::new(7, 1_700_000_000, 0.3, true);
+        for _ in 0..500 {
+            assert_eq!(a.next_record(), b.next_record());
+        }
+    }
+
+    #[test]
+    fn malformed_records_are_rejected_and_valid_ones_accepted() {
+        let mut g = Generator::new(3, 1_700_000_000, 0.5, true);
+        let mut kinds = std::collections::HashSet::new();
+        for _ in 0..3000 {
+            let r = g.next_record();
+            let res = validate(
+                r.value.as_deref(),
+                Some(1_700_000_000_000),
+                &Limits::default(),
+            );
+            match r.malformed {
+                Some(k) => {
+                    assert!(res.is_err(), "{k:?} was accepted");
+                    kinds.insert(k);
+                }
+                None => assert!(res.is_ok(), "{:?}", res.err()),
+            }
+        }
+        assert_eq!(kinds.len(), Malformed::ALL.len());
+    }
+}

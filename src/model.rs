@@ -1,0 +1,43 @@
+//! tally's own record types. Kafka messages are converted into these in one place
+//! (`kafka::convert`); everything else works on owned values.
+
+/// One record of the input topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone (null value), distinct from an empty value.
+    pub value: Option<Vec<u8>>,
+    /// The Kafka record timestamp (create or log-append time), milliseconds since
+    /// the epoch. Used as the reference for "absurd future" event times, so the
+    /// decision is a pure function of the record.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Where an output record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Processed,
+    DeadLetter,
+    Insights,
+}
+
+/// A record tally writes, before it is addressed to a concrete topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub destination: Destination,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Header names tally writes.
+pub mod headers {
+    pub const REASON: &str = "tally.reason";
+    pub const MESSAGE: &str = "tally.message";
+    pub const SOURCE_TOPIC: &str = "tally.source.topic";
+    pub const SOURCE_PARTITION: &str = "tally.source.partition";
+    pub const SOURCE_OFFSET: &str = "tally.source.offset";
+    pub const PROCESSED_AT: &str = "tally.processed.at";
+}

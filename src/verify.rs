@@ -1,0 +1,249 @@
+//! `tally verify`: checks guarantee 1 by re-running the pure decision over the input.
+//!
+//! Every input record below the group's committed offset must appear exactly once
+//! in the output or the DLQ with identical key and value bytes, or have been
+//! filtered; no output may point at an input record that should not produce it.
+//! Outputs pointing at offsets at or past the committed offset belong to
+//! transactions committed after the offsets were read (a live topic) and are not
+//! checked.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use serde::Serialize;
+
+use crate::event::{Outcome, ProcessConfig, process};
+use crate::kafka::{self, Connection, GroupAdmin, ReadRecord, TopicReader};
+use crate::model::{Destination, headers};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Output { dest: Destination, hash: u64 },
+    Filtered,
+}
+
+fn content_hash(key: Option<&[u8]>, value: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// One violation, with coordinates.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: &'static str,
+    pub partition: i32,
+    pub offset: i64,
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    pub input_checked: u64,
+    pub processed: u64,
+    pub dead_lettered: u64,
+    pub filtered: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub mismatched: u64,
+    pub stray: u64,
+    /// Outputs of transactions committed after the committed offsets were read.
+    pub beyond_committed: u64,
+    /// Input records at or past the committed offsets (not yet processed).
+    pub unconsumed: u64,
+    pub committed_offsets: BTreeMap<i32, i64>,
+    pub first_violations: Vec<Violation>,
+}
+
+impl Summary {
+    pub fn violations(&self) -> u64 {
+        self.missing + self.duplicates + self.mismatched + self.stray
+    }
+
+    fn violate(&mut self, v: Violation) {
+        match v.kind {
+            "missing" => self.missing += 1,
+            "duplicate" => self.duplicates += 1,
+            "mismatch" => self.mismatched += 1,
+            _ => self.stray += 1,
+        }
+        if self.first_violations.len() < 20 {
+            self.first_violations.push(v);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "checked {} input records below the committed offsets {:?}\n  \
+             processed {} ok, dead-lettered {} ok, filtered {}\n  \
+             missing {}, duplicates {}, mismatched {}, stray {}\n  \
+             not checked: {} outputs past the committed offsets, {} input records not yet consumed\n",
+            self.input_checked,
+            self.committed_offsets,
+            self.processed,
+            self.dead_lettered,
+            self.filtered,
+            self.missing,
+            self.duplicates,
+            self.mismatched,
+            self.stray,
+            self.beyond_committed,
+            self.unconsumed,
+        );
+        for v in &self.first_violations {
+            s.push_str(&format!(
+                "  {} at partition {} offset {}: {}\n",
+                v.kind, v.partition, v.offset, v.detail
+            ));
+        }
+        s
+    }
+}
+
+fn header_i64(r: &ReadRecord, key: &str) -> Option<i64> {
+    std::str::from_utf8(r.header(key)?).ok()?.parse().ok()
+}
+
+/// Runs the check; blocking (readers poll).
+pub fn verify(
+    conn: &Connection,
+    group: &str,
+    cfg: &ProcessConfig,
+    output: &str,
+    dlq: &str,
+) -> Result<Summary, kafka::Error> {
+    let admin = GroupAdmin::new(conn, group)?;
+    let committed = admin.committed(&cfg.input_topic)?;
+    let mut summary = Summary {
+        committed_offsets: committed.clone(),
+        ..Summary::default()
+    };
+    let input = TopicReader::new(conn, &cfg.input_topic)?;
+    let mut expected: HashMap<(i32, i64), Expect> = HashMap::new();
+    let mut ranges = Vec::new();
+    for p in input.partitions()? {
+        let (low, high) = input.watermarks(p)?;
+        let c = committed.get(&p).copied().unwrap_or(low);
+        summary.unconsumed += (high - c).max(0) as u64;
+        ranges.push((p, kafka::StartAt::Earliest, Some(c)));
+    }
+    input.read(&ranges, |r| {
+        let e = match process(&r.record, cfg) {
+            Outcome::Filtered { .. } => Expect::Filtered,
+            o => {
+                let out = o
+                    .output()
+                    .expect("processed and dead-lettered records have an output");
+                Expect::Output {
+                    dest: out.destination,
+                    hash: content_hash(out.key.as_deref(), &out.value),
+                }
+            }
+        };
+        expected.insert((r.record.partition, r.record.offset), e);
+    })?;
+    summary.input_checked = expected.len() as u64;
+
+    let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
+    for (topic, dest) in [
+        (output, Destination::Processed),
+        (dlq, Destination::DeadLetter),
+    ] {
+        let reader = TopicReader::new(conn, topic)?;
+        let ranges: Vec<_> = reader
+            .partitions()?
+            .into_iter()
+            .map(|p| (p, kafka::StartAt::Earliest, None))
+            .collect();
+        reader.read(&ranges, |r| {
+            let at = format!("{topic}/{}@{}", r.record.partition, r.record.offset);
+            let source_topic = r
+                .header(headers::SOURCE_TOPIC)
+                .map(|t| t == cfg.input_topic.as_bytes());
+            let (Some(sp), Some(so), Some(true)) = (
+                header_i64(&r, headers::SOURCE_PARTITION),
+                header_i64(&r, headers::SOURCE_OFFSET),
+                source_topic,
+            ) else {
+                if source_topic == Some(false) {
+                    return; // another pipeline's record
+                }
+                summary.violate(Violation {
+                    kind: "stray",
+                    partition: -1,
+                    offset: -1,
+                    detail: format!("{at} has no source coordinates"),
+                });
+                return;
+            };
+            let c = committed.get(&(sp as i32)).copied().unwrap_or(0);
+            if so >= c {
+                summary.beyond_committed += 1;
+                return;
+            }
+            let (sp, coord) = (sp as i32, (sp as i32, so));
+            let count = seen.entry(coord).or_default();
+            *count += 1;
+            if *count > 1 {
+                summary.violate(Violation {
+                    kind: "duplicate",
+                    partition: sp,
+                    offset: so,
+                    detail: format!("written again as {at}"),
+                });
+                return;
+            }
+            match expected.get(&coord) {
+                Some(Expect::Output { dest: d, hash }) if *d == dest => {
+                    if *hash
+                        == content_hash(
+                            r.record.key.as_deref(),
+                            r.record.value.as_deref().unwrap_or_default(),
+                        )
+                    {
+                        match dest {
+                            Destination::Processed => summary.processed += 1,
+                            _ => summary.dead_lettered += 1,
+                        }
+                    } else {
+                        summary.violate(Violation {
+                            kind: "mismatch",
+                            partition: sp,
+                            offset: so,
+                            detail: format!("{at} differs from the expected bytes"),
+                        });
+                    }
+                }
+                other => summary.violate(Violation {
+                    kind: "stray",
+                    partition: sp,
+                    offset: so,
+                    detail: format!("{at} should not exist (expected {other:?})"),
+                }),
+            }
+        })?;
+    }
+    let mut missing: Vec<_> = expected
+        .iter()
+        .filter(|(coord, e)| match e {
+            Expect::Filtered => false,
+            Expect::Output { .. } => !seen.contains_key(coord),
+        })
+        .map(|(coord, e)| (*coord, *e))
+        .collect();
+    missing.sort_by_key(|(c, _)| *c);
+    for ((p, o), e) in missing {
+        summary.violate(Violation {
+            kind: "missing",
+            partition: p,
+            offset: o,
+            detail: format!("no output found (expected {e:?})"),
+        });
+    }
+    summary.filtered = expected
+        .values()
+        .filter(|e| matches!(e, Expect::Filtered))
+        .count() as u64;
+    Ok(summary)
+}
