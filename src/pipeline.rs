@@ -215,6 +215,19 @@ impl Pipeline {
 
     /// Runs until `shutdown` is set, then closes the transaction and leaves the group.
     pub async fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<()> {
+        match self.process_until(&shutdown).await {
+            Ok(()) => self.shutdown().await,
+            Err(e) => {
+                // Closing the consumer would run rebalance callbacks nobody serves
+                // and, for a fenced member, wait on a group that is no longer ours.
+                // The process is about to exit: leave the consumer to the OS.
+                std::mem::forget(self.consumer.clone());
+                Err(e)
+            }
+        }
+    }
+
+    async fn process_until(&mut self, shutdown: &AtomicBool) -> Result<()> {
         let mut last_progress = Instant::now();
         while !shutdown.load(Ordering::SeqCst) {
             self.check_paused().await?;
@@ -263,7 +276,7 @@ impl Pipeline {
                 last_progress = Instant::now();
             }
         }
-        self.shutdown().await
+        Ok(())
     }
 
     /// A process stopped (SIGSTOP, VM pause) for longer than the session timeout

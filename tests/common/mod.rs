@@ -238,3 +238,270 @@ pub fn committed_offsets(group: &str, topic: &str) -> HashMap<i32, i64> {
 pub fn tally_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_tally"))
 }
+
+/// Topic and group names of one test's pipeline.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub insights: String,
+    pub group: String,
+}
+
+impl Names {
+    /// Fresh names, with all four topics created (`partitions` each).
+    pub fn create(test: &str, partitions: i32) -> Names {
+        let n = Names {
+            input: unique(&format!("{test}-in")),
+            output: unique(&format!("{test}-out")),
+            dlq: unique(&format!("{test}-dlq")),
+            insights: unique(&format!("{test}-ins")),
+            group: unique(&format!("{test}-group")),
+        };
+        for t in [&n.input, &n.output, &n.dlq, &n.insights] {
+            create_topic(t, partitions);
+        }
+        n
+    }
+
+    /// The flags naming these topics, as every tally subcommand but `insights` takes them.
+    pub fn topic_args(&self) -> Vec<String> {
+        [
+            ("--input-topic", &self.input),
+            ("--output-topic", &self.output),
+            ("--dlq-topic", &self.dlq),
+            ("--insights-topic", &self.insights),
+        ]
+        .iter()
+        .flat_map(|(f, v)| [f.to_string(), v.to_string()])
+        .collect()
+    }
+}
+
+/// Generated input with what the test knows about it, independently of tally's
+/// processing: which records the generator made malformed, and a recount of the
+/// valid ones.
+#[derive(Debug, Default)]
+pub struct Input {
+    pub total: u64,
+    pub malformed: u64,
+    pub by_device_type: BTreeMap<String, u64>,
+    pub by_app_version: BTreeMap<String, u64>,
+    pub by_locale: BTreeMap<String, u64>,
+}
+
+impl Input {
+    pub fn valid(&self) -> u64 {
+        self.total - self.malformed
+    }
+}
+
+/// Produces `count` generated events (seeded) to `topic` and recounts the valid ones.
+pub fn produce_generated(topic: &str, count: u64, seed: u64, invalid_ratio: f64) -> Input {
+    let start = chrono::Utc::now().timestamp() - 3600;
+    let mut g = tally::generate::Generator::new(seed, start, invalid_ratio, false);
+    let mut input = Input::default();
+    let mut batch = Vec::new();
+    for _ in 0..count {
+        let r = g.next_record();
+        input.total += 1;
+        match r.malformed {
+            Some(_) => input.malformed += 1,
+            None => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                for (map, field) in [
+                    (&mut input.by_device_type, "device_type"),
+                    (&mut input.by_app_version, "app_version"),
+                    (&mut input.by_locale, "locale"),
+                ] {
+                    *map.entry(v[field].as_str().unwrap().to_string())
+                        .or_default() += 1;
+                }
+            }
+        }
+        batch.push((Some(r.key), r.value));
+    }
+    produce(topic, None, &batch);
+    input
+}
+
+/// A `tally run` child process; its stderr goes to a log file.
+pub struct TallyProc {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl TallyProc {
+    pub fn start(
+        names: &Names,
+        instance: &str,
+        state_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TallyProc {
+        let log = state_dir.with_extension(format!("{}.log", unique("run")));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = std::process::Command::new(tally_bin());
+        cmd.arg("run")
+            .args([
+                "--bootstrap-servers",
+                &bootstrap(),
+                "--group-id",
+                &names.group,
+                "--instance-id",
+                instance,
+            ])
+            .args(names.topic_args())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(["--progress-secs", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("FAILPOINTS")
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        TallyProc {
+            child: cmd.spawn().expect("spawn tally run"),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("-TERM");
+        self.wait(Duration::from_secs(60))
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn stop_signal(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn cont_signal(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Waits for the process to exit; `None` if it was killed by a signal.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for TallyProc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until the group's committed offsets of `topic` sum to `total`.
+pub fn wait_for_committed(
+    group: &str,
+    topic: &str,
+    total: i64,
+    timeout: Duration,
+    procs: &mut [&mut TallyProc],
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sum: i64 = committed_offsets(group, topic).values().sum();
+        if sum >= total {
+            assert_eq!(sum, total, "committed past the end of the input");
+            return;
+        }
+        for p in procs.iter_mut() {
+            if p.exited() {
+                panic!("tally exited early; log:\n{}", p.log());
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
+            panic!(
+                "group {group} committed {sum} of {total} within {timeout:?}; logs:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs a tally subcommand to completion: (exit code, stdout, stderr).
+pub fn tally(args: &[String]) -> (i32, String, String) {
+    let out = std::process::Command::new(tally_bin())
+        .args(args)
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env_remove("FAILPOINTS")
+        .output()
+        .expect("run tally");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tally verify --json` for the pipeline; returns its exit code and summary.
+pub fn verify(names: &Names) -> (i32, serde_json::Value) {
+    let mut args = vec![
+        "verify".to_string(),
+        "--json".into(),
+        "--group-id".into(),
+        names.group.clone(),
+    ];
+    args.extend(names.topic_args());
+    let (code, out, err) = tally(&args);
+    let summary =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify output ({e}): {out}\n{err}"));
+    (code, summary)
+}
+
+/// Asserts verify passes with exactly these outcome counts.
+pub fn assert_verified(names: &Names, processed: u64, dead_lettered: u64) {
+    let (code, s) = verify(names);
+    assert_eq!(code, 0, "verify failed: {s:#}");
+    assert_eq!(s["processed"], processed, "{s:#}");
+    assert_eq!(s["dead_lettered"], dead_lettered, "{s:#}");
+    assert_eq!(s["filtered"], 0, "{s:#}");
+    for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
+        assert_eq!(s[k], 0, "{k}: {s:#}");
+    }
+}

@@ -1,0 +1,132 @@
+//! `tally run` against a broker: exact counts, injected transaction failures,
+//! crashes mid-transaction and fencing. Each test has its own topics, group and
+//! instance ids; `tally verify` checks every input record exactly once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(180);
+
+#[test]
+fn ten_thousand_events_exact_counts() {
+    let names = Names::create("exact", 3);
+    let input = produce_generated(&names.input, 10_000, 11, 0.05);
+    assert!(
+        input.malformed > 300,
+        "the generator mixes in ~5% malformed: {}",
+        input.malformed
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(&names, "exact-1", &dir.path().join("state"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 10_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    assert_eq!(count_committed(&names.output), input.valid() as usize);
+    assert_eq!(count_committed(&names.dlq), input.malformed as usize);
+    assert_verified(&names, input.valid(), input.malformed);
+    // Every DLQ entry names its reason and source.
+    for r in read_all(&names.dlq) {
+        assert!(r.headers.contains_key("tally.reason"), "{r:?}");
+        assert!(r.headers.contains_key("tally.source.offset"), "{r:?}");
+    }
+}
+
+#[test]
+fn failed_commit_is_aborted_and_retried_without_loss_or_duplicates() {
+    let names = Names::create("abort", 2);
+    let input = produce_generated(&names.input, 3_000, 12, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    // The first three commits fail with an abortable error.
+    let mut run = TallyProc::start(
+        &names,
+        "abort-1",
+        &dir.path().join("state"),
+        &["--max-batch-records", "500"],
+        &[("FAILPOINTS", "commit-error=3*return")],
+    );
+    wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    assert_eq!(log.matches("transaction aborted").count(), 3, "{log}");
+    assert_verified(&names, input.valid(), input.malformed);
+}
+
+#[test]
+fn crash_with_open_transaction_then_restart_aborts_it() {
+    let names = Names::create("crash", 2);
+    let input = produce_generated(&names.input, 3_000, 13, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // Dies (no cleanup, like kill -9) after producing the second transaction's
+    // records, before committing it.
+    let mut first = TallyProc::start(
+        &names,
+        "crash-1",
+        &state,
+        &["--max-batch-records", "400"],
+        &[("FAILPOINTS", "before-commit=1*off->return")],
+    );
+    assert_eq!(first.wait(LONG), None, "killed by SIGABRT: {}", first.log());
+    let committed: i64 = committed_offsets(&names.group, &names.input).values().sum();
+    assert!(committed < 3_000, "crashed before the end: {committed}");
+    let mut second = TallyProc::start(&names, "crash-1", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut second]);
+    assert_eq!(second.terminate(), Some(0), "{}", second.log());
+    assert_verified(&names, input.valid(), input.malformed);
+}
+
+#[test]
+fn sigkill_mid_stream_then_restart() {
+    let names = Names::create("kill9", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let first_part = produce_generated(&names.input, 2_000, 14, 0.05);
+    let mut first = TallyProc::start(&names, "kill9-1", &state, &["--commit-interval", "50"], &[]);
+    // Kill it while it is processing the second part.
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut first]);
+    let second_part = produce_generated(&names.input, 4_000, 15, 0.05);
+    std::thread::sleep(Duration::from_millis(300));
+    first.kill9();
+    let mut second = TallyProc::start(&names, "kill9-1", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut second]);
+    assert_eq!(second.terminate(), Some(0), "{}", second.log());
+    assert_verified(
+        &names,
+        first_part.valid() + second_part.valid(),
+        first_part.malformed + second_part.malformed,
+    );
+}
+
+#[test]
+fn second_process_with_same_instance_id_fences_the_first() {
+    let names = Names::create("fence", 1);
+    produce_generated(&names.input, 500, 16, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = TallyProc::start(&names, "fence-1", &dir.path().join("a"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut first]);
+    let mut second = TallyProc::start(&names, "fence-1", &dir.path().join("b"), &[], &[]);
+    // Keep records flowing so the first one attempts transactions.
+    let more = produce_generated(&names.input, 500, 17, 0.0);
+    assert_eq!(
+        first.wait(LONG),
+        Some(3),
+        "exit code 3 means fenced; log:\n{}",
+        first.log()
+    );
+    let log = first.log();
+    assert!(
+        log.contains("another process now holds instance id \"fence-1\""),
+        "{log}"
+    );
+    wait_for_committed(
+        &names.group,
+        &names.input,
+        500 + more.total as i64,
+        LONG,
+        &mut [&mut second],
+    );
+    assert_eq!(second.terminate(), Some(0), "{}", second.log());
+    assert_verified(&names, 500 + more.valid(), 0);
+}
