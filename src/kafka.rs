@@ -274,10 +274,32 @@ impl GroupConsumer {
             .map_err(ctx(format!("subscribing to {}", self.topic)))
     }
 
-    /// Leaves the group: librdkafka revokes our partitions (through the rebalance
-    /// callback) and sends LeaveGroup, which a static member does not do on close.
-    pub fn unsubscribe(&self) {
+    /// Leaves the group: unsubscribing makes librdkafka revoke our partitions
+    /// (through the rebalance callback, served by polling here) and then send
+    /// LeaveGroup, which a static member does not do on close, so the remaining
+    /// members take over at once. Records polled meanwhile are dropped: they are
+    /// past the committed offsets.
+    pub fn leave(&self, timeout: Duration) {
         self.consumer.unsubscribe();
+        let deadline = Instant::now() + timeout;
+        let mut empty_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+            let empty = self
+                .consumer
+                .assignment()
+                .map(|a| a.count() == 0)
+                .unwrap_or(true);
+            match (empty, empty_since) {
+                (false, _) => empty_since = None,
+                (true, None) => empty_since = Some(Instant::now()),
+                // The LeaveGroup goes out once the unassignment is done; give the
+                // request a moment on the wire.
+                (true, Some(t)) if t.elapsed() > Duration::from_millis(500) => return,
+                _ => {}
+            }
+        }
+        tracing::warn!("leaving the group did not complete in {timeout:?}");
     }
 
     /// Polls up to `max` records for at most `budget`. Serves rebalance callbacks,

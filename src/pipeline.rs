@@ -637,9 +637,7 @@ impl Pipeline {
         drop(self.rebalances);
         let consumer = self.consumer;
         blocking(move || {
-            consumer.unsubscribe();
-            // Serve the revocation and LeaveGroup, then close.
-            let _ = consumer.poll_batch(0, Duration::from_millis(500));
+            consumer.leave(Duration::from_secs(10));
             drop(consumer);
         })
         .await;
