@@ -741,7 +741,9 @@ pub struct ReaderContext;
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::error!(error = %error, reason, "reader error");
         }
     }
@@ -922,6 +924,35 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication: i32,
     pub config: Vec<(String, String)>,
+}
+
+/// The four topics of a pipeline. The input, output and DLQ accept records up to
+/// 2 MiB (a DLQ entry carries the original bytes, malformed 1 MiB payloads
+/// included); the insights topic is compacted (latest snapshot per partition).
+pub fn pipeline_topic_specs(
+    input: &str,
+    outputs: &OutputTopics,
+    partitions: i32,
+    replication: i32,
+) -> Vec<TopicSpec> {
+    let spec = |name: &str, compact: bool| {
+        let mut config = vec![("max.message.bytes".to_string(), "2097152".to_string())];
+        if compact {
+            config.push(("cleanup.policy".to_string(), "compact".to_string()));
+        }
+        TopicSpec {
+            name: name.to_string(),
+            partitions,
+            replication,
+            config,
+        }
+    };
+    vec![
+        spec(input, false),
+        spec(&outputs.processed, false),
+        spec(&outputs.dead_letter, false),
+        spec(&outputs.insights, true),
+    ]
 }
 
 /// Creates the topics; ones that already exist are left as they are.

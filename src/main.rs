@@ -13,7 +13,7 @@ use tally::config::{
     Cli, Command, CopyArgs, CreateTopicsArgs, GenerateArgs, InsightsArgs, ReplayArgs, RunArgs,
     StateArgs, VerifyArgs,
 };
-use tally::kafka::{self, MemberConfig, TopicSpec};
+use tally::kafka::{self, MemberConfig};
 use tally::pipeline::{Pipeline, PipelineConfig, PipelineError};
 use tally::{failpoints, generate, insights, verify};
 use tally_state::StateStore;
@@ -328,21 +328,12 @@ async fn replay_cmd(a: ReplayArgs) -> anyhow::Result<()> {
 
 async fn create_topics_cmd(a: CreateTopicsArgs) -> anyhow::Result<()> {
     let conn = a.kafka.connection();
-    let big = vec![("max.message.bytes".to_string(), "2097152".to_string())];
-    let spec = |name: &str, config: Vec<(String, String)>| TopicSpec {
-        name: name.to_string(),
-        partitions: a.partitions,
-        replication: a.replication,
-        config,
-    };
-    let mut compacted = big.clone();
-    compacted.push(("cleanup.policy".into(), "compact".into()));
-    let specs = [
-        spec(&a.topics.input_topic, big.clone()),
-        spec(&a.topics.output_topic, big.clone()),
-        spec(&a.topics.dlq_topic, big),
-        spec(&a.topics.insights_topic, compacted),
-    ];
+    let specs = kafka::pipeline_topic_specs(
+        &a.topics.input_topic,
+        &a.topics.outputs(),
+        a.partitions,
+        a.replication,
+    );
     for (name, created) in kafka::create_topics(&conn, &specs).await? {
         println!("{name}: {}", if created { "created" } else { "exists" });
     }

@@ -47,8 +47,9 @@ pub struct PipelineConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(
-        "fenced: another process now holds instance id {instance_id:?} (transactional.id {transactional_id:?}); \
-         this one stops so it cannot write anything. ({detail})"
+        "fenced: another process now holds instance id {instance_id:?} (transactional.id {transactional_id:?}), \
+         or this process was paused past the session timeout and its membership expired; \
+         it stops so it cannot write anything, restart it to rejoin ({detail})"
     )]
     Fenced {
         instance_id: String,

@@ -1,0 +1,678 @@
+//! `tally-drill`: a crash/restart recovery drill. Runs several `tally run`
+//! instances in one group while events (with malformed ones) flow, applies faults
+//! at random times from a printed seed, drains, then checks every input record
+//! exactly once (verify) and the insights against the drill's own recount of what
+//! it generated. Exit status 0 only if nothing was lost, duplicated or miscounted.
+//! `scripts/drill.sh` is the front end.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use tally::aggregate::Horizon;
+use tally::event::{Filters, Limits, ProcessConfig};
+use tally::generate::Generator;
+use tally::insights::Latest;
+use tally::kafka::{self, Connection, GroupAdmin, OutputTopics, PlainProducer, TopicReader};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tally-drill",
+    about = "Crash/restart drill for tally, verified to the record"
+)]
+struct Args {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
+    bootstrap_servers: String,
+    /// Seconds of faults (then the drill drains and checks).
+    #[arg(long, env = "DRILL_DURATION", default_value_t = 60)]
+    duration: u64,
+    /// `tally run` instances in the group.
+    #[arg(long, env = "DRILL_INSTANCES", default_value_t = 3)]
+    instances: usize,
+    /// Events per second from the generator.
+    #[arg(long, env = "DRILL_RATE", default_value_t = 300.0)]
+    rate: f64,
+    /// Stop generating after this many events (default: unbounded until the end).
+    #[arg(long, env = "DRILL_EVENTS")]
+    events: Option<u64>,
+    /// Seed of the faults and of the generated events; printed so a run can be repeated.
+    #[arg(long, env = "DRILL_SEED")]
+    seed: Option<u64>,
+    /// Partitions of the drill's topics.
+    #[arg(long, env = "DRILL_PARTITIONS", default_value_t = 6)]
+    partitions: i32,
+    /// Share of malformed events.
+    #[arg(long, env = "DRILL_INVALID_RATIO", default_value_t = 0.05)]
+    invalid_ratio: f64,
+    /// Include the zombie fault (SIGSTOP past the session timeout, then SIGCONT).
+    #[arg(long, env = "DRILL_ZOMBIE", default_value_t = true, action = clap::ArgAction::Set)]
+    zombie: bool,
+    /// Seconds between faults: a random pause in [min, 2*min].
+    #[arg(long, env = "DRILL_FAULT_INTERVAL", default_value_t = 3)]
+    fault_interval: u64,
+    /// Where logs and state directories go (default: a new folder under .run/).
+    #[arg(long, env = "DRILL_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// The tally binary (default: the one beside this drill).
+    #[arg(long, env = "DRILL_TALLY_BIN")]
+    tally_bin: Option<PathBuf>,
+    /// Seconds allowed for the group to drain after the faults.
+    #[arg(long, env = "DRILL_DRAIN_TIMEOUT", default_value_t = 240)]
+    drain_timeout: u64,
+}
+
+const SESSION_TIMEOUT_MS: u64 = 6000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Fault {
+    Kill9Restart,
+    Kill9NewHost,
+    GracefulScaleDown,
+    Zombie,
+}
+
+#[derive(Debug, Default)]
+struct Recount {
+    total: u64,
+    malformed: u64,
+    by_device_type: BTreeMap<String, u64>,
+    by_app_version: BTreeMap<String, u64>,
+    by_locale: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    seed: u64,
+    events: u64,
+    malformed: u64,
+    faults: BTreeMap<Fault, u32>,
+    restarts: u32,
+    unexpected_exits: Vec<String>,
+    zombie_outcomes: Vec<String>,
+    duplicates: u64,
+    losses: u64,
+    mismatched: u64,
+    stray: u64,
+    aggregate_mismatches: Vec<String>,
+    drain_secs: f64,
+    verify: String,
+}
+
+impl Report {
+    fn passed(&self) -> bool {
+        self.duplicates == 0
+            && self.losses == 0
+            && self.mismatched == 0
+            && self.stray == 0
+            && self.aggregate_mismatches.is_empty()
+            && self.unexpected_exits.is_empty()
+    }
+}
+
+struct Names {
+    input: String,
+    output: String,
+    dlq: String,
+    insights: String,
+    group: String,
+}
+
+struct Instance {
+    id: String,
+    state_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Instance {
+    fn start(&mut self, tally: &Path, bootstrap: &str, names: &Names) -> anyhow::Result<()> {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        self.starts += 1;
+        writeln!(log, "=== drill: start #{} of {} ===", self.starts, self.id)?;
+        let child = Command::new(tally)
+            .arg("run")
+            .args([
+                "--bootstrap-servers",
+                bootstrap,
+                "--group-id",
+                &names.group,
+                "--instance-id",
+                &self.id,
+            ])
+            .args([
+                "--input-topic",
+                &names.input,
+                "--output-topic",
+                &names.output,
+            ])
+            .args([
+                "--dlq-topic",
+                &names.dlq,
+                "--insights-topic",
+                &names.insights,
+            ])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args([
+                "--session-timeout",
+                &SESSION_TIMEOUT_MS.to_string(),
+                "--progress-secs",
+                "5",
+            ])
+            .env("RUST_LOG", "info")
+            .env_remove("FAILPOINTS")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting tally run")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.signal("-KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; the exit code (`None`: killed by a signal).
+    fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal("-TERM");
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Some(-1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `Some(code)` if the process ended by itself.
+    fn exited(&mut self) -> Option<Option<i32>> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(st)) => {
+                self.child = None;
+                Some(st.code())
+            }
+            _ => None,
+        }
+    }
+}
+
+struct Drill {
+    args: Args,
+    tally: PathBuf,
+    names: Names,
+    instances: Vec<Instance>,
+    rng: ChaCha8Rng,
+    report: Report,
+}
+
+impl Drill {
+    fn log(&self, msg: impl AsRef<str>) {
+        eprintln!("drill: {}", msg.as_ref());
+    }
+
+    fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let (tally, bootstrap) = (self.tally.clone(), self.args.bootstrap_servers.clone());
+        self.instances[i].start(&tally, &bootstrap, &self.names)
+    }
+
+    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.report.restarts += 1;
+        self.start(i)
+    }
+
+    /// Sleeps for `d`, restarting any instance that exited on its own meanwhile
+    /// (recorded as unexpected unless `expect_exit` names it).
+    fn idle(
+        &mut self,
+        d: Duration,
+        expect_exit: Option<usize>,
+    ) -> anyhow::Result<Option<Option<i32>>> {
+        let end = Instant::now() + d;
+        let mut expected = None;
+        while Instant::now() < end {
+            for i in 0..self.instances.len() {
+                if let Some(code) = self.instances[i].exited() {
+                    if Some(i) == expect_exit {
+                        expected = Some(code);
+                        continue;
+                    }
+                    let msg = format!(
+                        "{} exited on its own with {:?}; see {}",
+                        self.instances[i].id,
+                        code,
+                        self.instances[i].log.display()
+                    );
+                    self.log(&msg);
+                    self.report.unexpected_exits.push(msg);
+                    self.restart(i)?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(expected)
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.instances.len())
+            .filter(|i| self.instances[*i].child.is_some())
+            .collect()
+    }
+
+    fn apply(&mut self, fault: Fault) -> anyhow::Result<()> {
+        let running = self.running();
+        let Some(&i) = running.get(self.rng.random_range(0..running.len().max(1))) else {
+            return Ok(());
+        };
+        let id = self.instances[i].id.clone();
+        *self.report.faults.entry(fault).or_default() += 1;
+        match fault {
+            Fault::Kill9Restart => {
+                // Sometimes at once, sometimes after events have piled up.
+                let delay = if self.rng.random_bool(0.5) {
+                    0
+                } else {
+                    self.rng.random_range(1_000..5_000)
+                };
+                self.log(format!("kill -9 {id}, restart after {delay} ms"));
+                self.instances[i].kill9();
+                self.idle(Duration::from_millis(delay), None)?;
+                self.restart(i)?;
+            }
+            Fault::Kill9NewHost => {
+                let delay = self.rng.random_range(0..3_000);
+                self.log(format!(
+                    "kill -9 {id}, delete its state, restart after {delay} ms (new host)"
+                ));
+                self.instances[i].kill9();
+                std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
+                self.idle(Duration::from_millis(delay), None)?;
+                self.restart(i)?;
+            }
+            Fault::GracefulScaleDown => {
+                let down = self.rng.random_range(3_000..8_000);
+                self.log(format!(
+                    "stop {id} gracefully, start it again after {down} ms"
+                ));
+                let code = self.instances[i].terminate(Duration::from_secs(60));
+                if code != Some(0) {
+                    let msg = format!("{id} exited with {code:?} on SIGTERM");
+                    self.log(&msg);
+                    self.report.unexpected_exits.push(msg);
+                }
+                self.idle(Duration::from_millis(down), None)?;
+                self.restart(i)?;
+            }
+            Fault::Zombie => {
+                let paused = SESSION_TIMEOUT_MS + self.rng.random_range(1_000..4_000);
+                self.log(format!(
+                    "SIGSTOP {id} for {paused} ms (past the session timeout), then SIGCONT"
+                ));
+                self.instances[i].signal("-STOP");
+                self.idle(Duration::from_millis(paused), None)?;
+                self.instances[i].signal("-CONT");
+                // It recovers, or exits with a clear message and is restarted.
+                match self.idle(Duration::from_secs(10), Some(i))? {
+                    None => self.report.zombie_outcomes.push(format!("{id}: recovered")),
+                    Some(code) => {
+                        self.report
+                            .zombie_outcomes
+                            .push(format!("{id}: exited with {code:?}, restarted"));
+                        self.restart(i)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let code = run(args, seed)?;
+    std::process::exit(code);
+}
+
+fn run(args: Args, seed: u64) -> anyhow::Result<i32> {
+    eprintln!("drill: seed {seed} (repeat with --seed {seed})");
+    let tally = match &args.tally_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("tally"),
+    };
+    if !tally.exists() {
+        bail!(
+            "tally binary not found at {} (build it, or pass --tally-bin)",
+            tally.display()
+        );
+    }
+    let tag = format!(
+        "drill-{seed}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".run").join(&tag));
+    std::fs::create_dir_all(&work)?;
+    let names = Names {
+        input: format!("{tag}-user-login"),
+        output: format!("{tag}-processed"),
+        dlq: format!("{tag}-dlq"),
+        insights: format!("{tag}-insights"),
+        group: tag.clone(),
+    };
+    let conn = Connection {
+        bootstrap: args.bootstrap_servers.clone(),
+        properties: Vec::new(),
+    };
+    let outputs = OutputTopics {
+        processed: names.output.clone(),
+        dead_letter: names.dlq.clone(),
+        insights: names.insights.clone(),
+    };
+    let specs = kafka::pipeline_topic_specs(&names.input, &outputs, args.partitions, 1);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kafka::create_topics(&conn, &specs))?;
+    eprintln!(
+        "drill: topics {}*, group {}, logs in {}",
+        tag,
+        names.group,
+        work.display()
+    );
+
+    let instances = (0..args.instances)
+        .map(|i| Instance {
+            id: format!("{tag}-{i}"),
+            state_dir: work.join(format!("state-{i}")),
+            log: work.join(format!("instance-{i}.log")),
+            child: None,
+            starts: 0,
+        })
+        .collect();
+    let mut drill = Drill {
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        tally,
+        names,
+        instances,
+        report: Report {
+            seed,
+            ..Report::default()
+        },
+        args,
+    };
+    for i in 0..drill.instances.len() {
+        drill.start(i)?;
+    }
+
+    // The generator: produces at the rate and recounts what it made.
+    let stop = Arc::new(AtomicBool::new(false));
+    let recount = Arc::new(Mutex::new(Recount::default()));
+    let generator = {
+        let (stop, recount, conn) = (stop.clone(), recount.clone(), conn.clone());
+        let (topic, rate, limit, ratio) = (
+            drill.names.input.clone(),
+            drill.args.rate,
+            drill.args.events,
+            drill.args.invalid_ratio,
+        );
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let producer = PlainProducer::new(&conn)?;
+            let mut g = Generator::new(seed, chrono::Utc::now().timestamp(), ratio, true);
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) && limit.is_none_or(|l| n < l) {
+                let due = Duration::from_secs_f64(n as f64 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait.min(Duration::from_millis(50)));
+                    continue;
+                }
+                let r = g.next_record();
+                producer.send(&topic, Some(&r.key), r.value.as_deref(), &[])?;
+                n += 1;
+                let mut c = recount.lock().unwrap();
+                c.total += 1;
+                match r.malformed {
+                    Some(_) => c.malformed += 1,
+                    None => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(r.value.as_deref().unwrap_or_default())?;
+                        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                        *c.by_device_type.entry(field("device_type")).or_default() += 1;
+                        *c.by_app_version.entry(field("app_version")).or_default() += 1;
+                        *c.by_locale.entry(field("locale")).or_default() += 1;
+                    }
+                }
+            }
+            producer.flush()?;
+            Ok(())
+        })
+    };
+
+    // Faults: every kind once per round, in a seeded order.
+    let mut kinds = vec![
+        Fault::Kill9Restart,
+        Fault::Kill9NewHost,
+        Fault::GracefulScaleDown,
+    ];
+    if drill.args.zombie {
+        kinds.push(Fault::Zombie);
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_secs(drill.args.duration);
+    let gap = drill.args.fault_interval.max(1) * 1000;
+    drill.idle(Duration::from_secs(3), None)?;
+    'faults: loop {
+        kinds.shuffle(&mut drill.rng);
+        for k in kinds.clone() {
+            if Instant::now() >= until {
+                break 'faults;
+            }
+            drill.apply(k)?;
+            let pause = drill.rng.random_range(gap..=2 * gap);
+            drill.idle(Duration::from_millis(pause), None)?;
+        }
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    generator.join().expect("generator thread")?;
+    let produced = recount.lock().unwrap().total;
+    drill.log(format!(
+        "faults done after {:.0} s; {produced} events produced; draining",
+        started.elapsed().as_secs_f64()
+    ));
+    for i in 0..drill.instances.len() {
+        if drill.instances[i].child.is_none() {
+            drill.restart(i)?;
+        }
+    }
+    let drain_start = Instant::now();
+    let admin = GroupAdmin::new(&conn, &drill.names.group)?;
+    let input_topic = drill.names.input.clone();
+    loop {
+        let committed: i64 = admin.committed(&input_topic)?.values().sum();
+        if committed as u64 >= produced {
+            break;
+        }
+        if drain_start.elapsed() > Duration::from_secs(drill.args.drain_timeout) {
+            drill.log(format!(
+                "did not drain within {} s: {committed} of {produced} committed",
+                drill.args.drain_timeout
+            ));
+            break;
+        }
+        drill.idle(Duration::from_millis(500), None)?;
+    }
+    drill.report.drain_secs = drain_start.elapsed().as_secs_f64();
+    for i in 0..drill.instances.len() {
+        let id = drill.instances[i].id.clone();
+        let code = drill.instances[i].terminate(Duration::from_secs(60));
+        if code != Some(0) {
+            drill
+                .report
+                .unexpected_exits
+                .push(format!("{id} exited with {code:?} on the final SIGTERM"));
+        }
+    }
+
+    // Guarantee 1: every input record exactly once in output or DLQ.
+    let cfg = ProcessConfig {
+        input_topic: drill.names.input.clone(),
+        limits: Limits::default(),
+        filters: Filters::default(),
+    };
+    let summary = tally::verify::verify(
+        &conn,
+        &drill.names.group,
+        &cfg,
+        &drill.names.output,
+        &drill.names.dlq,
+    )?;
+    let recount = recount.lock().unwrap();
+    let r = &mut drill.report;
+    r.events = recount.total;
+    r.malformed = recount.malformed;
+    r.duplicates = summary.duplicates;
+    r.losses = summary.missing + summary.unconsumed;
+    r.mismatched = summary.mismatched;
+    r.stray = summary.stray;
+    r.verify = summary.render();
+    if summary.processed + summary.dead_lettered != recount.total {
+        r.aggregate_mismatches.push(format!(
+            "verify saw {} processed + {} dead-lettered, the drill produced {}",
+            summary.processed, summary.dead_lettered, recount.total
+        ));
+    }
+
+    // Guarantee 2: insights equal the drill's own recount.
+    let reader = TopicReader::new(&conn, &drill.names.insights)?;
+    let ranges: Vec<_> = reader
+        .partitions()?
+        .into_iter()
+        .map(|p| (p, kafka::StartAt::Earliest, None))
+        .collect();
+    let mut latest = Latest::default();
+    reader.read(&ranges, |rec| {
+        if let Some(v) = &rec.record.value {
+            latest.offer(&drill.names.input, v);
+        }
+    })?;
+    let agg = latest.merged(Horizon::default());
+    let mut compare = |what: &str, got: String, want: String| {
+        if got != want {
+            r.aggregate_mismatches
+                .push(format!("{what}: insights {got}, recount {want}"));
+        }
+    };
+    compare(
+        "processed",
+        agg.processed.to_string(),
+        (recount.total - recount.malformed).to_string(),
+    );
+    compare(
+        "dead-lettered",
+        agg.dead_lettered.to_string(),
+        recount.malformed.to_string(),
+    );
+    compare(
+        "by device type",
+        format!("{:?}", agg.by_device_type),
+        format!("{:?}", recount.by_device_type),
+    );
+    compare(
+        "by app version",
+        format!("{:?}", agg.by_app_version),
+        format!("{:?}", recount.by_app_version),
+    );
+    compare(
+        "by locale",
+        format!("{:?}", agg.by_locale),
+        format!("{:?}", recount.by_locale),
+    );
+
+    let passed = r.passed();
+    std::fs::write(
+        work.join("summary.json"),
+        serde_json::to_string_pretty(&*r)?,
+    )?;
+    println!("drill summary (seed {seed})");
+    println!("  events {} ({} malformed)", r.events, r.malformed);
+    println!(
+        "  faults: {} ({})",
+        r.faults.values().sum::<u32>(),
+        r.faults
+            .iter()
+            .map(|(k, v)| format!("{k:?}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  restarts {}", r.restarts);
+    for z in &r.zombie_outcomes {
+        println!("  zombie {z}");
+    }
+    println!(
+        "  duplicates {}, losses {}, mismatched {}, stray {}",
+        r.duplicates, r.losses, r.mismatched, r.stray
+    );
+    println!("  aggregate mismatches {}", r.aggregate_mismatches.len());
+    for m in &r.aggregate_mismatches {
+        println!("    {m}");
+    }
+    println!("  unexpected exits {}", r.unexpected_exits.len());
+    for m in &r.unexpected_exits {
+        println!("    {m}");
+    }
+    println!("  time to drain {:.1} s", r.drain_secs);
+    print!(
+        "{}",
+        r.verify
+            .lines()
+            .map(|l| format!("  verify: {}\n", l.trim()))
+            .collect::<String>()
+    );
+    println!("drill: {}", if passed { "PASSED" } else { "FAILED" });
+    Ok(if passed { 0 } else { 1 })
+}
