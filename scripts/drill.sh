@@ -16,22 +16,8 @@ scripts/setup.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
 cargo build --release --bin tally --bin tally-drill >&2
 
-started_dir=
-cleanup() {
-  if [ -n "$started_dir" ]; then
-    BROKER_DIR=$started_dir scripts/broker.sh stop || true
-    rm -rf "$started_dir"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  started_dir=$(mktemp -d "${TMPDIR:-/tmp}/tally-drill-broker.XXXXXX")
-  KAFKA_BOOTSTRAP=$(BROKER_DIR=$started_dir BROKER_PORT=$port scripts/broker.sh start)
-  export KAFKA_BOOTSTRAP
-fi
+. scripts/lib.sh
+tally_traps
+tally_ensure_broker
 
 "$CARGO_TARGET_DIR/release/tally-drill" --tally-bin "$CARGO_TARGET_DIR/release/tally" "$@"

@@ -38,6 +38,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Create the input, output, DLQ and insights topics (existing ones are left alone).
     CreateTopics(CreateTopicsArgs),
+    /// Show a group's committed offsets and lag on the input topic.
+    Lag(LagArgs),
     /// Benchmark baseline: copy input to output at least once (no transactions).
     #[command(hide = true)]
     Copy(CopyArgs),
@@ -310,6 +312,25 @@ pub struct CreateTopicsArgs {
     /// Replication factor.
     #[arg(long, env = "TALLY_REPLICATION", default_value_t = 1)]
     pub replication: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LagArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group.
+    #[arg(long, env = "TALLY_GROUP_ID", default_value = "tally")]
+    pub group_id: String,
+    /// Input topic.
+    #[arg(long, env = "TALLY_INPUT_TOPIC", default_value = "user-login")]
+    pub input_topic: String,
+    /// Wait (up to this many seconds) until the committed offsets reach at least
+    /// this many records in total, then print the lag; exit 1 on timeout.
+    #[arg(long, requires = "timeout")]
+    pub wait_for: Option<i64>,
+    /// Seconds to wait with --wait-for.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -266,7 +266,13 @@ impl Pipeline {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let aborts = self.stats.aborted;
             for p in polled {
+                // An abort rewound every partition to its committed offset; the
+                // rest of this batch lies past that and is fetched again.
+                if self.stats.aborted != aborts {
+                    break;
+                }
                 self.on_record(p).await?;
             }
             if self.cycle_due() {
@@ -328,7 +334,9 @@ impl Pipeline {
         let outcome = process(&rec, &self.cfg.process);
         self.ensure_open().await?;
         if let Some(out) = outcome.output() {
-            self.send(out.clone()).await?;
+            if !self.send(out.clone()).await? {
+                return Ok(()); // the transaction was aborted; this record comes again
+            }
         }
         self.stats.records_in += 1;
         match &outcome {
@@ -368,10 +376,12 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn send(&mut self, mut rec: OutputRecord) -> Result<()> {
+    /// Adds a record to the open transaction. `false`: producing failed and the
+    /// transaction was aborted and rewound instead.
+    async fn send(&mut self, mut rec: OutputRecord) -> Result<bool> {
         loop {
             match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(SendError::QueueFull(back)) => {
                     rec = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -379,7 +389,8 @@ impl Pipeline {
                 // The transaction cannot commit without this record.
                 Err(e @ SendError::Failed { .. }) => {
                     tracing::warn!(error = %e, "produce failed; aborting the transaction");
-                    return self.abort_and_rewind("produce failed").await;
+                    self.abort_and_rewind("produce failed").await?;
+                    return Ok(false);
                 }
             }
         }
@@ -410,9 +421,8 @@ impl Pipeline {
             }
         }
         for s in snapshots {
-            self.send(s).await?;
-            if matches!(self.txn, Txn::Idle) {
-                return Ok(()); // the send aborted the transaction
+            if !self.send(s).await? {
+                return Ok(());
             }
         }
         failpoints::crash("before-commit");
@@ -468,11 +478,13 @@ impl Pipeline {
             .map_err(|e| txn_fatal(&self.cfg, e))?;
         self.txn = Txn::Idle;
         self.stats.aborted += 1;
+        // Every active partition, touched or not: librdkafka may have delivered
+        // records past `C` that the loop now drops (the rest of the batch).
         let mut seeks = Vec::new();
         for (p, st) in &mut self.partitions {
             st.pending = Aggregate::default();
             st.touched = false;
-            if matches!(st.phase, Phase::Active) && st.next_offset != st.committed_offset {
+            if matches!(st.phase, Phase::Active) {
                 st.next_offset = st.committed_offset;
                 seeks.push((*p, st.committed_offset));
             }

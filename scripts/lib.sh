@@ -1,0 +1,34 @@
+# Sourced by test.sh, drill.sh and bench.sh: a throwaway local broker for the
+# length of one script, unless KAFKA_BOOTSTRAP already names a broker.
+
+tally_broker_dir=
+
+# Starts the local broker on a free port when KAFKA_BOOTSTRAP is unset, and
+# exports KAFKA_BOOTSTRAP either way.
+tally_ensure_broker() {
+  if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    tally_broker_dir=$(mktemp -d "${TMPDIR:-/tmp}/tally-broker.XXXXXX")
+    KAFKA_BOOTSTRAP=$(BROKER_DIR=$tally_broker_dir BROKER_PORT=$port scripts/broker.sh start)
+  fi
+  export KAFKA_BOOTSTRAP
+}
+
+# Stops the broker tally_ensure_broker started, if any (by its PID file).
+tally_stop_broker() {
+  if [ -n "$tally_broker_dir" ]; then
+    BROKER_DIR=$tally_broker_dir scripts/broker.sh stop || true
+    rm -rf "$tally_broker_dir"
+    tally_broker_dir=
+  fi
+}
+
+# Traps that stop the broker on exit, failure or Ctrl+C; `$1` (optional) names a
+# function of the caller to run first.
+tally_traps() {
+  # shellcheck disable=SC2064
+  trap "${1:-true}; tally_stop_broker" EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
