@@ -15,9 +15,12 @@ tally_ensure_broker() {
   export KAFKA_BOOTSTRAP
 }
 
-# Stops the broker tally_ensure_broker started, if any (by its PID file).
+# Stops the broker tally_ensure_broker started, if any (by its PID file), after
+# any tally process still pointed at it (left behind by an interrupted test: they
+# name this broker's unique port on their command line).
 tally_stop_broker() {
   if [ -n "$tally_broker_dir" ]; then
+    pkill -KILL -f -- "--bootstrap-servers $KAFKA_BOOTSTRAP" 2>/dev/null || true
     BROKER_DIR=$tally_broker_dir scripts/broker.sh stop || true
     rm -rf "$tally_broker_dir"
     tally_broker_dir=

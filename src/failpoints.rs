@@ -6,10 +6,18 @@
 //! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
 //! and `commit-error` (the commit fails with an abortable error).
 
+/// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
+/// not a lock of the fail registry on every record.
+#[cfg(feature = "failpoints")]
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Reads `FAILPOINTS`; keep the guard alive for the life of the process.
 #[cfg(feature = "failpoints")]
 pub fn setup() -> Option<fail::FailScenario<'static>> {
-    std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup())
+    std::env::var_os("FAILPOINTS").map(|_| {
+        ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+        fail::FailScenario::setup()
+    })
 }
 
 #[cfg(not(feature = "failpoints"))]
@@ -28,7 +36,7 @@ pub fn crash(name: &str) {
 /// True when the point `name` is on.
 #[cfg(feature = "failpoints")]
 pub fn error(name: &str) -> bool {
-    fail::eval(name, |_| ()).is_some()
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed) && fail::eval(name, |_| ()).is_some()
 }
 
 #[cfg(not(feature = "failpoints"))]

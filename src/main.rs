@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tally::aggregate::{Aggregate, Horizon};
 use tally::config::{
-    Cli, Command, CopyArgs, CreateTopicsArgs, GenerateArgs, LagArgs, InsightsArgs, ReplayArgs, RunArgs,
-    StateArgs, VerifyArgs,
+    Cli, Command, CopyArgs, CreateTopicsArgs, GenerateArgs, InsightsArgs, LagArgs, ReplayArgs,
+    RunArgs, StateArgs, VerifyArgs,
 };
 use tally::kafka::{self, MemberConfig};
 use tally::pipeline::{Pipeline, PipelineConfig, PipelineError};
@@ -361,34 +361,51 @@ async fn lag_cmd(a: LagArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
     let (group, topic) = (a.group_id.clone(), a.input_topic.clone());
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
-    let rows = blocking(move || -> anyhow::Result<Option<Vec<(i32, Option<i64>, i64)>>> {
-        let admin = kafka::GroupAdmin::new(&conn, &group)?;
-        loop {
-            let committed = admin.committed(&topic)?;
-            if a.wait_for.is_none_or(|n| committed.values().sum::<i64>() >= n) {
-                let mut rows = Vec::new();
-                for p in admin.partitions(&topic)? {
-                    rows.push((p, committed.get(&p).copied(), admin.watermarks(&topic, p)?.1));
+    let rows = blocking(
+        move || -> anyhow::Result<Option<Vec<(i32, Option<i64>, i64)>>> {
+            let admin = kafka::GroupAdmin::new(&conn, &group)?;
+            loop {
+                let committed = admin.committed(&topic)?;
+                if a.wait_for
+                    .is_none_or(|n| committed.values().sum::<i64>() >= n)
+                {
+                    let mut rows = Vec::new();
+                    for p in admin.partitions(&topic)? {
+                        rows.push((
+                            p,
+                            committed.get(&p).copied(),
+                            admin.watermarks(&topic, p)?.1,
+                        ));
+                    }
+                    return Ok(Some(rows));
                 }
-                return Ok(Some(rows));
+                if Instant::now() > deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            if Instant::now() > deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
+        },
+    )
     .await?;
     let Some(rows) = rows else {
-        eprintln!("lag: the group did not reach {:?} committed records within {} s", a.wait_for, a.timeout);
+        eprintln!(
+            "lag: the group did not reach {:?} committed records within {} s",
+            a.wait_for, a.timeout
+        );
         return Ok(1);
     };
-    println!("{:>9} {:>12} {:>12} {:>10}", "partition", "committed", "end", "lag");
+    println!(
+        "{:>9} {:>12} {:>12} {:>10}",
+        "partition", "committed", "end", "lag"
+    );
     let mut total = 0;
     for (p, c, end) in rows {
         let lag = end - c.unwrap_or(0);
         total += lag;
-        println!("{p:>9} {:>12} {end:>12} {lag:>10}", c.map_or("-".to_string(), |c| c.to_string()));
+        println!(
+            "{p:>9} {:>12} {end:>12} {lag:>10}",
+            c.map_or("-".to_string(), |c| c.to_string())
+        );
     }
     println!("total lag {total}");
     Ok(0)

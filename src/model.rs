@@ -39,5 +39,4 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "tally.source.topic";
     pub const SOURCE_PARTITION: &str = "tally.source.partition";
     pub const SOURCE_OFFSET: &str = "tally.source.offset";
-    pub const PROCESSED_AT: &str = "tally.processed.at";
 }
