@@ -357,35 +357,36 @@ async fn copy_cmd(a: CopyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Partition, committed offset (if any), end offset.
+type LagRow = (i32, Option<i64>, i64);
+
 async fn lag_cmd(a: LagArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
     let (group, topic) = (a.group_id.clone(), a.input_topic.clone());
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
-    let rows = blocking(
-        move || -> anyhow::Result<Option<Vec<(i32, Option<i64>, i64)>>> {
-            let admin = kafka::GroupAdmin::new(&conn, &group)?;
-            loop {
-                let committed = admin.committed(&topic)?;
-                if a.wait_for
-                    .is_none_or(|n| committed.values().sum::<i64>() >= n)
-                {
-                    let mut rows = Vec::new();
-                    for p in admin.partitions(&topic)? {
-                        rows.push((
-                            p,
-                            committed.get(&p).copied(),
-                            admin.watermarks(&topic, p)?.1,
-                        ));
-                    }
-                    return Ok(Some(rows));
+    let rows = blocking(move || -> anyhow::Result<Option<Vec<LagRow>>> {
+        let admin = kafka::GroupAdmin::new(&conn, &group)?;
+        loop {
+            let committed = admin.committed(&topic)?;
+            if a.wait_for
+                .is_none_or(|n| committed.values().sum::<i64>() >= n)
+            {
+                let mut rows = Vec::new();
+                for p in admin.partitions(&topic)? {
+                    rows.push((
+                        p,
+                        committed.get(&p).copied(),
+                        admin.watermarks(&topic, p)?.1,
+                    ));
                 }
-                if Instant::now() > deadline {
-                    return Ok(None);
-                }
-                std::thread::sleep(Duration::from_millis(100));
+                return Ok(Some(rows));
             }
-        },
-    )
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
     .await?;
     let Some(rows) = rows else {
         eprintln!(
