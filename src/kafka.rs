@@ -21,6 +21,16 @@ use crate::model::{Destination, InputRecord, OutputRecord};
 /// How long one blocking Kafka call (commit, seek, metadata...) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Consumer defaults for large records (1 MiB malformed payloads are expected
+/// input). Some brokers (the local test broker among them) answer a fetch with
+/// more than `fetch.max.bytes`; a generous receive limit keeps such an answer
+/// from being treated as a corrupt frame.
+const CONSUMER_FETCH: [(&str, &str); 3] = [
+    ("fetch.max.bytes", "52428800"),
+    ("max.partition.fetch.bytes", "2097152"),
+    ("receive.message.max.bytes", "1000000000"),
+];
+
 /// Properties tally sets itself because correctness depends on them; `-X` may not
 /// override them.
 const MANAGED: &[&str] = &[
@@ -244,6 +254,9 @@ impl GroupConsumer {
             ("session.timeout.ms", &session),
             ("max.poll.interval.ms", &poll),
             ("fetch.wait.max.ms", "100"),
+            CONSUMER_FETCH[0],
+            CONSUMER_FETCH[1],
+            CONSUMER_FETCH[2],
         ]);
         config
             .set("group.id", &member.group)
@@ -767,7 +780,12 @@ impl std::fmt::Debug for TopicReader {
 
 impl TopicReader {
     pub fn new(conn: &Connection, topic: &str) -> Result<Self> {
-        let mut config = conn.config(&[("fetch.wait.max.ms", "50")]);
+        let mut config = conn.config(&[
+            ("fetch.wait.max.ms", "50"),
+            CONSUMER_FETCH[0],
+            CONSUMER_FETCH[1],
+            CONSUMER_FETCH[2],
+        ]);
         config
             // librdkafka wants a group.id even for assign-only use; nothing is committed.
             .set(
@@ -1149,6 +1167,9 @@ pub fn copy_at_least_once(
     let mut config = conn.config(&[
         ("auto.offset.reset", "earliest"),
         ("fetch.wait.max.ms", "100"),
+        CONSUMER_FETCH[0],
+        CONSUMER_FETCH[1],
+        CONSUMER_FETCH[2],
     ]);
     config
         .set("group.id", group)
