@@ -1,5 +1,6 @@
 //! The short recovery drill (about 60 s of faults, fixed seed): kill -9 with and
-//! without state, graceful scale 3 -> 2 -> 3 and a SIGSTOP zombie, under load
+//! without state, graceful scale 3 -> 2 -> 3, a SIGSTOP zombie and crashes at
+//! failpoints of the cycle, under load
 //! with malformed input; every record exactly once and insights equal to the
 //! drill's recount.
 

@@ -35,7 +35,8 @@ struct Args {
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
     bootstrap_servers: String,
-    /// Seconds of faults (then the drill drains and checks).
+    /// Seconds of faults, rounded up to whole rounds of every fault kind (then the
+    /// drill drains and checks).
     #[arg(long, env = "DRILL_DURATION", default_value_t = 60)]
     duration: u64,
     /// `tally run` instances in the group.
@@ -82,7 +83,17 @@ enum Fault {
     Kill9NewHost,
     GracefulScaleDown,
     Zombie,
+    /// Restarted with a failpoint that aborts the process at a chosen step of the
+    /// cycle (after producing, before the commit, between the commit and the
+    /// checkpoint): the windows a random kill -9 rarely hits.
+    CrashPoint,
 }
+
+const CRASH_POINTS: [&str; 3] = [
+    "after-produce",
+    "before-commit",
+    "after-commit-before-checkpoint",
+];
 
 #[derive(Debug, Default)]
 struct Recount {
@@ -139,14 +150,29 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(&mut self, tally: &Path, bootstrap: &str, names: &Names) -> anyhow::Result<()> {
+    fn start(
+        &mut self,
+        tally: &Path,
+        bootstrap: &str,
+        names: &Names,
+        failpoints: Option<&str>,
+    ) -> anyhow::Result<()> {
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
         self.starts += 1;
-        writeln!(log, "=== drill: start #{} of {} ===", self.starts, self.id)?;
-        let child = Command::new(tally)
+        writeln!(
+            log,
+            "=== drill: start #{} of {} (failpoints: {failpoints:?}) ===",
+            self.starts, self.id
+        )?;
+        let mut cmd = Command::new(tally);
+        match failpoints {
+            Some(f) => cmd.env("FAILPOINTS", f),
+            None => cmd.env_remove("FAILPOINTS"),
+        };
+        let child = cmd
             .arg("run")
             .args([
                 "--bootstrap-servers",
@@ -177,7 +203,6 @@ impl Instance {
                 "5",
             ])
             .env("RUST_LOG", "info")
-            .env_remove("FAILPOINTS")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -250,7 +275,7 @@ impl Drill {
 
     fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let (tally, bootstrap) = (self.tally.clone(), self.args.bootstrap_servers.clone());
-        self.instances[i].start(&tally, &bootstrap, &self.names)
+        self.instances[i].start(&tally, &bootstrap, &self.names, None)
     }
 
     fn restart(&mut self, i: usize) -> anyhow::Result<()> {
@@ -338,6 +363,34 @@ impl Drill {
                     self.report.unexpected_exits.push(msg);
                 }
                 self.idle(Duration::from_millis(down), None)?;
+                self.restart(i)?;
+            }
+            Fault::CrashPoint => {
+                let point = CRASH_POINTS[self.rng.random_range(0..CRASH_POINTS.len())];
+                let after = self.rng.random_range(3..30);
+                let spec = format!("{point}={after}*off->return");
+                self.log(format!("kill -9 {id}, restart it armed to crash at {spec}"));
+                self.instances[i].kill9();
+                let (tally, bootstrap) = (self.tally.clone(), self.args.bootstrap_servers.clone());
+                self.instances[i].start(&tally, &bootstrap, &self.names, Some(&spec))?;
+                self.report.restarts += 1;
+                match self.idle(Duration::from_secs(30), Some(i))? {
+                    Some(None) => self.log(format!("{id} crashed at {point}")),
+                    Some(code) => {
+                        let msg = format!(
+                            "{id} armed at {point} exited with {code:?} instead of crashing"
+                        );
+                        self.report.unexpected_exits.push(msg);
+                    }
+                    None => {
+                        self.log(format!(
+                            "{id} did not reach {point} {after} times in 30 s; killing it"
+                        ));
+                        self.instances[i].kill9();
+                    }
+                }
+                let pause = self.rng.random_range(0..2_000);
+                self.idle(Duration::from_millis(pause), None)?;
                 self.restart(i)?;
             }
             Fault::Zombie => {
@@ -497,6 +550,7 @@ fn run(args: Args, seed: u64) -> anyhow::Result<i32> {
         Fault::Kill9Restart,
         Fault::Kill9NewHost,
         Fault::GracefulScaleDown,
+        Fault::CrashPoint,
     ];
     if drill.args.zombie {
         kinds.push(Fault::Zombie);
@@ -505,12 +559,10 @@ fn run(args: Args, seed: u64) -> anyhow::Result<i32> {
     let until = started + Duration::from_secs(drill.args.duration);
     let gap = drill.args.fault_interval.max(1) * 1000;
     drill.idle(Duration::from_secs(3), None)?;
-    'faults: loop {
+    // Whole rounds, so even a short drill applies every kind at least once.
+    while Instant::now() < until {
         kinds.shuffle(&mut drill.rng);
         for k in kinds.clone() {
-            if Instant::now() >= until {
-                break 'faults;
-            }
             drill.apply(k)?;
             let pause = drill.rng.random_range(gap..=2 * gap);
             drill.idle(Duration::from_millis(pause), None)?;
