@@ -51,6 +51,9 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+    /// The group coordinator or the transaction coordinator fenced us.
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("-X {0}: this property is managed by tally (use the dedicated flag, if any)")]
     Managed(String),
     #[error("{0}")]
@@ -337,13 +340,15 @@ impl GroupConsumer {
                 }),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
-                    if let Some(code) = e.rdkafka_error_code() {
-                        if is_fenced_code(code) || code == RDKafkaErrorCode::Fatal {
-                            return Err(Error::Kafka {
-                                what: "consumer".into(),
-                                source: e,
-                            });
+                    let fatal = self.consumer.client().fatal_error();
+                    if let Some((code, reason)) = fatal {
+                        if is_fenced_code(code) {
+                            return Err(Error::Fenced(format!("consumer: {reason}")));
                         }
+                        return Err(Error::Other(format!("fatal consumer error: {reason}")));
+                    }
+                    if e.rdkafka_error_code().is_some_and(is_fenced_code) {
+                        return Err(Error::Fenced(format!("consumer: {e}")));
                     }
                     tracing::warn!(error = %e, "consumer error (librdkafka retries)");
                 }

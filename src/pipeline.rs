@@ -232,8 +232,11 @@ impl Pipeline {
         let mut last_progress = Instant::now();
         while !shutdown.load(Ordering::SeqCst) {
             self.check_paused().await?;
+            let held = self.hold_commits_until.is_some_and(|t| Instant::now() < t);
             let budget = match self.txn {
                 Txn::Idle => Duration::from_millis(250),
+                // No commit can close the cycle yet: no point in short polls.
+                Txn::Open { .. } if held => Duration::from_millis(100),
                 Txn::Open { since, .. } => self
                     .cfg
                     .commit_interval
@@ -257,11 +260,11 @@ impl Pipeline {
             };
             let polled = match polled {
                 Ok(p) => p,
-                Err(e) if is_fenced_kafka(&e) => {
+                Err(kafka::Error::Fenced(detail)) => {
                     return Err(PipelineError::Fenced {
                         instance_id: self.cfg.member.instance_id.clone(),
                         transactional_id: self.cfg.transactional_id.clone(),
-                        detail: e.to_string(),
+                        detail,
                     });
                 }
                 Err(e) => return Err(e.into()),
@@ -657,10 +660,6 @@ impl Pipeline {
         tracing::info!("left the group");
         Ok(())
     }
-}
-
-fn is_fenced_kafka(e: &kafka::Error) -> bool {
-    e.to_string().to_lowercase().contains("fenced")
 }
 
 fn txn_fatal(cfg: &PipelineConfig, e: TxnError) -> PipelineError {
