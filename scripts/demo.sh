@@ -18,8 +18,9 @@ work=.run/$run_id
 mkdir -p "$work"
 started_broker=false
 if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
+  # A broker that was already running (scripts/broker.sh start) is left running.
+  scripts/broker.sh status > /dev/null 2>&1 || started_broker=true
   KAFKA_BOOTSTRAP=$(scripts/broker.sh start)
-  started_broker=true
 fi
 export KAFKA_BOOTSTRAP
 
@@ -36,7 +37,13 @@ finish() {
   trap - INT TERM EXIT
   echo >&2
   echo "demo: stopping" >&2
+  # Generator first, then let tally drain what it produced, then stop tally.
   [ -n "$gen_pid" ] && kill -INT "$gen_pid" 2>/dev/null && wait "$gen_pid" 2>/dev/null || true
+  produced=$(sed -n 's/^generated \([0-9]*\) events.*/\1/p' "$work/generate.log")
+  if [ -n "$run_pid" ] && [ -n "$produced" ]; then
+    echo "demo: waiting for tally to process all $produced events" >&2
+    "$tally" lag --wait-for "$produced" --timeout 120 || true
+  fi
   [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
   echo "demo: verifying (every input record exactly once in output or DLQ)" >&2
   status=0
@@ -48,9 +55,11 @@ finish() {
 trap finish INT TERM EXIT
 
 "$tally" create-topics --partitions "${DEMO_PARTITIONS:-6}"
-"$tally" generate --rate "${DEMO_RATE:-500}" --invalid-ratio 0.05 > "$work/generate.log" 2>&1 &
+# Own sessions (setsid): a Ctrl+C in the terminal reaches only this script, which
+# then stops them in order.
+setsid "$tally" generate --rate "${DEMO_RATE:-500}" --invalid-ratio 0.05 > "$work/generate.log" 2>&1 < /dev/null &
 gen_pid=$!
 echo "demo: generating into $TALLY_INPUT_TOPIC (log $work/generate.log); Ctrl+C to stop and verify" >&2
-"$tally" run --instance-id demo-1 --state-dir "$work/state" --progress-secs 5 &
+setsid "$tally" run --instance-id demo-1 --state-dir "$work/state" --progress-secs 5 < /dev/null &
 run_pid=$!
 wait "$run_pid"

@@ -77,6 +77,7 @@ pub struct Generator {
     invalid_ratio: f64,
     kinds: Vec<Malformed>,
     n: u64,
+    per_minute: u64,
 }
 
 fn uuid_for(seed: u64, salt: u64, id: u64) -> String {
@@ -101,6 +102,7 @@ impl Generator {
             invalid_ratio: invalid_ratio.clamp(0.0, 1.0),
             kinds,
             n: 0,
+            per_minute: 1000,
         }
     }
 
@@ -122,8 +124,9 @@ impl Generator {
                 self.rng.random_range(1..0xffffu32)
             )
         };
-        // Event times advance ~1000 per minute with a little jitter.
-        let ts = self.start_time + (self.n * 60 / 1000) as i64 + self.rng.random_range(0..3);
+        // Event times advance `per_minute` events per minute, with a little jitter.
+        let ts =
+            self.start_time + (self.n * 60 / self.per_minute) as i64 + self.rng.random_range(0..3);
         let timestamp = if self.rng.random_bool(0.1) {
             json!(ts.to_string())
         } else {
@@ -138,6 +141,14 @@ impl Generator {
             "device_id": uuid_for(self.seed, 2, user),
             "timestamp": timestamp,
         })
+    }
+
+    /// Event times advance by a minute every `per_minute` events (default 1000).
+    /// A generator producing at a fixed rate sets `rate * 60`, so its event times
+    /// keep pace with the clock instead of running into the future.
+    pub fn with_events_per_minute(mut self, per_minute: u64) -> Self {
+        self.per_minute = per_minute.max(1);
+        self
     }
 
     /// The next record.

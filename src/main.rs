@@ -140,6 +140,9 @@ async fn generate_cmd(a: GenerateArgs) -> anyhow::Result<()> {
     let sent = blocking(move || -> anyhow::Result<(u64, u64)> {
         let producer = kafka::PlainProducer::new(&conn)?;
         let mut g = generate::Generator::new(a.seed, start_time, a.invalid_ratio, a.huge);
+        if a.rate > 0.0 {
+            g = g.with_events_per_minute((a.rate * 60.0) as u64);
+        }
         let started = Instant::now();
         let (mut n, mut bad) = (0u64, 0u64);
         while a.count.is_none_or(|c| n < c) && !stop.load(Ordering::SeqCst) {

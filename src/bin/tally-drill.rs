@@ -514,7 +514,8 @@ fn run(args: Args, seed: u64) -> anyhow::Result<i32> {
         );
         std::thread::spawn(move || -> anyhow::Result<()> {
             let producer = PlainProducer::new(&conn)?;
-            let mut g = Generator::new(seed, chrono::Utc::now().timestamp(), ratio, true);
+            let mut g = Generator::new(seed, chrono::Utc::now().timestamp(), ratio, true)
+                .with_events_per_minute((rate * 60.0) as u64);
             let started = Instant::now();
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) && limit.is_none_or(|l| n < l) {
