@@ -330,7 +330,8 @@ impl GroupConsumer {
             let polled = self.consumer.poll(if out.is_empty() {
                 left
             } else {
-                Duration::ZERO.max(left.min(Duration::from_millis(5)))
+                // Once records flow, only wait briefly for more of the same batch.
+                left.min(Duration::from_millis(5))
             });
             let epoch = self.consumer.context().epoch.load(Ordering::SeqCst);
             match polled {
