@@ -69,13 +69,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 
 /// Sets the flag on SIGINT or SIGTERM.
 fn shutdown_flag() -> Arc<AtomicBool> {
+    use tokio::signal::unix::{SignalKind, signal};
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
+    // Registered here, synchronously: a signal arriving before the task first
+    // runs is still seen.
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("signal received; finishing the open transaction");
@@ -125,8 +128,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         progress_interval: Duration::from_secs(a.progress_secs),
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
+    // Installed before start-up, so a SIGTERM while joining still ends cleanly.
+    let shutdown = shutdown_flag();
     let pipeline = Pipeline::start(cfg).await?;
-    pipeline.run(shutdown_flag()).await?;
+    pipeline.run(shutdown).await?;
     Ok(())
 }
 

@@ -84,13 +84,28 @@ fn sigkill_mid_stream_then_restart() {
     let state = dir.path().join("state");
     let first_part = produce_generated(&names.input, 2_000, 14, 0.05);
     let mut first = TallyProc::start(&names, "kill9-1", &state, &["--commit-interval", "50"], &[]);
-    // Kill it while it is processing the second part.
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut first]);
-    let second_part = produce_generated(&names.input, 4_000, 15, 0.05);
-    std::thread::sleep(Duration::from_millis(300));
+    let second_part = produce_generated(&names.input, 20_000, 15, 0.05);
+    // Kill it while it works through the second part.
+    let deadline = std::time::Instant::now() + LONG;
+    let at_kill = loop {
+        let committed: i64 = committed_offsets(&names.group, &names.input).values().sum();
+        if committed > 2_500 {
+            break committed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress on the second part"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     first.kill9();
+    assert!(
+        at_kill < 22_000,
+        "killed mid-stream (committed {at_kill} of 22000)"
+    );
     let mut second = TallyProc::start(&names, "kill9-1", &state, &[], &[]);
-    wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut second]);
+    wait_for_committed(&names.group, &names.input, 22_000, LONG, &mut [&mut second]);
     assert_eq!(second.terminate(), Some(0), "{}", second.log());
     assert_verified(
         &names,
