@@ -1,6 +1,8 @@
 //! `tally generate`: realistic user-login events, reproducible from a seed, with a
 //! configurable share of malformed records of many kinds.
 
+use std::collections::BTreeMap;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -67,6 +69,56 @@ pub struct Generated {
     /// `None`: a tombstone.
     pub value: Option<Vec<u8>>,
     pub malformed: Option<Malformed>,
+}
+
+/// A recount of generated records from the generator's own labels: independent of
+/// tally's validation and aggregation, so tests and drills can check tally's
+/// insights against it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Recount {
+    pub total: u64,
+    pub malformed: u64,
+    pub by_device_type: BTreeMap<String, u64>,
+    pub by_app_version: BTreeMap<String, u64>,
+    pub by_locale: BTreeMap<String, u64>,
+}
+
+impl Recount {
+    pub fn valid(&self) -> u64 {
+        self.total - self.malformed
+    }
+
+    pub fn add(&mut self, r: &Generated) {
+        self.total += 1;
+        if r.malformed.is_some() {
+            self.malformed += 1;
+            return;
+        }
+        let v: Value = serde_json::from_slice(r.value.as_deref().unwrap_or_default())
+            .expect("valid records are JSON");
+        for (map, field) in [
+            (&mut self.by_device_type, "device_type"),
+            (&mut self.by_app_version, "app_version"),
+            (&mut self.by_locale, "locale"),
+        ] {
+            *map.entry(v[field].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Recount) {
+        self.total += other.total;
+        self.malformed += other.malformed;
+        for (mine, theirs) in [
+            (&mut self.by_device_type, &other.by_device_type),
+            (&mut self.by_app_version, &other.by_app_version),
+            (&mut self.by_locale, &other.by_locale),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -120,19 +120,7 @@ fn partitions_move_both_ways_between_two_instances() {
     let mut a = TallyProc::start(&names, "move-a", &dir.path().join("a"), &[], &[]);
     let mut b = TallyProc::start(&names, "move-b", &dir.path().join("b"), &[], &[]);
     let mut total = Input::default();
-    let mut add = |part: Input| {
-        total.total += part.total;
-        total.malformed += part.malformed;
-        for (mine, theirs) in [
-            (&mut total.by_device_type, part.by_device_type),
-            (&mut total.by_app_version, part.by_app_version),
-            (&mut total.by_locale, part.by_locale),
-        ] {
-            for (k, v) in theirs {
-                *mine.entry(k).or_default() += v;
-            }
-        }
-    };
+    let mut add = |part: Input| total.merge(&part);
     for round in 0..3u64 {
         add(produce_generated(&names.input, 1_000, 30 + round, 0.05));
         std::thread::sleep(Duration::from_millis(700));

@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tally::aggregate::Horizon;
 use tally::event::{Filters, Limits, ProcessConfig};
-use tally::generate::Generator;
+use tally::generate::{Generator, Recount};
 use tally::insights::Latest;
 use tally::kafka::{self, Connection, GroupAdmin, OutputTopics, PlainProducer, TopicReader};
 
@@ -94,15 +94,6 @@ const CRASH_POINTS: [&str; 3] = [
     "before-commit",
     "after-commit-before-checkpoint",
 ];
-
-#[derive(Debug, Default)]
-struct Recount {
-    total: u64,
-    malformed: u64,
-    by_device_type: BTreeMap<String, u64>,
-    by_app_version: BTreeMap<String, u64>,
-    by_locale: BTreeMap<String, u64>,
-}
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
@@ -527,19 +518,7 @@ fn run(args: Args, seed: u64) -> anyhow::Result<i32> {
                 let r = g.next_record();
                 producer.send(&topic, Some(&r.key), r.value.as_deref(), &[])?;
                 n += 1;
-                let mut c = recount.lock().unwrap();
-                c.total += 1;
-                match r.malformed {
-                    Some(_) => c.malformed += 1,
-                    None => {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(r.value.as_deref().unwrap_or_default())?;
-                        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-                        *c.by_device_type.entry(field("device_type")).or_default() += 1;
-                        *c.by_app_version.entry(field("app_version")).or_default() += 1;
-                        *c.by_locale.entry(field("locale")).or_default() += 1;
-                    }
-                }
+                recount.lock().unwrap().add(&r);
             }
             producer.flush()?;
             Ok(())

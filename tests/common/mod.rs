@@ -280,24 +280,11 @@ impl Names {
 }
 
 /// Generated input with what the test knows about it, independently of tally's
-/// processing: which records the generator made malformed, and a recount of the
-/// valid ones.
-#[derive(Debug, Default)]
-pub struct Input {
-    pub total: u64,
-    pub malformed: u64,
-    pub by_device_type: BTreeMap<String, u64>,
-    pub by_app_version: BTreeMap<String, u64>,
-    pub by_locale: BTreeMap<String, u64>,
-}
+/// processing: the generator's own labels of what it made malformed, and a recount
+/// of the valid records.
+pub type Input = tally::generate::Recount;
 
-impl Input {
-    pub fn valid(&self) -> u64 {
-        self.total - self.malformed
-    }
-}
-
-/// Produces `count` generated events (seeded) to `topic` and recounts the valid ones.
+/// Produces `count` generated events (seeded) to `topic` and recounts them.
 pub fn produce_generated(topic: &str, count: u64, seed: u64, invalid_ratio: f64) -> Input {
     let start = chrono::Utc::now().timestamp() - 3600;
     let mut g = tally::generate::Generator::new(seed, start, invalid_ratio, false);
@@ -305,22 +292,7 @@ pub fn produce_generated(topic: &str, count: u64, seed: u64, invalid_ratio: f64)
     let mut batch = Vec::new();
     for _ in 0..count {
         let r = g.next_record();
-        input.total += 1;
-        match r.malformed {
-            Some(_) => input.malformed += 1,
-            None => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-                for (map, field) in [
-                    (&mut input.by_device_type, "device_type"),
-                    (&mut input.by_app_version, "app_version"),
-                    (&mut input.by_locale, "locale"),
-                ] {
-                    *map.entry(v[field].as_str().unwrap().to_string())
-                        .or_default() += 1;
-                }
-            }
-        }
+        input.add(&r);
         batch.push((Some(r.key), r.value));
     }
     produce(topic, None, &batch);
