@@ -4,7 +4,8 @@
 //!
 //! Points: `after-produce`, `before-commit`, `after-commit-before-checkpoint`
 //! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
-//! and `commit-error` (the commit fails with an abortable error).
+//! `commit-error` (the commit fails with an abortable error) and `commit-fatal`
+//! (it fails as if the producer hit a fatal, non-fencing error).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.

@@ -21,11 +21,11 @@ use crate::model::{Destination, InputRecord, OutputRecord};
 /// How long one blocking Kafka call (commit, seek, metadata...) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Consumer defaults for large records (1 MiB malformed payloads are expected
-/// input). Some brokers (the local test broker among them) answer a fetch with
-/// more than `fetch.max.bytes`; a generous receive limit keeps such an answer
-/// from being treated as a corrupt frame.
-const CONSUMER_FETCH: [(&str, &str); 3] = [
+/// Defaults of every consumer, for large records (1 MiB malformed payloads are
+/// expected input). Some brokers (the local test broker among them) answer a
+/// fetch with more than `fetch.max.bytes`; a generous receive limit keeps such an
+/// answer from being treated as a corrupt frame.
+const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
     ("fetch.max.bytes", "52428800"),
     ("max.partition.fetch.bytes", "2097152"),
     ("receive.message.max.bytes", "1000000000"),
@@ -83,6 +83,12 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Like [`Connection::config`], for a consumer: [`CONSUMER_DEFAULTS`] first.
+    fn consumer_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let all: Vec<(&str, &str)> = CONSUMER_DEFAULTS.iter().chain(defaults).copied().collect();
+        self.config(&all)
     }
 
     /// tally's defaults, then the user's `-X` properties on top.
@@ -247,7 +253,7 @@ impl GroupConsumer {
         let (tx, rx) = unbounded_channel();
         let session = member.session_timeout.as_millis().to_string();
         let poll = member.max_poll_interval.as_millis().to_string();
-        let mut config = conn.config(&[
+        let mut config = conn.consumer_config(&[
             // Eager assignment: a transaction spans all our partitions, so any
             // revocation must close it anyway; eager keeps the revoke path single
             // (commit, checkpoint, release all) and, with static membership and
@@ -257,9 +263,6 @@ impl GroupConsumer {
             ("session.timeout.ms", &session),
             ("max.poll.interval.ms", &poll),
             ("fetch.wait.max.ms", "100"),
-            CONSUMER_FETCH[0],
-            CONSUMER_FETCH[1],
-            CONSUMER_FETCH[2],
         ]);
         config
             .set("group.id", &member.group)
@@ -431,6 +434,11 @@ impl GroupConsumer {
         Ok(())
     }
 
+    pub fn pause(&self, partitions: &[i32]) -> Result<()> {
+        let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
+        self.consumer.pause(&tpl).map_err(ctx("pausing partitions"))
+    }
+
     pub fn resume(&self, partitions: &[i32]) -> Result<()> {
         let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
         self.consumer
@@ -488,10 +496,13 @@ fn is_retriable(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(rd) if rd.is_retriable())
 }
 
-/// Counts failed deliveries; a failed delivery makes the commit fail, so this is
-/// only for logging.
+/// Counts failed deliveries. A failed delivery makes the transaction's commit
+/// fail, so this is only for logging, and it logs the 1st, 2nd, 4th, 8th...
+/// failure: an abort purges thousands of queued records at once.
 #[derive(Debug, Default)]
-pub struct DeliveryContext;
+pub struct DeliveryContext {
+    failures: AtomicU64,
+}
 
 impl ClientContext for DeliveryContext {}
 
@@ -499,7 +510,10 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, m)) = result {
-            tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, "delivery failed");
+            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, failures = n, "delivery failed");
+            }
         }
     }
 }
@@ -576,7 +590,7 @@ impl TxnProducer {
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true");
         let producer = config
-            .create_with_context(DeliveryContext)
+            .create_with_context(DeliveryContext::default())
             .map_err(ctx("creating the transactional producer"))?;
         Ok(TxnProducer {
             producer,
@@ -590,13 +604,25 @@ impl TxnProducer {
     pub fn init(&self) -> Result<(), TxnError> {
         self.producer
             .init_transactions(CALL_TIMEOUT)
-            .map_err(|e| classify("init_transactions", e))
+            .map_err(|e| self.classify("init_transactions", e))
     }
 
     pub fn begin(&self) -> Result<(), TxnError> {
         self.producer
             .begin_transaction()
-            .map_err(|e| classify("begin_transaction", e))
+            .map_err(|e| self.classify("begin_transaction", e))
+    }
+
+    /// Like [`classify`], but a producer in a fatal state reports the error that
+    /// put it there (later calls only say "fatal error").
+    fn classify(&self, what: &str, e: KafkaError) -> TxnError {
+        match self.producer.client().fatal_error() {
+            Some((code, reason)) if is_fenced_code(code) => {
+                TxnError::Fenced(format!("{what}: {reason}"))
+            }
+            Some((_, reason)) => TxnError::Fatal(format!("{what}: {reason}")),
+            None => classify(what, e),
+        }
     }
 
     /// Enqueues a record of the open transaction (non-blocking).
@@ -633,35 +659,39 @@ impl TxnProducer {
                 tpl.add_partition_offset(&self.input_topic, *p, Offset::Offset(*o))
                     .expect("valid offset");
             }
-            retry("send_offsets_to_transaction", || {
+            self.retry("send_offsets_to_transaction", || {
                 self.producer
                     .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
             })?;
         }
-        retry("commit_transaction", || {
+        self.retry("commit_transaction", || {
             self.producer.commit_transaction(CALL_TIMEOUT)
         })
     }
 
     pub fn abort(&self) -> Result<(), TxnError> {
-        retry("abort_transaction", || {
+        self.retry("abort_transaction", || {
             self.producer.abort_transaction(CALL_TIMEOUT)
         })
     }
-}
 
-/// librdkafka asks for retriable transaction calls to be repeated as they are.
-fn retry(what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), TxnError> {
-    let mut attempt = 0;
-    loop {
-        match call() {
-            Ok(()) => return Ok(()),
-            Err(e) if is_retriable(&e) && attempt < 5 => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "{what} is retriable; retrying");
-                std::thread::sleep(Duration::from_millis(100 * attempt));
+    /// librdkafka asks for retriable transaction calls to be repeated as they are.
+    fn retry(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> Result<(), KafkaError>,
+    ) -> Result<(), TxnError> {
+        let mut attempt = 0;
+        loop {
+            match call() {
+                Ok(()) => return Ok(()),
+                Err(e) if is_retriable(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "{what} is retriable; retrying");
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                }
+                Err(e) => return Err(self.classify(what, e)),
             }
-            Err(e) => return Err(classify(what, e)),
         }
     }
 }
@@ -686,7 +716,7 @@ impl PlainProducer {
         config.set("enable.idempotence", "true");
         Ok(PlainProducer {
             producer: config
-                .create_with_context(DeliveryContext)
+                .create_with_context(DeliveryContext::default())
                 .map_err(ctx("creating the producer"))?,
         })
     }
@@ -786,12 +816,7 @@ impl std::fmt::Debug for TopicReader {
 
 impl TopicReader {
     pub fn new(conn: &Connection, topic: &str) -> Result<Self> {
-        let mut config = conn.config(&[
-            ("fetch.wait.max.ms", "50"),
-            CONSUMER_FETCH[0],
-            CONSUMER_FETCH[1],
-            CONSUMER_FETCH[2],
-        ]);
+        let mut config = conn.consumer_config(&[("fetch.wait.max.ms", "50")]);
         config
             // librdkafka wants a group.id even for assign-only use; nothing is committed.
             .set(
@@ -1170,12 +1195,9 @@ pub fn copy_at_least_once(
     output: &str,
     count: u64,
 ) -> Result<u64> {
-    let mut config = conn.config(&[
+    let mut config = conn.consumer_config(&[
         ("auto.offset.reset", "earliest"),
         ("fetch.wait.max.ms", "100"),
-        CONSUMER_FETCH[0],
-        CONSUMER_FETCH[1],
-        CONSUMER_FETCH[2],
     ]);
     config
         .set("group.id", group)

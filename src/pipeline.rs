@@ -167,6 +167,8 @@ pub struct Pipeline {
     /// Commits are held until this instant after the process was found paused
     /// for longer than the session timeout (see `check_paused`).
     hold_commits_until: Option<Instant>,
+    /// When the transactional producer was last replaced (see `replace_producer`).
+    producer_replacements: Vec<Instant>,
     last_iteration: Instant,
 }
 
@@ -210,6 +212,7 @@ impl Pipeline {
             txn: Txn::Idle,
             stats: Stats::default(),
             hold_commits_until: None,
+            producer_replacements: Vec::new(),
             last_iteration: Instant::now(),
         })
     }
@@ -232,11 +235,10 @@ impl Pipeline {
         let mut last_progress = Instant::now();
         while !shutdown.load(Ordering::SeqCst) {
             self.check_paused().await?;
-            let held = self.hold_commits_until.is_some_and(|t| Instant::now() < t);
             let budget = match self.txn {
                 Txn::Idle => Duration::from_millis(250),
                 // No commit can close the cycle yet: no point in short polls.
-                Txn::Open { .. } if held => Duration::from_millis(100),
+                Txn::Open { .. } if self.commits_held() => Duration::from_millis(100),
                 Txn::Open { since, .. } => self
                     .cfg
                     .commit_interval
@@ -260,13 +262,7 @@ impl Pipeline {
             };
             let polled = match polled {
                 Ok(p) => p,
-                Err(kafka::Error::Fenced(detail)) => {
-                    return Err(PipelineError::Fenced {
-                        instance_id: self.cfg.member.instance_id.clone(),
-                        transactional_id: self.cfg.transactional_id.clone(),
-                        detail,
-                    });
-                }
+                Err(kafka::Error::Fenced(detail)) => return Err(fenced(&self.cfg, detail)),
                 Err(e) => return Err(e.into()),
             };
             let aborts = self.stats.aborted;
@@ -307,12 +303,16 @@ impl Pipeline {
         Ok(())
     }
 
+    /// True while `check_paused` holds commits back.
+    fn commits_held(&self) -> bool {
+        self.hold_commits_until.is_some_and(|t| Instant::now() < t)
+    }
+
     fn cycle_due(&self) -> bool {
         match self.txn {
             Txn::Idle => false,
             Txn::Open { since, records } => {
-                let held = self.hold_commits_until.is_some_and(|t| Instant::now() < t);
-                !held
+                !self.commits_held()
                     && (since.elapsed() >= self.cfg.commit_interval
                         || records >= self.cfg.max_batch_records)
             }
@@ -335,7 +335,9 @@ impl Pipeline {
             return Ok(());
         }
         let outcome = process(&rec, &self.cfg.process);
-        self.ensure_open().await?;
+        if !self.ensure_open().await? {
+            return Ok(()); // the producer was replaced; partitions are being recovered
+        }
         if let Some(out) = outcome.output() {
             if !self.send(out.clone()).await? {
                 return Ok(()); // the transaction was aborted; this record comes again
@@ -365,18 +367,21 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn ensure_open(&mut self) -> Result<()> {
+    /// Begins a transaction if none is open. `false`: beginning failed fatally,
+    /// the producer was replaced and every partition is being recovered.
+    async fn ensure_open(&mut self) -> Result<bool> {
         if matches!(self.txn, Txn::Idle) {
             let p = self.producer.clone();
-            blocking(move || p.begin())
-                .await
-                .map_err(|e| txn_fatal(&self.cfg, e))?;
+            if let Err(e) = blocking(move || p.begin()).await {
+                self.replace_producer(e).await?;
+                return Ok(false);
+            }
             self.txn = Txn::Open {
                 since: Instant::now(),
                 records: 0,
             };
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Adds a record to the open transaction. `false`: producing failed and the
@@ -439,6 +444,8 @@ impl Pipeline {
             Err(TxnError::Abortable(
                 "injected by failpoint commit-error".into(),
             ))
+        } else if failpoints::error("commit-fatal") {
+            Err(TxnError::Fatal("injected by failpoint commit-fatal".into()))
         } else {
             blocking(move || producer.commit(&consumer, &to_commit)).await
         };
@@ -448,7 +455,7 @@ impl Pipeline {
                 tracing::warn!(error = %why, "commit failed; aborting and rewinding");
                 return self.abort_and_rewind(&why).await;
             }
-            Err(e) => return Err(txn_fatal(&self.cfg, e)),
+            Err(e) => return self.replace_producer(e).await,
         }
         self.stats.committed += 1;
         self.txn = Txn::Idle;
@@ -476,9 +483,9 @@ impl Pipeline {
             return Ok(());
         }
         let p = self.producer.clone();
-        blocking(move || p.abort())
-            .await
-            .map_err(|e| txn_fatal(&self.cfg, e))?;
+        if let Err(e) = blocking(move || p.abort()).await {
+            return self.replace_producer(e).await;
+        }
         self.txn = Txn::Idle;
         self.stats.aborted += 1;
         // Every active partition, touched or not: librdkafka may have delivered
@@ -495,6 +502,57 @@ impl Pipeline {
         tracing::warn!(reason = why, rewound = ?seeks, "transaction aborted");
         let c = self.consumer.clone();
         blocking(move || c.seek(&seeks)).await?;
+        Ok(())
+    }
+
+    /// A transactional producer in a fatal state (not fenced) cannot even abort.
+    /// Replace it: the new one's `init_transactions` aborts whatever the old one
+    /// left open. Whether a failed commit reached the broker is unknown, so every
+    /// partition is then recovered as on assignment, from the group's committed
+    /// offsets and the checkpoints (DESIGN.md's rules), never from memory. Fenced
+    /// errors, and more than 3 replacements a minute, stop the process.
+    async fn replace_producer(&mut self, e: TxnError) -> Result<()> {
+        let why = match e {
+            TxnError::Fatal(why) | TxnError::Abortable(why) => why,
+            fenced @ TxnError::Fenced(_) => return Err(txn_fatal(&self.cfg, fenced)),
+        };
+        let now = Instant::now();
+        self.producer_replacements
+            .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if self.producer_replacements.len() >= 3 {
+            return Err(PipelineError::FatalTxn(format!(
+                "{why} (the producer was already replaced 3 times in the last minute)"
+            )));
+        }
+        self.producer_replacements.push(now);
+        tracing::warn!(error = %why, "transactional producer failed fatally; replacing it and recovering every partition");
+        let fresh = Arc::new(TxnProducer::new(
+            &self.cfg.connection,
+            &self.cfg.transactional_id,
+            self.cfg.topics.clone(),
+            &self.cfg.process.input_topic,
+        )?);
+        let f = fresh.clone();
+        blocking(move || f.init())
+            .await
+            .map_err(|e| txn_fatal(&self.cfg, e))?;
+        let old = std::mem::replace(&mut self.producer, fresh);
+        blocking(move || drop(old)).await;
+        self.txn = Txn::Idle;
+        self.stats.aborted += 1;
+        let mut by_epoch: BTreeMap<u64, Vec<i32>> = BTreeMap::new();
+        for (p, st) in &mut self.partitions {
+            st.phase = Phase::Restoring;
+            st.pending = Aggregate::default();
+            st.touched = false;
+            by_epoch.entry(st.epoch).or_default().push(*p);
+        }
+        let all: Vec<i32> = self.partitions.keys().copied().collect();
+        let c = self.consumer.clone();
+        blocking(move || c.pause(&all)).await?;
+        for (epoch, partitions) in by_epoch {
+            self.spawn_restore(partitions, epoch);
+        }
         Ok(())
     }
 
@@ -662,13 +720,17 @@ impl Pipeline {
     }
 }
 
+fn fenced(cfg: &PipelineConfig, detail: String) -> PipelineError {
+    PipelineError::Fenced {
+        instance_id: cfg.member.instance_id.clone(),
+        transactional_id: cfg.transactional_id.clone(),
+        detail,
+    }
+}
+
 fn txn_fatal(cfg: &PipelineConfig, e: TxnError) -> PipelineError {
     match e {
-        TxnError::Fenced(detail) => PipelineError::Fenced {
-            instance_id: cfg.member.instance_id.clone(),
-            transactional_id: cfg.transactional_id.clone(),
-            detail,
-        },
+        TxnError::Fenced(detail) => fenced(cfg, detail),
         TxnError::Fatal(m) | TxnError::Abortable(m) => PipelineError::FatalTxn(m),
     }
 }

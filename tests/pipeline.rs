@@ -54,6 +54,31 @@ fn failed_commit_is_aborted_and_retried_without_loss_or_duplicates() {
 }
 
 #[test]
+fn fatal_producer_error_replaces_the_producer_and_recovers() {
+    let names = Names::create("fatal", 2);
+    let input = produce_generated(&names.input, 3_000, 18, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    // The second commit fails as if the producer were in a fatal state.
+    let mut run = TallyProc::start(
+        &names,
+        "fatal-1",
+        &dir.path().join("state"),
+        &["--max-batch-records", "500"],
+        &[("FAILPOINTS", "commit-fatal=1*off->1*return")],
+    );
+    wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    assert_eq!(
+        log.matches("replacing it and recovering every partition")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_verified(&names, input.valid(), input.malformed);
+}
+
+#[test]
 fn crash_with_open_transaction_then_restart_aborts_it() {
     let names = Names::create("crash", 2);
     let input = produce_generated(&names.input, 3_000, 13, 0.05);

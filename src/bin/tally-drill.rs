@@ -264,14 +264,18 @@ impl Drill {
         eprintln!("drill: {}", msg.as_ref());
     }
 
-    fn start(&mut self, i: usize) -> anyhow::Result<()> {
+    fn start(&mut self, i: usize, failpoints: Option<&str>) -> anyhow::Result<()> {
         let (tally, bootstrap) = (self.tally.clone(), self.args.bootstrap_servers.clone());
-        self.instances[i].start(&tally, &bootstrap, &self.names, None)
+        self.instances[i].start(&tally, &bootstrap, &self.names, failpoints)
     }
 
     fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart_with(i, None)
+    }
+
+    fn restart_with(&mut self, i: usize, failpoints: Option<&str>) -> anyhow::Result<()> {
         self.report.restarts += 1;
-        self.start(i)
+        self.start(i, failpoints)
     }
 
     /// Sleeps for `d`, restarting any instance that exited on its own meanwhile
@@ -362,9 +366,7 @@ impl Drill {
                 let spec = format!("{point}={after}*off->return");
                 self.log(format!("kill -9 {id}, restart it armed to crash at {spec}"));
                 self.instances[i].kill9();
-                let (tally, bootstrap) = (self.tally.clone(), self.args.bootstrap_servers.clone());
-                self.instances[i].start(&tally, &bootstrap, &self.names, Some(&spec))?;
-                self.report.restarts += 1;
+                self.restart_with(i, Some(&spec))?;
                 match self.idle(Duration::from_secs(30), Some(i))? {
                     Some(None) => self.log(format!("{id} crashed at {point}")),
                     Some(code) => {
@@ -489,7 +491,7 @@ fn run(args: Args, seed: u64) -> anyhow::Result<i32> {
         args,
     };
     for i in 0..drill.instances.len() {
-        drill.start(i)?;
+        drill.start(i, None)?;
     }
 
     // The generator: produces at the rate and recounts what it made.
