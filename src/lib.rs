@@ -6,7 +6,7 @@
 //! the loop that owns the transaction.
 
 pub mod aggregate;
-pub mod config;
+pub mod drill;
 pub mod event;
 pub mod failpoints;
 pub mod generate;

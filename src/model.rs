@@ -1,5 +1,5 @@
 //! tally's own record types. Kafka messages are converted into these in one place
-//! (`kafka::convert`); everything else works on owned values.
+//! (`kafka::connection`, one `From<&BorrowedMessage>`); everything else works on owned values.
 
 /// One record of the input topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,77 @@
+//! `tally generate`: realistic user-login events, some malformed.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tally::generate;
+use tally::kafka::{self};
+
+use super::{KafkaArgs, blocking};
+use crate::shutdown_flag;
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic to write to.
+    #[arg(long, env = "TALLY_INPUT_TOPIC", default_value = "user-login")]
+    pub topic: String,
+    /// Number of events; without it, runs until interrupted.
+    #[arg(long, env = "TALLY_GENERATE_COUNT")]
+    pub count: Option<u64>,
+    /// Events per second (0: as fast as possible).
+    #[arg(long, env = "TALLY_GENERATE_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seed for reproducible output.
+    #[arg(long, env = "TALLY_GENERATE_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Share of malformed events, 0.0 to 1.0.
+    #[arg(long, env = "TALLY_INVALID_RATIO", default_value_t = 0.05)]
+    pub invalid_ratio: f64,
+    /// Event times start here (epoch seconds); default: now.
+    #[arg(long, env = "TALLY_GENERATE_START_TIME")]
+    pub start_time: Option<i64>,
+    /// Include 1 MiB payloads among the malformed kinds.
+    #[arg(long, env = "TALLY_GENERATE_HUGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub huge: bool,
+}
+
+pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    let conn = a.kafka.connection();
+    let stop = shutdown_flag();
+    let start_time = a
+        .start_time
+        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let topic = a.topic.clone();
+    let sent = blocking(move || -> anyhow::Result<(u64, u64)> {
+        let producer = kafka::PlainProducer::new(&conn)?;
+        let mut g = generate::Generator::new(a.seed, start_time, a.invalid_ratio, a.huge);
+        if a.rate > 0.0 {
+            g = g.with_events_per_minute((a.rate * 60.0) as u64);
+        }
+        let started = Instant::now();
+        let (mut n, mut bad) = (0u64, 0u64);
+        while a.count.is_none_or(|c| n < c) && !stop.load(Ordering::SeqCst) {
+            if a.rate > 0.0 {
+                let due = Duration::from_secs_f64(n as f64 / a.rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait.min(Duration::from_millis(100)));
+                    continue;
+                }
+            }
+            let r = g.next_record();
+            producer.send(&a.topic, Some(&r.key), r.value.as_deref(), &[])?;
+            n += 1;
+            bad += u64::from(r.malformed.is_some());
+        }
+        producer.flush()?;
+        Ok((n, bad))
+    })
+    .await?;
+    println!(
+        "generated {} events ({} malformed) to {}",
+        sent.0, sent.1, topic
+    );
+    Ok(())
+}

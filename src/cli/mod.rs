@@ -1,0 +1,232 @@
+//! The command line, typed once: the clap types shared by several commands here,
+//! one file per subcommand (its flags and its body). Every flag also reads an
+//! environment variable; librdkafka properties pass through unchanged with
+//! `-X key=value`. Errors end here as `anyhow` with a message saying what failed
+//! and what to do.
+
+pub mod copy;
+pub mod create_topics;
+pub mod generate;
+pub mod insights;
+pub mod lag;
+pub mod replay;
+pub mod run;
+pub mod state;
+pub mod verify;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tally::event::{AppVersion, Filters, Limits, ProcessConfig};
+use tally::kafka::{Connection, OutputTopics};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "Exactly-once user-login stream processor with durable per-partition state"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a consumer-group member: user-login -> processed-user-login, DLQ and insights, exactly once.
+    Run(run::RunArgs),
+    /// Produce realistic user-login events (with a share of malformed ones).
+    Generate(generate::GenerateArgs),
+    /// Check that every input record appears exactly once in the output or DLQ (or was filtered).
+    Verify(verify::VerifyArgs),
+    /// Print the group-wide insights merged from the insights topic.
+    Insights(insights::InsightsArgs),
+    /// List the checkpoints in a local state directory.
+    State(state::StateArgs),
+    /// Reset a group's committed offsets of the input topic so it reprocesses.
+    Replay(replay::ReplayArgs),
+    /// Create the input, output, DLQ and insights topics (existing ones are left alone).
+    CreateTopics(create_topics::CreateTopicsArgs),
+    /// Show a group's committed offsets and lag on the input topic.
+    Lag(lag::LagArgs),
+    /// Benchmark baseline: copy input to output at least once (no transactions).
+    #[command(hide = true)]
+    Copy(copy::CopyArgs),
+}
+
+/// Runs the chosen subcommand; the result is the process's exit status.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(a) => run::run(a).await.map(|()| 0),
+        Command::Generate(a) => generate::run(a).await.map(|()| 0),
+        Command::Verify(a) => verify::run(a).await,
+        Command::Insights(a) => insights::run(a).await.map(|()| 0),
+        Command::State(a) => state::run(a).await.map(|()| 0),
+        Command::Replay(a) => replay::run(a).await.map(|()| 0),
+        Command::CreateTopics(a) => create_topics::run(a).await.map(|()| 0),
+        Command::Lag(a) => lag::run(a).await,
+        Command::Copy(a) => copy::run(a).await.map(|()| 0),
+    }
+}
+
+/// Runs `f` on a blocking thread (Kafka clients and RocksDB block).
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+pub(crate) fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
+pub(crate) fn parse_millis(s: &str) -> Result<Duration, String> {
+    let ms: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of milliseconds"))?;
+    if ms == 0 {
+        return Err("must be at least 1 ms".into());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+pub(crate) fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive whole number")),
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
+    pub bootstrap_servers: String,
+    /// librdkafka property passed through unchanged (repeatable), e.g. -X security.protocol=SSL (env: `;`-separated).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';')]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    pub fn connection(&self) -> Connection {
+        Connection {
+            bootstrap: self.bootstrap_servers.clone(),
+            properties: self.properties.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// Input topic.
+    #[arg(long, env = "TALLY_INPUT_TOPIC", default_value = "user-login")]
+    pub input_topic: String,
+    /// Output topic for processed events.
+    #[arg(
+        long,
+        env = "TALLY_OUTPUT_TOPIC",
+        default_value = "processed-user-login"
+    )]
+    pub output_topic: String,
+    /// Dead-letter topic for invalid events.
+    #[arg(long, env = "TALLY_DLQ_TOPIC", default_value = "user-login-dlq")]
+    pub dlq_topic: String,
+    /// Compacted topic for per-partition aggregate snapshots.
+    #[arg(
+        long,
+        env = "TALLY_INSIGHTS_TOPIC",
+        default_value = "user-login-insights"
+    )]
+    pub insights_topic: String,
+}
+
+impl TopicArgs {
+    pub fn outputs(&self) -> OutputTopics {
+        OutputTopics {
+            processed: self.output_topic.clone(),
+            dead_letter: self.dlq_topic.clone(),
+            insights: self.insights_topic.clone(),
+        }
+    }
+}
+
+/// Settings that decide each record's outcome; `run` and `verify` must agree on them.
+#[derive(Debug, Clone, Args)]
+pub struct ProcessArgs {
+    /// Filter out events from app versions below this (compared as versions: 2.10 > 2.9).
+    #[arg(long, env = "TALLY_MIN_APP_VERSION")]
+    pub min_app_version: Option<AppVersion>,
+    /// Only pass these device types (comma-separated, case-insensitive); default: all.
+    #[arg(long, env = "TALLY_ALLOWED_DEVICE_TYPES", value_delimiter = ',')]
+    pub allowed_device_types: Vec<String>,
+    /// Values larger than this many bytes go to the DLQ as too_large.
+    #[arg(long, env = "TALLY_MAX_VALUE_BYTES", default_value_t = 256 * 1024, value_parser = parse_positive)]
+    pub max_value_bytes: usize,
+    /// Event times more than this many seconds after the Kafka record timestamp are rejected.
+    #[arg(long, env = "TALLY_MAX_FUTURE_SKEW_SECS", default_value_t = 86_400)]
+    pub max_future_skew_secs: u32,
+}
+
+impl ProcessArgs {
+    pub fn config(&self, input_topic: &str) -> ProcessConfig {
+        let allowed: BTreeSet<String> = self
+            .allowed_device_types
+            .iter()
+            .map(|d| d.trim().to_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect();
+        ProcessConfig {
+            input_topic: input_topic.to_string(),
+            limits: Limits {
+                max_value_bytes: self.max_value_bytes,
+                max_future_skew_secs: i64::from(self.max_future_skew_secs),
+            },
+            filters: Filters {
+                min_app_version: self.min_app_version.clone(),
+                allowed_device_types: (!allowed.is_empty()).then_some(allowed),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = Cli::try_parse_from([
+            "tally",
+            "run",
+            "--instance-id",
+            "a",
+            "--commit-interval",
+            "soon",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--commit-interval"), "{err}");
+        let err = Cli::try_parse_from([
+            "tally",
+            "run",
+            "--instance-id",
+            "a",
+            "--min-app-version",
+            "x.y",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--min-app-version"), "{err}");
+        let err = Cli::try_parse_from(["tally", "run", "--instance-id", "a", "-X", "novalue"])
+            .unwrap_err();
+        assert!(err.to_string().contains("-X"), "{err}");
+    }
+}

@@ -1,0 +1,59 @@
+//! `tally verify`: every input record exactly once in the output or the DLQ.
+
+use clap::Args;
+use tally::verify;
+
+use super::{KafkaArgs, ProcessArgs, TopicArgs, blocking};
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// The group whose committed offsets bound the check.
+    #[arg(long, env = "TALLY_GROUP_ID", default_value = "tally")]
+    pub group_id: String,
+    /// Also fail when the group has not consumed the input to its end.
+    #[arg(long, env = "TALLY_VERIFY_COMPLETE")]
+    pub complete: bool,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit status of `verify` when it finds violations.
+const EXIT_VIOLATIONS: i32 = 4;
+
+pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
+    let conn = a.kafka.connection();
+    let cfg = a.process.config(&a.topics.input_topic);
+    let (group, out, dlq) = (
+        a.group_id.clone(),
+        a.topics.output_topic.clone(),
+        a.topics.dlq_topic.clone(),
+    );
+    let summary = blocking(move || verify::verify(&conn, &group, &cfg, &out, &dlq)).await?;
+    let incomplete = a.complete && summary.unconsumed > 0;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.render());
+    }
+    if summary.violations() > 0 || incomplete {
+        eprintln!(
+            "verify: FAILED ({} violations{})",
+            summary.violations(),
+            if incomplete {
+                format!(", {} input records not consumed", summary.unconsumed)
+            } else {
+                String::new()
+            }
+        );
+        return Ok(EXIT_VIOLATIONS);
+    }
+    eprintln!("verify: OK");
+    Ok(0)
+}

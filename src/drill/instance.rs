@@ -1,0 +1,129 @@
+//! One `tally run` child process of the drill.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{Names, SESSION_TIMEOUT_MS};
+
+pub(super) struct Instance {
+    pub(super) id: String,
+    pub(super) state_dir: PathBuf,
+    pub(super) log: PathBuf,
+    pub(super) child: Option<Child>,
+    pub(super) starts: u32,
+}
+
+impl Instance {
+    pub(super) fn start(
+        &mut self,
+        tally: &Path,
+        bootstrap: &str,
+        names: &Names,
+        failpoints: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        self.starts += 1;
+        writeln!(
+            log,
+            "=== drill: start #{} of {} (failpoints: {failpoints:?}) ===",
+            self.starts, self.id
+        )?;
+        let mut cmd = Command::new(tally);
+        match failpoints {
+            Some(f) => cmd.env("FAILPOINTS", f),
+            None => cmd.env_remove("FAILPOINTS"),
+        };
+        let child = cmd
+            .arg("run")
+            .args([
+                "--bootstrap-servers",
+                bootstrap,
+                "--group-id",
+                &names.group,
+                "--instance-id",
+                &self.id,
+            ])
+            .args([
+                "--input-topic",
+                &names.input,
+                "--output-topic",
+                &names.output,
+            ])
+            .args([
+                "--dlq-topic",
+                &names.dlq,
+                "--insights-topic",
+                &names.insights,
+            ])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args([
+                "--session-timeout",
+                &SESSION_TIMEOUT_MS.to_string(),
+                "--progress-secs",
+                "5",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting tally run")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub(super) fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+
+    pub(super) fn kill9(&mut self) {
+        self.signal("-KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; the exit code (`None`: killed by a signal).
+    pub(super) fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal("-TERM");
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Some(-1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `Some(code)` if the process ended by itself.
+    pub(super) fn exited(&mut self) -> Option<Option<i32>> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(st)) => {
+                self.child = None;
+                Some(st.code())
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The crash/restart recovery drill, as a library so tests can drive it: several
+//! `tally run` instances in one group while events (with malformed ones) flow,
+//! faults at random times from a printed seed, then a drain and the checks:
+//! every input record exactly once (verify) and the insights against the drill's
+//! own recount of what it generated. `tally-drill` (front end:
+//! `scripts/drill.sh`) is its command line.
+//!
+//! Errors are `anyhow`: the drill is a harness whose every error ends the run
+//! with its message, like a binary's edge.
+
+mod instance;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Parser;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::aggregate::Horizon;
+use crate::event::{Filters, Limits, ProcessConfig};
+use crate::generate::{Generator, Recount};
+use crate::insights::Latest;
+use crate::kafka::{self, Connection, GroupAdmin, OutputTopics, PlainProducer, TopicReader};
+use instance::Instance;
+pub use report::Report;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tally-drill",
+    about = "Crash/restart drill for tally, verified to the record"
+)]
+pub struct DrillArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
+    pub bootstrap_servers: String,
+    /// Seconds of faults, rounded up to whole rounds of every fault kind (then the
+    /// drill drains and checks).
+    #[arg(long, env = "DRILL_DURATION", default_value_t = 60)]
+    pub duration: u64,
+    /// `tally run` instances in the group.
+    #[arg(long, env = "DRILL_INSTANCES", default_value_t = 3)]
+    pub instances: usize,
+    /// Events per second from the generator.
+    #[arg(long, env = "DRILL_RATE", default_value_t = 300.0)]
+    pub rate: f64,
+    /// Stop generating after this many events (default: unbounded until the end).
+    #[arg(long, env = "DRILL_EVENTS")]
+    pub events: Option<u64>,
+    /// Seed of the faults and of the generated events; printed so a run can be repeated.
+    #[arg(long, env = "DRILL_SEED")]
+    pub seed: Option<u64>,
+    /// Partitions of the drill's topics.
+    #[arg(long, env = "DRILL_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+    /// Share of malformed events.
+    #[arg(long, env = "DRILL_INVALID_RATIO", default_value_t = 0.05)]
+    pub invalid_ratio: f64,
+    /// Include the zombie fault (SIGSTOP past the session timeout, then SIGCONT).
+    #[arg(long, env = "DRILL_ZOMBIE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub zombie: bool,
+    /// Seconds between faults: a random pause in [min, 2*min].
+    #[arg(long, env = "DRILL_FAULT_INTERVAL", default_value_t = 3)]
+    pub fault_interval: u64,
+    /// Where logs and state directories go (default: a new folder under .run/).
+    #[arg(long, env = "DRILL_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// The tally binary (default: the one beside this drill).
+    #[arg(long, env = "DRILL_TALLY_BIN")]
+    pub tally_bin: Option<PathBuf>,
+    /// Seconds allowed for the group to drain after the faults.
+    #[arg(long, env = "DRILL_DRAIN_TIMEOUT", default_value_t = 240)]
+    pub drain_timeout: u64,
+}
+
+const SESSION_TIMEOUT_MS: u64 = 6000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    Kill9Restart,
+    Kill9NewHost,
+    GracefulScaleDown,
+    Zombie,
+    /// Restarted with a failpoint that aborts the process at a chosen step of the
+    /// cycle (after producing, before the commit, between the commit and the
+    /// checkpoint): the windows a random kill -9 rarely hits.
+    CrashPoint,
+}
+
+const CRASH_POINTS: [&str; 3] = [
+    "after-produce",
+    "before-commit",
+    "after-commit-before-checkpoint",
+];
+
+struct Names {
+    input: String,
+    output: String,
+    dlq: String,
+    insights: String,
+    group: String,
+}
+
+struct Drill {
+    args: DrillArgs,
+    tally: PathBuf,
+    names: Names,
+    instances: Vec<Instance>,
+    rng: ChaCha8Rng,
+    report: Report,
+}
+
+impl Drill {
+    fn log(&self, msg: impl AsRef<str>) {
+        eprintln!("drill: {}", msg.as_ref());
+    }
+
+    fn start(&mut self, i: usize, failpoints: Option<&str>) -> anyhow::Result<()> {
+        let (tally, bootstrap) = (self.tally.clone(), self.args.bootstrap_servers.clone());
+        self.instances[i].start(&tally, &bootstrap, &self.names, failpoints)
+    }
+
+    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart_with(i, None)
+    }
+
+    fn restart_with(&mut self, i: usize, failpoints: Option<&str>) -> anyhow::Result<()> {
+        self.report.restarts += 1;
+        self.start(i, failpoints)
+    }
+
+    /// Sleeps for `d`, restarting any instance that exited on its own meanwhile
+    /// (recorded as unexpected unless `expect_exit` names it).
+    fn idle(
+        &mut self,
+        d: Duration,
+        expect_exit: Option<usize>,
+    ) -> anyhow::Result<Option<Option<i32>>> {
+        let end = Instant::now() + d;
+        let mut expected = None;
+        while Instant::now() < end {
+            for i in 0..self.instances.len() {
+                if let Some(code) = self.instances[i].exited() {
+                    if Some(i) == expect_exit {
+                        expected = Some(code);
+                        continue;
+                    }
+                    let msg = format!(
+                        "{} exited on its own with {:?}; see {}",
+                        self.instances[i].id,
+                        code,
+                        self.instances[i].log.display()
+                    );
+                    self.log(&msg);
+                    self.report.unexpected_exits.push(msg);
+                    self.restart(i)?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(expected)
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.instances.len())
+            .filter(|i| self.instances[*i].child.is_some())
+            .collect()
+    }
+
+    fn apply(&mut self, fault: Fault) -> anyhow::Result<()> {
+        let running = self.running();
+        let Some(&i) = running.get(self.rng.random_range(0..running.len().max(1))) else {
+            return Ok(());
+        };
+        let id = self.instances[i].id.clone();
+        *self.report.faults.entry(fault).or_default() += 1;
+        match fault {
+            Fault::Kill9Restart => {
+                // Sometimes at once, sometimes after events have piled up.
+                let delay = if self.rng.random_bool(0.5) {
+                    0
+                } else {
+                    self.rng.random_range(1_000..5_000)
+                };
+                self.log(format!("kill -9 {id}, restart after {delay} ms"));
+                self.instances[i].kill9();
+                self.idle(Duration::from_millis(delay), None)?;
+                self.restart(i)?;
+            }
+            Fault::Kill9NewHost => {
+                let delay = self.rng.random_range(0..3_000);
+                self.log(format!(
+                    "kill -9 {id}, delete its state, restart after {delay} ms (new host)"
+                ));
+                self.instances[i].kill9();
+                std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
+                self.idle(Duration::from_millis(delay), None)?;
+                self.restart(i)?;
+            }
+            Fault::GracefulScaleDown => {
+                let down = self.rng.random_range(3_000..8_000);
+                self.log(format!(
+                    "stop {id} gracefully, start it again after {down} ms"
+                ));
+                let code = self.instances[i].terminate(Duration::from_secs(60));
+                if code != Some(0) {
+                    let msg = format!("{id} exited with {code:?} on SIGTERM");
+                    self.log(&msg);
+                    self.report.unexpected_exits.push(msg);
+                }
+                self.idle(Duration::from_millis(down), None)?;
+                self.restart(i)?;
+            }
+            Fault::CrashPoint => {
+                let point = CRASH_POINTS[self.rng.random_range(0..CRASH_POINTS.len())];
+                let after = self.rng.random_range(3..30);
+                let spec = format!("{point}={after}*off->return");
+                self.log(format!("kill -9 {id}, restart it armed to crash at {spec}"));
+                self.instances[i].kill9();
+                self.restart_with(i, Some(&spec))?;
+                match self.idle(Duration::from_secs(30), Some(i))? {
+                    Some(None) => self.log(format!("{id} crashed at {point}")),
+                    Some(code) => {
+                        let msg = format!(
+                            "{id} armed at {point} exited with {code:?} instead of crashing"
+                        );
+                        self.report.unexpected_exits.push(msg);
+                    }
+                    None => {
+                        self.log(format!(
+                            "{id} did not reach {point} {after} times in 30 s; killing it"
+                        ));
+                        self.instances[i].kill9();
+                    }
+                }
+                let pause = self.rng.random_range(0..2_000);
+                self.idle(Duration::from_millis(pause), None)?;
+                self.restart(i)?;
+            }
+            Fault::Zombie => {
+                let paused = SESSION_TIMEOUT_MS + self.rng.random_range(1_000..4_000);
+                self.log(format!(
+                    "SIGSTOP {id} for {paused} ms (past the session timeout), then SIGCONT"
+                ));
+                self.instances[i].signal("-STOP");
+                self.idle(Duration::from_millis(paused), None)?;
+                self.instances[i].signal("-CONT");
+                // It recovers, or exits with a clear message and is restarted.
+                match self.idle(Duration::from_secs(10), Some(i))? {
+                    None => self.report.zombie_outcomes.push(format!("{id}: recovered")),
+                    Some(code) => {
+                        self.report
+                            .zombie_outcomes
+                            .push(format!("{id}: exited with {code:?}, restarted"));
+                        self.restart(i)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the drill; the result is the exit status (0: passed).
+pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
+    eprintln!("drill: seed {seed} (repeat with --seed {seed})");
+    let tally = match &args.tally_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("tally"),
+    };
+    if !tally.exists() {
+        bail!(
+            "tally binary not found at {} (build it, or pass --tally-bin)",
+            tally.display()
+        );
+    }
+    let tag = format!(
+        "drill-{seed}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".run").join(&tag));
+    std::fs::create_dir_all(&work)?;
+    let names = Names {
+        input: format!("{tag}-user-login"),
+        output: format!("{tag}-processed"),
+        dlq: format!("{tag}-dlq"),
+        insights: format!("{tag}-insights"),
+        group: tag.clone(),
+    };
+    let conn = Connection {
+        bootstrap: args.bootstrap_servers.clone(),
+        properties: Vec::new(),
+    };
+    let outputs = OutputTopics {
+        processed: names.output.clone(),
+        dead_letter: names.dlq.clone(),
+        insights: names.insights.clone(),
+    };
+    let specs = kafka::pipeline_topic_specs(&names.input, &outputs, args.partitions, 1);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kafka::create_topics(&conn, &specs))?;
+    eprintln!(
+        "drill: topics {}*, group {}, logs in {}",
+        tag,
+        names.group,
+        work.display()
+    );
+
+    let instances = (0..args.instances)
+        .map(|i| Instance {
+            id: format!("{tag}-{i}"),
+            state_dir: work.join(format!("state-{i}")),
+            log: work.join(format!("instance-{i}.log")),
+            child: None,
+            starts: 0,
+        })
+        .collect();
+    let mut drill = Drill {
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        tally,
+        names,
+        instances,
+        report: Report {
+            seed,
+            ..Report::default()
+        },
+        args,
+    };
+    for i in 0..drill.instances.len() {
+        drill.start(i, None)?;
+    }
+
+    // The generator: produces at the rate and recounts what it made.
+    let stop = Arc::new(AtomicBool::new(false));
+    let recount = Arc::new(Mutex::new(Recount::default()));
+    let generator = {
+        let (stop, recount, conn) = (stop.clone(), recount.clone(), conn.clone());
+        let (topic, rate, limit, ratio) = (
+            drill.names.input.clone(),
+            drill.args.rate,
+            drill.args.events,
+            drill.args.invalid_ratio,
+        );
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let producer = PlainProducer::new(&conn)?;
+            let mut g = Generator::new(seed, chrono::Utc::now().timestamp(), ratio, true)
+                .with_events_per_minute((rate * 60.0) as u64);
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) && limit.is_none_or(|l| n < l) {
+                let due = Duration::from_secs_f64(n as f64 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait.min(Duration::from_millis(50)));
+                    continue;
+                }
+                let r = g.next_record();
+                producer.send(&topic, Some(&r.key), r.value.as_deref(), &[])?;
+                n += 1;
+                recount.lock().unwrap().add(&r);
+            }
+            producer.flush()?;
+            Ok(())
+        })
+    };
+
+    // Faults: every kind once per round, in a seeded order.
+    let mut kinds = vec![
+        Fault::Kill9Restart,
+        Fault::Kill9NewHost,
+        Fault::GracefulScaleDown,
+        Fault::CrashPoint,
+    ];
+    if drill.args.zombie {
+        kinds.push(Fault::Zombie);
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_secs(drill.args.duration);
+    let gap = drill.args.fault_interval.max(1) * 1000;
+    drill.idle(Duration::from_secs(3), None)?;
+    // Whole rounds, so even a short drill applies every kind at least once.
+    while Instant::now() < until {
+        kinds.shuffle(&mut drill.rng);
+        for k in kinds.clone() {
+            drill.apply(k)?;
+            let pause = drill.rng.random_range(gap..=2 * gap);
+            drill.idle(Duration::from_millis(pause), None)?;
+        }
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    generator.join().expect("generator thread")?;
+    let produced = recount.lock().unwrap().total;
+    drill.log(format!(
+        "faults done after {:.0} s; {produced} events produced; draining",
+        started.elapsed().as_secs_f64()
+    ));
+    for i in 0..drill.instances.len() {
+        if drill.instances[i].child.is_none() {
+            drill.restart(i)?;
+        }
+    }
+    let drain_start = Instant::now();
+    let admin = GroupAdmin::new(&conn, &drill.names.group)?;
+    let input_topic = drill.names.input.clone();
+    loop {
+        let committed: i64 = admin.committed(&input_topic)?.values().sum();
+        if committed as u64 >= produced {
+            break;
+        }
+        if drain_start.elapsed() > Duration::from_secs(drill.args.drain_timeout) {
+            drill.log(format!(
+                "did not drain within {} s: {committed} of {produced} committed",
+                drill.args.drain_timeout
+            ));
+            break;
+        }
+        drill.idle(Duration::from_millis(500), None)?;
+    }
+    drill.report.drain_secs = drain_start.elapsed().as_secs_f64();
+    for i in 0..drill.instances.len() {
+        let id = drill.instances[i].id.clone();
+        let code = drill.instances[i].terminate(Duration::from_secs(60));
+        if code != Some(0) {
+            drill
+                .report
+                .unexpected_exits
+                .push(format!("{id} exited with {code:?} on the final SIGTERM"));
+        }
+    }
+
+    // Guarantee 1: every input record exactly once in output or DLQ.
+    let cfg = ProcessConfig {
+        input_topic: drill.names.input.clone(),
+        limits: Limits::default(),
+        filters: Filters::default(),
+    };
+    let summary = crate::verify::verify(
+        &conn,
+        &drill.names.group,
+        &cfg,
+        &drill.names.output,
+        &drill.names.dlq,
+    )?;
+    let recount = recount.lock().unwrap();
+    let r = &mut drill.report;
+    r.events = recount.total;
+    r.malformed = recount.malformed;
+    r.duplicates = summary.duplicates;
+    r.losses = summary.missing + summary.unconsumed;
+    r.mismatched = summary.mismatched;
+    r.stray = summary.stray;
+    r.verify = summary.render();
+    if summary.processed + summary.dead_lettered != recount.total {
+        r.aggregate_mismatches.push(format!(
+            "verify saw {} processed + {} dead-lettered, the drill produced {}",
+            summary.processed, summary.dead_lettered, recount.total
+        ));
+    }
+
+    // Guarantee 2: insights equal the drill's own recount.
+    let reader = TopicReader::new(&conn, &drill.names.insights)?;
+    let ranges: Vec<_> = reader
+        .partitions()?
+        .into_iter()
+        .map(|p| (p, kafka::StartAt::Earliest, None))
+        .collect();
+    let mut latest = Latest::default();
+    reader.read(&ranges, |rec| {
+        if let Some(v) = &rec.record.value {
+            latest.offer(&drill.names.input, v);
+        }
+    })?;
+    let agg = latest.merged(Horizon::default());
+    let mut compare = |what: &str, got: String, want: String| {
+        if got != want {
+            r.aggregate_mismatches
+                .push(format!("{what}: insights {got}, recount {want}"));
+        }
+    };
+    compare(
+        "processed",
+        agg.processed.to_string(),
+        (recount.total - recount.malformed).to_string(),
+    );
+    compare(
+        "dead-lettered",
+        agg.dead_lettered.to_string(),
+        recount.malformed.to_string(),
+    );
+    compare(
+        "by device type",
+        format!("{:?}", agg.by_device_type),
+        format!("{:?}", recount.by_device_type),
+    );
+    compare(
+        "by app version",
+        format!("{:?}", agg.by_app_version),
+        format!("{:?}", recount.by_app_version),
+    );
+    compare(
+        "by locale",
+        format!("{:?}", agg.by_locale),
+        format!("{:?}", recount.by_locale),
+    );
+
+    let passed = r.passed();
+    std::fs::write(
+        work.join("summary.json"),
+        serde_json::to_string_pretty(&*r)?,
+    )?;
+    r.print();
+    println!("drill: {}", if passed { "PASSED" } else { "FAILED" });
+    Ok(if passed { 0 } else { 1 })
+}

@@ -1,0 +1,75 @@
+//! What the drill found, as `summary.json` and as the text it prints.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Fault;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub events: u64,
+    pub malformed: u64,
+    pub faults: BTreeMap<Fault, u32>,
+    pub restarts: u32,
+    pub unexpected_exits: Vec<String>,
+    pub zombie_outcomes: Vec<String>,
+    pub duplicates: u64,
+    pub losses: u64,
+    pub mismatched: u64,
+    pub stray: u64,
+    pub aggregate_mismatches: Vec<String>,
+    pub drain_secs: f64,
+    pub verify: String,
+}
+
+impl Report {
+    pub(super) fn passed(&self) -> bool {
+        self.duplicates == 0
+            && self.losses == 0
+            && self.mismatched == 0
+            && self.stray == 0
+            && self.aggregate_mismatches.is_empty()
+            && self.unexpected_exits.is_empty()
+    }
+
+    /// Prints the summary a person reads.
+    pub fn print(&self) {
+        println!("drill summary (seed {})", self.seed);
+        println!("  events {} ({} malformed)", self.events, self.malformed);
+        println!(
+            "  faults: {} ({})",
+            self.faults.values().sum::<u32>(),
+            self.faults
+                .iter()
+                .map(|(k, v)| format!("{k:?}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("  restarts {}", self.restarts);
+        for z in &self.zombie_outcomes {
+            println!("  zombie {z}");
+        }
+        println!(
+            "  duplicates {}, losses {}, mismatched {}, stray {}",
+            self.duplicates, self.losses, self.mismatched, self.stray
+        );
+        println!("  aggregate mismatches {}", self.aggregate_mismatches.len());
+        for m in &self.aggregate_mismatches {
+            println!("    {m}");
+        }
+        println!("  unexpected exits {}", self.unexpected_exits.len());
+        for m in &self.unexpected_exits {
+            println!("    {m}");
+        }
+        println!("  time to drain {:.1} s", self.drain_secs);
+        print!(
+            "{}",
+            self.verify
+                .lines()
+                .map(|l| format!("  verify: {}\n", l.trim()))
+                .collect::<String>()
+        );
+    }
+}

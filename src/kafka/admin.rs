@@ -1,0 +1,233 @@
+//! Administration: creating the pipeline's topics, describing a group, reading
+//! and overwriting its committed offsets.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, partitions};
+use super::producer::OutputTopics;
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub config: Vec<(String, String)>,
+}
+
+/// The four topics of a pipeline. The input, output and DLQ accept records up to
+/// 2 MiB (a DLQ entry carries the original bytes, malformed 1 MiB payloads
+/// included); the insights topic is compacted (latest snapshot per partition).
+pub fn pipeline_topic_specs(
+    input: &str,
+    outputs: &OutputTopics,
+    partitions: i32,
+    replication: i32,
+) -> Vec<TopicSpec> {
+    let spec = |name: &str, compact: bool| {
+        let mut config = vec![("max.message.bytes".to_string(), "2097152".to_string())];
+        if compact {
+            config.push(("cleanup.policy".to_string(), "compact".to_string()));
+        }
+        TopicSpec {
+            name: name.to_string(),
+            partitions,
+            replication,
+            config,
+        }
+    };
+    vec![
+        spec(input, false),
+        spec(&outputs.processed, false),
+        spec(&outputs.dead_letter, false),
+        spec(&outputs.insights, true),
+    ]
+}
+
+/// Creates the topics; ones that already exist are left as they are.
+pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec<(String, bool)>> {
+    let admin: AdminClient<DefaultClientContext> = conn
+        .config(&[])
+        .create()
+        .map_err(ctx("creating admin client"))?;
+    let topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            s.config.iter().fold(
+                NewTopic::new(
+                    &s.name,
+                    s.partitions,
+                    TopicReplication::Fixed(s.replication),
+                ),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            topics.iter(),
+            &AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT)),
+        )
+        .await
+        .map_err(ctx("creating topics"))?;
+    let mut out = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => out.push((name, true)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
+            Err((name, code)) => {
+                return Err(Error::Other(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    // Wait for metadata so the topics are usable when we return.
+    let probe: BaseConsumer = conn
+        .config(&[])
+        .create()
+        .map_err(ctx("creating metadata client"))?;
+    for s in specs {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        while partitions(&probe, &s.name).map(|p| p.len()).unwrap_or(0) < s.partitions as usize {
+            if Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "topic {} did not appear in metadata",
+                    s.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(out)
+}
+
+/// Group administration: state, committed offsets and offset resets.
+pub struct GroupAdmin {
+    consumer: BaseConsumer,
+    group: String,
+}
+
+impl std::fmt::Debug for GroupAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupAdmin")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+/// A group as the coordinator describes it.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    pub state: String,
+    pub members: Vec<String>,
+}
+
+impl GroupAdmin {
+    pub fn new(conn: &Connection, group: &str) -> Result<Self> {
+        let mut config = conn.config(&[]);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        Ok(GroupAdmin {
+            consumer: config
+                .create()
+                .map_err(ctx("creating group admin client"))?,
+            group: group.to_string(),
+        })
+    }
+
+    pub fn describe(&self) -> Result<GroupDescription> {
+        let list = self
+            .consumer
+            .fetch_group_list(Some(&self.group), CALL_TIMEOUT)
+            .map_err(ctx(format!("describing group {}", self.group)))?;
+        let g = list.groups().iter().find(|g| g.name() == self.group);
+        Ok(GroupDescription {
+            state: g
+                .map(|g| g.state().to_string())
+                .unwrap_or_else(|| "Dead".into()),
+            members: g
+                .map(|g| {
+                    g.members()
+                        .iter()
+                        .map(|m| m.client_id().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn partitions(&self, topic: &str) -> Result<Vec<i32>> {
+        partitions(&self.consumer, topic)
+    }
+
+    /// Committed offsets of `topic` by partition (absent: no commit).
+    pub fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.partitions(topic)? {
+            tpl.add_partition(topic, p);
+        }
+        let got = self
+            .consumer
+            .committed_offsets(tpl, CALL_TIMEOUT)
+            .map_err(ctx(format!(
+                "reading committed offsets of group {}",
+                self.group
+            )))?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// First offset of each partition whose record timestamp is at or after `ms`
+    /// (the high watermark when there is none).
+    pub fn offsets_for_time(&self, topic: &str, ms: i64) -> Result<BTreeMap<i32, i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.partitions(topic)? {
+            tpl.add_partition_offset(topic, p, Offset::Offset(ms))
+                .expect("valid offset");
+        }
+        let got = self
+            .consumer
+            .offsets_for_times(tpl, CALL_TIMEOUT)
+            .map_err(ctx("looking up offsets for a time"))?;
+        let mut out = BTreeMap::new();
+        for e in got.elements() {
+            let o = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => self.watermarks(topic, e.partition())?.1,
+            };
+            out.insert(e.partition(), o);
+        }
+        Ok(out)
+    }
+
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(topic, partition, CALL_TIMEOUT)
+            .map_err(ctx(format!("reading watermarks of {topic}/{partition}")))
+    }
+
+    /// Overwrites the group's committed offsets (the group must have no members).
+    pub fn commit(&self, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+                .expect("valid offset");
+        }
+        self.consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .map_err(ctx(format!("committing offsets for group {}", self.group)))
+    }
+}

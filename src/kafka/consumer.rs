@@ -1,0 +1,328 @@
+//! The consumer-group member of `tally run`: rebalance callbacks handed to the
+//! pipeline loop, batch polling, committed offsets, seeks and pauses.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, is_fenced_code};
+use crate::model::InputRecord;
+
+/// A rebalance handed from librdkafka's callback (on the polling thread) to the
+/// pipeline loop.
+#[derive(Debug)]
+pub enum RebalanceEvent {
+    /// The partitions are assigned and paused; the loop restores their state,
+    /// seeks and resumes them. Records polled before `epoch` belong to an earlier
+    /// assignment and must be dropped.
+    Assigned { partitions: Vec<i32>, epoch: u64 },
+    /// The partitions are being taken away. The callback waits for `done` before
+    /// letting librdkafka proceed, so the loop can close the open transaction while
+    /// the partitions are still ours. `lost`: the group already gave them to someone
+    /// else (session timed out): never commit for them.
+    Revoked {
+        partitions: Vec<i32>,
+        lost: bool,
+        done: SyncSender<()>,
+    },
+}
+
+#[derive(Debug)]
+pub struct GroupContext {
+    topic: String,
+    events: UnboundedSender<RebalanceEvent>,
+    epoch: AtomicU64,
+}
+
+impl ClientContext for GroupContext {}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let (done, wait) = sync_channel(1);
+            let event = RebalanceEvent::Revoked {
+                partitions: partitions_of(tpl, &self.topic),
+                lost: consumer.assignment_lost(),
+                done,
+            };
+            // If the loop is gone there is nothing left to hand over.
+            if self.events.send(event).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                // Paused before the callback returns, so no record of these
+                // partitions is delivered before the loop has restored their state
+                // and sought to the committed offset.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::error!(error = %e, "pausing newly assigned partitions failed");
+                }
+                let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                let _ = self.events.send(RebalanceEvent::Assigned {
+                    partitions: partitions_of(tpl, &self.topic),
+                    epoch,
+                });
+            }
+            Rebalance::Revoke(_) => {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+            }
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// A record and the assignment epoch it was polled under.
+#[derive(Debug)]
+pub struct Polled {
+    pub epoch: u64,
+    pub record: InputRecord,
+}
+
+/// Settings of the consumer-group member.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub group: String,
+    pub instance_id: String,
+    pub topic: String,
+    pub session_timeout: Duration,
+    pub max_poll_interval: Duration,
+}
+
+pub struct GroupConsumer {
+    pub(super) consumer: BaseConsumer<GroupContext>,
+    topic: String,
+}
+
+impl std::fmt::Debug for GroupConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupConsumer")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl GroupConsumer {
+    pub fn new(
+        conn: &Connection,
+        member: &MemberConfig,
+    ) -> Result<(Self, UnboundedReceiver<RebalanceEvent>)> {
+        let (tx, rx) = unbounded_channel();
+        let session = member.session_timeout.as_millis().to_string();
+        let poll = member.max_poll_interval.as_millis().to_string();
+        let mut config = conn.consumer_config(&[
+            // Eager assignment: a transaction spans all our partitions, so any
+            // revocation must close it anyway; eager keeps the revoke path single
+            // (commit, checkpoint, release all) and, with static membership and
+            // warm local state (`K == C`), re-assignment costs one RocksDB read.
+            ("partition.assignment.strategy", "range"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", &session),
+            ("max.poll.interval.ms", &poll),
+            ("fetch.wait.max.ms", "100"),
+        ]);
+        config
+            .set("group.id", &member.group)
+            .set("group.instance.id", &member.instance_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed");
+        let context = GroupContext {
+            topic: member.topic.clone(),
+            events: tx,
+            epoch: AtomicU64::new(0),
+        };
+        let consumer = config
+            .create_with_context(context)
+            .map_err(ctx("creating the consumer"))?;
+        Ok((
+            GroupConsumer {
+                consumer,
+                topic: member.topic.clone(),
+            },
+            rx,
+        ))
+    }
+
+    pub fn subscribe(&self) -> Result<()> {
+        self.consumer
+            .subscribe(&[&self.topic])
+            .map_err(ctx(format!("subscribing to {}", self.topic)))
+    }
+
+    /// Leaves the group: unsubscribing makes librdkafka revoke our partitions
+    /// (through the rebalance callback, served by polling here) and then send
+    /// LeaveGroup, which a static member does not do on close, so the remaining
+    /// members take over at once. Records polled meanwhile are dropped: they are
+    /// past the committed offsets.
+    pub fn leave(&self, timeout: Duration) {
+        self.consumer.unsubscribe();
+        let deadline = Instant::now() + timeout;
+        let mut empty_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+            let empty = self
+                .consumer
+                .assignment()
+                .map(|a| a.count() == 0)
+                .unwrap_or(true);
+            match (empty, empty_since) {
+                (false, _) => empty_since = None,
+                (true, None) => empty_since = Some(Instant::now()),
+                // The LeaveGroup goes out once the unassignment is done; give the
+                // request a moment on the wire.
+                (true, Some(t)) if t.elapsed() > Duration::from_millis(500) => return,
+                _ => {}
+            }
+        }
+        tracing::warn!("leaving the group did not complete in {timeout:?}");
+    }
+
+    /// Polls up to `max` records for at most `budget`. Serves rebalance callbacks,
+    /// so it runs on a blocking thread; returns early after a rebalance so the loop
+    /// sees the new epoch promptly.
+    pub fn poll_batch(&self, max: usize, budget: Duration) -> Result<Vec<Polled>> {
+        let deadline = Instant::now() + budget;
+        let start_epoch = self.consumer.context().epoch.load(Ordering::SeqCst);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let polled = self.consumer.poll(if out.is_empty() {
+                left
+            } else {
+                // Once records flow, only wait briefly for more of the same batch.
+                left.min(Duration::from_millis(5))
+            });
+            let epoch = self.consumer.context().epoch.load(Ordering::SeqCst);
+            match polled {
+                Some(Ok(m)) => out.push(Polled {
+                    epoch,
+                    record: InputRecord::from(&m),
+                }),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    let fatal = self.consumer.client().fatal_error();
+                    if let Some((code, reason)) = fatal {
+                        if is_fenced_code(code) {
+                            return Err(Error::Fenced(format!("consumer: {reason}")));
+                        }
+                        return Err(Error::Other(format!("fatal consumer error: {reason}")));
+                    }
+                    if e.rdkafka_error_code().is_some_and(is_fenced_code) {
+                        return Err(Error::Fenced(format!("consumer: {e}")));
+                    }
+                    tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+                }
+                None => {
+                    if !out.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+            if epoch != start_epoch || Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn tpl(&self, offsets: &[(i32, Option<i64>)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            match o {
+                Some(o) => tpl
+                    .add_partition_offset(&self.topic, *p, Offset::Offset(*o))
+                    .expect("valid offset"),
+                None => {
+                    tpl.add_partition(&self.topic, *p);
+                }
+            }
+        }
+        tpl
+    }
+
+    /// The group's committed offsets (`None`: no commit yet).
+    pub fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>> {
+        let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
+        let got = self
+            .consumer
+            .committed_offsets(tpl, CALL_TIMEOUT)
+            .map_err(ctx("reading committed offsets"))?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| {
+                let o = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.partition(), o)
+            })
+            .collect())
+    }
+
+    /// `(low, high)` watermarks of a partition.
+    pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)
+            .map_err(ctx(format!("reading watermarks of partition {partition}")))
+    }
+
+    /// Moves the fetch position of the partitions; stale prefetched records are
+    /// discarded by librdkafka.
+    pub fn seek(&self, offsets: &[(i32, i64)]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.tpl(
+            &offsets
+                .iter()
+                .map(|(p, o)| (*p, Some(*o)))
+                .collect::<Vec<_>>(),
+        );
+        let res = self
+            .consumer
+            .seek_partitions(tpl, CALL_TIMEOUT)
+            .map_err(ctx("seeking"))?;
+        for e in res.elements() {
+            e.error()
+                .map_err(ctx(format!("seeking partition {}", e.partition())))?;
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self, partitions: &[i32]) -> Result<()> {
+        let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
+        self.consumer.pause(&tpl).map_err(ctx("pausing partitions"))
+    }
+
+    pub fn resume(&self, partitions: &[i32]) -> Result<()> {
+        let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
+        self.consumer
+            .resume(&tpl)
+            .map_err(ctx("resuming partitions"))
+    }
+
+    /// Whether librdkafka considers our assignment lost (e.g. the session timed out
+    /// while the process was paused). Committing then would race the new owner.
+    pub fn assignment_lost(&self) -> bool {
+        self.consumer.assignment_lost()
+    }
+}

@@ -1,0 +1,25 @@
+//! Everything that touches rdkafka, one file per client role. The rest of tally
+//! sees owned types ([`InputRecord`](crate::model::InputRecord),
+//! [`OutputRecord`](crate::model::OutputRecord)) and blocking calls it runs off
+//! the async runtime. This is the only module that imports `rdkafka`.
+//!
+//! - [`connection`]: bootstrap servers, `-X` passthrough, the shared error type;
+//! - [`consumer`]: the group member of `tally run` (rebalances, polling, seeks);
+//! - [`producer`]: the transactional producer and the plain (idempotent) one;
+//! - [`reader`]: bounded `read_committed` readers (restore, verify, insights);
+//! - [`admin`]: topic creation and group administration;
+//! - [`copy`]: the at-least-once copy loop, the benchmark baseline.
+
+pub mod admin;
+pub mod connection;
+pub mod consumer;
+pub mod copy;
+pub mod producer;
+pub mod reader;
+
+pub use admin::{GroupAdmin, GroupDescription, TopicSpec, create_topics, pipeline_topic_specs};
+pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
+pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
+pub use copy::copy_at_least_once;
+pub use producer::{OutputTopics, PlainProducer, SendError, TxnError, TxnProducer};
+pub use reader::{ReadRecord, StartAt, TopicReader};

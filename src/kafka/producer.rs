@@ -1,0 +1,314 @@
+//! Producers: the transactional one of `tally run` (with its error
+//! classification) and a plain idempotent one (generator, benchmark baseline).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::connection::{CALL_TIMEOUT, Connection, Result, ctx, is_fenced_code};
+use super::consumer::GroupConsumer;
+use crate::model::{Destination, OutputRecord};
+
+/// A transaction call failed; what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// Abort the transaction, rewind to the committed offsets, carry on.
+    #[error("transaction must be aborted: {0}")]
+    Abortable(String),
+    /// Another process initialised our transactional.id: we are a zombie.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// Nothing sensible can continue.
+    #[error("fatal transaction error: {0}")]
+    Fatal(String),
+}
+
+fn classify(what: &str, e: KafkaError) -> TxnError {
+    let msg = format!("{what}: {e}");
+    if let KafkaError::Transaction(rd) = &e {
+        if is_fenced_code(rd.code()) {
+            return TxnError::Fenced(msg);
+        }
+        if rd.is_fatal() {
+            return TxnError::Fatal(msg);
+        }
+        if rd.txn_requires_abort() {
+            return TxnError::Abortable(msg);
+        }
+        // Neither fatal nor abort-requiring: a timeout or a state error. Aborting
+        // is always safe for an open transaction.
+        return TxnError::Abortable(msg);
+    }
+    match e.rdkafka_error_code() {
+        Some(code) if is_fenced_code(code) => TxnError::Fenced(msg),
+        _ => TxnError::Abortable(msg),
+    }
+}
+
+fn is_retriable(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(rd) if rd.is_retriable())
+}
+
+/// Counts failed deliveries. A failed delivery makes the transaction's commit
+/// fail, so this is only for logging, and it logs the 1st, 2nd, 4th, 8th...
+/// failure: an abort purges thousands of queued records at once.
+#[derive(Debug, Default)]
+pub struct DeliveryContext {
+    failures: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, failures = n, "delivery failed");
+            }
+        }
+    }
+}
+
+/// Topic names of the outputs.
+#[derive(Debug, Clone)]
+pub struct OutputTopics {
+    pub processed: String,
+    pub dead_letter: String,
+    pub insights: String,
+}
+
+impl OutputTopics {
+    fn of(&self, d: Destination) -> &str {
+        match d {
+            Destination::Processed => &self.processed,
+            Destination::DeadLetter => &self.dead_letter,
+            Destination::Insights => &self.insights,
+        }
+    }
+}
+
+/// `send` could not enqueue the record.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("producer queue is full")]
+    QueueFull(OutputRecord),
+    #[error("producing to {topic}: {source}")]
+    Failed {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+pub struct TxnProducer {
+    producer: ThreadedProducer<DeliveryContext>,
+    topics: OutputTopics,
+    input_topic: String,
+}
+
+impl std::fmt::Debug for TxnProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnProducer")
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+fn owned_headers(hs: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    hs.iter()
+        .fold(OwnedHeaders::new_with_capacity(hs.len()), |acc, (k, v)| {
+            acc.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            })
+        })
+}
+
+impl TxnProducer {
+    pub fn new(
+        conn: &Connection,
+        transactional_id: &str,
+        topics: OutputTopics,
+        input_topic: &str,
+    ) -> Result<Self> {
+        let mut config = conn.config(&[
+            ("linger.ms", "5"),
+            // DLQ entries carry the original bytes, which may be large.
+            ("message.max.bytes", "2097152"),
+            ("transaction.timeout.ms", "60000"),
+        ]);
+        config
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true");
+        let producer = config
+            .create_with_context(DeliveryContext::default())
+            .map_err(ctx("creating the transactional producer"))?;
+        Ok(TxnProducer {
+            producer,
+            topics,
+            input_topic: input_topic.to_string(),
+        })
+    }
+
+    /// Registers our transactional.id, fencing any older producer with it and
+    /// aborting the transaction it left open.
+    pub fn init(&self) -> Result<(), TxnError> {
+        self.producer
+            .init_transactions(CALL_TIMEOUT)
+            .map_err(|e| self.classify("init_transactions", e))
+    }
+
+    pub fn begin(&self) -> Result<(), TxnError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.classify("begin_transaction", e))
+    }
+
+    /// Like [`classify`], but a producer in a fatal state reports the error that
+    /// put it there (later calls only say "fatal error").
+    fn classify(&self, what: &str, e: KafkaError) -> TxnError {
+        match self.producer.client().fatal_error() {
+            Some((code, reason)) if is_fenced_code(code) => {
+                TxnError::Fenced(format!("{what}: {reason}"))
+            }
+            Some((_, reason)) => TxnError::Fatal(format!("{what}: {reason}")),
+            None => classify(what, e),
+        }
+    }
+
+    /// Enqueues a record of the open transaction (non-blocking).
+    pub fn send(&self, rec: OutputRecord) -> Result<(), SendError> {
+        let topic = self.topics.of(rec.destination);
+        let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .payload(rec.value.as_slice())
+            .headers(owned_headers(&rec.headers));
+        if let Some(k) = &rec.key {
+            br = br.key(k.as_slice());
+        }
+        match self.producer.send(br) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(SendError::QueueFull(rec))
+            }
+            Err((source, _)) => Err(SendError::Failed {
+                topic: topic.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Adds the consumer's next offsets (exclusive: last processed + 1) with its
+    /// group metadata to the transaction, then commits it.
+    pub fn commit(&self, consumer: &GroupConsumer, offsets: &[(i32, i64)]) -> Result<(), TxnError> {
+        if !offsets.is_empty() {
+            let meta = consumer
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| TxnError::Abortable("consumer has no group metadata yet".into()))?;
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in offsets {
+                tpl.add_partition_offset(&self.input_topic, *p, Offset::Offset(*o))
+                    .expect("valid offset");
+            }
+            self.retry("send_offsets_to_transaction", || {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
+            })?;
+        }
+        self.retry("commit_transaction", || {
+            self.producer.commit_transaction(CALL_TIMEOUT)
+        })
+    }
+
+    pub fn abort(&self) -> Result<(), TxnError> {
+        self.retry("abort_transaction", || {
+            self.producer.abort_transaction(CALL_TIMEOUT)
+        })
+    }
+
+    /// librdkafka asks for retriable transaction calls to be repeated as they are.
+    fn retry(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> Result<(), KafkaError>,
+    ) -> Result<(), TxnError> {
+        let mut attempt = 0;
+        loop {
+            match call() {
+                Ok(()) => return Ok(()),
+                Err(e) if is_retriable(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "{what} is retriable; retrying");
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                }
+                Err(e) => return Err(self.classify(what, e)),
+            }
+        }
+    }
+}
+
+pub struct PlainProducer {
+    producer: ThreadedProducer<DeliveryContext>,
+}
+
+impl std::fmt::Debug for PlainProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlainProducer").finish()
+    }
+}
+
+impl PlainProducer {
+    /// An idempotent producer: retries never duplicate or reorder records.
+    pub fn new(conn: &Connection) -> Result<Self> {
+        let mut config = conn.config(&[("linger.ms", "5"), ("message.max.bytes", "2097152")]);
+        config.set("enable.idempotence", "true");
+        Ok(PlainProducer {
+            producer: config
+                .create_with_context(DeliveryContext::default())
+                .map_err(ctx("creating the producer"))?,
+        })
+    }
+
+    /// Enqueues a record, waiting while the local queue is full.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        loop {
+            let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(k) = key {
+                br = br.key(k);
+            }
+            if let Some(v) = value {
+                br = br.payload(v);
+            }
+            if !headers.is_empty() {
+                br = br.headers(owned_headers(headers));
+            }
+            match self.producer.send(br) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(ctx(format!("producing to {topic}"))(e)),
+            }
+        }
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.producer
+            .flush(Duration::from_secs(120))
+            .map_err(ctx("flushing the producer"))
+    }
+}

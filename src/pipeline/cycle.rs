@@ -1,0 +1,271 @@
+//! The transaction cycle (DESIGN.md steps 2 to 5): records into the open
+//! transaction, the commit and the checkpoint after it, the abort and rewind,
+//! and the replacement of a producer that failed fatally.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_state::Checkpoint;
+
+use super::{Phase, Pipeline, PipelineError, Result, Txn, blocking, txn_fatal};
+use crate::aggregate::Aggregate;
+use crate::event::{Outcome, process};
+use crate::kafka::{self, SendError, TxnError, TxnProducer};
+use crate::model::OutputRecord;
+use crate::{failpoints, insights};
+
+impl Pipeline {
+    /// True while `check_paused` holds commits back.
+    pub(super) fn commits_held(&self) -> bool {
+        self.hold_commits_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    pub(super) fn cycle_due(&self) -> bool {
+        match self.txn {
+            Txn::Idle => false,
+            Txn::Open { since, records } => {
+                !self.commits_held()
+                    && (since.elapsed() >= self.cfg.commit_interval
+                        || records >= self.cfg.max_batch_records)
+            }
+        }
+    }
+
+    pub(super) async fn on_record(&mut self, polled: kafka::Polled) -> Result<()> {
+        let rec = polled.record;
+        let Some(st) = self.partitions.get(&rec.partition) else {
+            self.stats.stale_dropped += 1;
+            return Ok(());
+        };
+        // Records from an earlier assignment, of a partition still restoring, or
+        // already processed (refetched after a seek) are not ours to process.
+        if polled.epoch < st.epoch
+            || matches!(st.phase, Phase::Restoring)
+            || rec.offset < st.next_offset
+        {
+            self.stats.stale_dropped += 1;
+            return Ok(());
+        }
+        let outcome = process(&rec, &self.cfg.process);
+        if !self.ensure_open().await? {
+            return Ok(()); // the producer was replaced; partitions are being recovered
+        }
+        if let Some(out) = outcome.output() {
+            if !self.send(out.clone()).await? {
+                return Ok(()); // the transaction was aborted; this record comes again
+            }
+        }
+        self.stats.records_in += 1;
+        match &outcome {
+            Outcome::Processed { .. } => self.stats.processed += 1,
+            Outcome::Filtered { .. } => self.stats.filtered += 1,
+            Outcome::DeadLetter { rejection, .. } => {
+                self.stats.dead_lettered += 1;
+                tracing::debug!(partition = rec.partition, offset = rec.offset, reason = %rejection.reason, "dead-lettered");
+            }
+        }
+        let horizon = self.cfg.horizon;
+        let st = self
+            .partitions
+            .get_mut(&rec.partition)
+            .expect("checked above");
+        st.pending.apply(&outcome, horizon);
+        st.next_offset = rec.offset + 1;
+        st.touched = true;
+        if let Txn::Open { records, .. } = &mut self.txn {
+            *records += 1;
+        }
+        failpoints::crash("after-produce");
+        Ok(())
+    }
+
+    /// Begins a transaction if none is open. `false`: beginning failed fatally,
+    /// the producer was replaced and every partition is being recovered.
+    pub(super) async fn ensure_open(&mut self) -> Result<bool> {
+        if matches!(self.txn, Txn::Idle) {
+            let p = self.producer.clone();
+            if let Err(e) = blocking(move || p.begin()).await {
+                self.replace_producer(e).await?;
+                return Ok(false);
+            }
+            self.txn = Txn::Open {
+                since: Instant::now(),
+                records: 0,
+            };
+        }
+        Ok(true)
+    }
+
+    /// Adds a record to the open transaction. `false`: producing failed and the
+    /// transaction was aborted and rewound instead.
+    pub(super) async fn send(&mut self, mut rec: OutputRecord) -> Result<bool> {
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(true),
+                Err(SendError::QueueFull(back)) => {
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // The transaction cannot commit without this record.
+                Err(e @ SendError::Failed { .. }) => {
+                    tracing::warn!(error = %e, "produce failed; aborting the transaction");
+                    self.abort_and_rewind("produce failed").await?;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Step 3 and 4 of the cycle: snapshots, offsets, commit; then merge and checkpoint.
+    pub(super) async fn close_cycle(&mut self) -> Result<()> {
+        if matches!(self.txn, Txn::Idle) {
+            return Ok(());
+        }
+        if self.consumer.assignment_lost() {
+            return self.abort_and_rewind("assignment lost").await;
+        }
+        let horizon = self.cfg.horizon;
+        let mut offsets = Vec::new();
+        let mut snapshots = Vec::new();
+        for (p, st) in &self.partitions {
+            if st.touched {
+                offsets.push((*p, st.next_offset));
+                let mut snap = st.committed.clone();
+                snap.merge(&st.pending, horizon);
+                snapshots.push(insights::snapshot_record(
+                    &self.cfg.process.input_topic,
+                    *p,
+                    st.next_offset,
+                    &snap,
+                ));
+            }
+        }
+        for s in snapshots {
+            if !self.send(s).await? {
+                return Ok(());
+            }
+        }
+        failpoints::crash("before-commit");
+        let injected = failpoints::error("commit-error");
+        let (producer, consumer, to_commit) = (
+            self.producer.clone(),
+            self.consumer.clone(),
+            offsets.clone(),
+        );
+        let res = if injected {
+            Err(TxnError::Abortable(
+                "injected by failpoint commit-error".into(),
+            ))
+        } else if failpoints::error("commit-fatal") {
+            Err(TxnError::Fatal("injected by failpoint commit-fatal".into()))
+        } else {
+            blocking(move || producer.commit(&consumer, &to_commit)).await
+        };
+        match res {
+            Ok(()) => {}
+            Err(TxnError::Abortable(why)) => {
+                tracing::warn!(error = %why, "commit failed; aborting and rewinding");
+                return self.abort_and_rewind(&why).await;
+            }
+            Err(e) => return self.replace_producer(e).await,
+        }
+        self.stats.committed += 1;
+        self.txn = Txn::Idle;
+        failpoints::crash("after-commit-before-checkpoint");
+        let mut checkpoints = Vec::new();
+        for (p, st) in self.partitions.iter_mut().filter(|(_, st)| st.touched) {
+            let pending = std::mem::take(&mut st.pending);
+            st.committed.merge(&pending, horizon);
+            st.committed_offset = st.next_offset;
+            st.touched = false;
+            checkpoints.push(Checkpoint {
+                partition: *p,
+                next_offset: st.committed_offset,
+                state: st.committed.clone(),
+            });
+        }
+        let (store, ns) = (self.store.clone(), self.ns.clone());
+        blocking(move || store.checkpoint(&ns, &checkpoints)).await?;
+        Ok(())
+    }
+
+    /// Step 5: abort, drop pending deltas, seek every partition back to `C`.
+    pub(super) async fn abort_and_rewind(&mut self, why: &str) -> Result<()> {
+        if matches!(self.txn, Txn::Idle) {
+            return Ok(());
+        }
+        let p = self.producer.clone();
+        if let Err(e) = blocking(move || p.abort()).await {
+            return self.replace_producer(e).await;
+        }
+        self.txn = Txn::Idle;
+        self.stats.aborted += 1;
+        // Every active partition, touched or not: librdkafka may have delivered
+        // records past `C` that the loop now drops (the rest of the batch).
+        let mut seeks = Vec::new();
+        for (p, st) in &mut self.partitions {
+            st.pending = Aggregate::default();
+            st.touched = false;
+            if matches!(st.phase, Phase::Active) {
+                st.next_offset = st.committed_offset;
+                seeks.push((*p, st.committed_offset));
+            }
+        }
+        tracing::warn!(reason = why, rewound = ?seeks, "transaction aborted");
+        let c = self.consumer.clone();
+        blocking(move || c.seek(&seeks)).await?;
+        Ok(())
+    }
+
+    /// A transactional producer in a fatal state (not fenced) cannot even abort.
+    /// Replace it: the new one's `init_transactions` aborts whatever the old one
+    /// left open. Whether a failed commit reached the broker is unknown, so every
+    /// partition is then recovered as on assignment, from the group's committed
+    /// offsets and the checkpoints (DESIGN.md's rules), never from memory. Fenced
+    /// errors, and more than 3 replacements a minute, stop the process.
+    pub(super) async fn replace_producer(&mut self, e: TxnError) -> Result<()> {
+        let why = match e {
+            TxnError::Fatal(why) | TxnError::Abortable(why) => why,
+            fenced @ TxnError::Fenced(_) => return Err(txn_fatal(&self.cfg, fenced)),
+        };
+        let now = Instant::now();
+        self.producer_replacements
+            .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if self.producer_replacements.len() >= 3 {
+            return Err(PipelineError::FatalTxn(format!(
+                "{why} (the producer was already replaced 3 times in the last minute)"
+            )));
+        }
+        self.producer_replacements.push(now);
+        tracing::warn!(error = %why, "transactional producer failed fatally; replacing it and recovering every partition");
+        let fresh = Arc::new(TxnProducer::new(
+            &self.cfg.connection,
+            &self.cfg.transactional_id,
+            self.cfg.topics.clone(),
+            &self.cfg.process.input_topic,
+        )?);
+        let f = fresh.clone();
+        blocking(move || f.init())
+            .await
+            .map_err(|e| txn_fatal(&self.cfg, e))?;
+        let old = std::mem::replace(&mut self.producer, fresh);
+        blocking(move || drop(old)).await;
+        self.txn = Txn::Idle;
+        self.stats.aborted += 1;
+        let mut by_epoch: BTreeMap<u64, Vec<i32>> = BTreeMap::new();
+        for (p, st) in &mut self.partitions {
+            st.phase = Phase::Restoring;
+            st.pending = Aggregate::default();
+            st.touched = false;
+            by_epoch.entry(st.epoch).or_default().push(*p);
+        }
+        let all: Vec<i32> = self.partitions.keys().copied().collect();
+        let c = self.consumer.clone();
+        blocking(move || c.pause(&all)).await?;
+        for (epoch, partitions) in by_epoch {
+            self.spawn_restore(partitions, epoch);
+        }
+        Ok(())
+    }
+}

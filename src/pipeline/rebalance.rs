@@ -1,0 +1,52 @@
+//! Partitions assigned and revoked: librdkafka's callbacks hand the work to the
+//! loop (see [`crate::kafka::RebalanceEvent`]) and wait for it.
+
+use super::{PartitionState, Phase, Pipeline, Result};
+use crate::aggregate::Aggregate;
+use crate::kafka::RebalanceEvent;
+
+impl Pipeline {
+    pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {
+        match ev {
+            RebalanceEvent::Revoked {
+                partitions,
+                lost,
+                done,
+            } => {
+                if lost {
+                    tracing::warn!(
+                        ?partitions,
+                        "partitions lost; aborting the open transaction"
+                    );
+                    self.abort_and_rewind("partitions lost").await?;
+                } else {
+                    self.close_cycle().await?;
+                }
+                for p in &partitions {
+                    self.partitions.remove(p);
+                }
+                tracing::info!(?partitions, lost, "partitions revoked");
+                let _ = done.send(());
+            }
+            RebalanceEvent::Assigned { partitions, epoch } => {
+                tracing::info!(?partitions, epoch, "partitions assigned; restoring state");
+                for p in &partitions {
+                    self.partitions.insert(
+                        *p,
+                        PartitionState {
+                            phase: Phase::Restoring,
+                            epoch,
+                            committed_offset: 0,
+                            next_offset: 0,
+                            committed: Aggregate::default(),
+                            pending: Aggregate::default(),
+                            touched: false,
+                        },
+                    );
+                }
+                self.spawn_restore(partitions, epoch);
+            }
+        }
+        Ok(())
+    }
+}
