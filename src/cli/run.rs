@@ -64,12 +64,12 @@ impl RunArgs {
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let connection = a.kafka.connection();
-    connection.validate()?;
     if a.session_timeout < Duration::from_secs(6) {
         bail!(
             "--session-timeout must be at least 6000 ms (brokers reject shorter sessions by default)"
         );
     }
+    connection.validate(a.commit_interval, a.session_timeout)?;
     if a.instance_id.trim().is_empty() {
         bail!("--instance-id must not be empty");
     }

@@ -36,6 +36,38 @@ const MANAGED: &[&str] = &[
     "bootstrap.servers",
 ];
 
+/// Properties that would change a guarantee of `tally run`; `-X` may not set them,
+/// whatever the value. Each with the reason given to the user.
+const REFUSED: &[(&str, &str)] = &[
+    (
+        "partition.assignment.strategy",
+        "tally uses eager assignment (range): every revocation closes the one open \
+         transaction; cooperative assignment is not proven by the recovery drill \
+         (DESIGN.md, Rebalancing)",
+    ),
+    (
+        "group.protocol",
+        "tally relies on the classic group protocol's eager rebalances (the consumer \
+         protocol of KIP-848 is incremental)",
+    ),
+    (
+        "auto.offset.reset",
+        "a partition without a committed offset must start at its earliest record, \
+         or records would be skipped",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only inside the transaction",
+    ),
+];
+
+/// `transaction.timeout.ms` of the transactional producer unless `-X` sets it.
+pub(super) const TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+
+/// Time a transaction needs beyond the commit interval (and a commit hold) to
+/// produce its snapshots and commit.
+const TRANSACTION_MARGIN: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: {source}")]
@@ -49,6 +81,21 @@ pub enum Error {
     Fenced(String),
     #[error("-X {0}: this property is managed by tally (use the dedicated flag, if any)")]
     Managed(String),
+    #[error("-X {key} is refused: {why}")]
+    Refused { key: String, why: &'static str },
+    #[error(
+        "--commit-interval {commit_ms} ms does not fit inside transaction.timeout.ms {timeout_ms}: \
+         a transaction stays open for the commit interval, plus the session timeout \
+         ({session_ms} ms) while commits are held after a pause, plus {margin_ms} ms to \
+         commit; lower --commit-interval or raise -X transaction.timeout.ms to at least {needed_ms}"
+    )]
+    TransactionTimeout {
+        commit_ms: u128,
+        timeout_ms: u64,
+        session_ms: u128,
+        margin_ms: u128,
+        needed_ms: u128,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -68,12 +115,38 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Rejects `-X` properties that would break tally's guarantees.
-    pub fn validate(&self) -> Result<()> {
-        for (k, _) in &self.properties {
+    /// Rejects, before `tally run` connects, `-X` properties that would break its
+    /// guarantees, and a commit interval the transaction timeout cannot hold:
+    /// the broker would abort every transaction before it could commit.
+    pub fn validate(&self, commit_interval: Duration, session_timeout: Duration) -> Result<()> {
+        let mut timeout_ms = TRANSACTION_TIMEOUT_MS;
+        for (k, v) in &self.properties {
             if MANAGED.contains(&k.as_str()) {
                 return Err(Error::Managed(k.clone()));
             }
+            if let Some((_, why)) = REFUSED.iter().find(|(r, _)| r == k) {
+                return Err(Error::Refused {
+                    key: k.clone(),
+                    why,
+                });
+            }
+            if k == "transaction.timeout.ms" {
+                timeout_ms = v.trim().parse().map_err(|_| {
+                    Error::Other(format!(
+                        "-X transaction.timeout.ms={v}: not a whole number of milliseconds"
+                    ))
+                })?;
+            }
+        }
+        let needed = commit_interval + session_timeout + TRANSACTION_MARGIN;
+        if needed > Duration::from_millis(timeout_ms) {
+            return Err(Error::TransactionTimeout {
+                commit_ms: commit_interval.as_millis(),
+                timeout_ms,
+                session_ms: session_timeout.as_millis(),
+                margin_ms: TRANSACTION_MARGIN.as_millis(),
+                needed_ms: needed.as_millis(),
+            });
         }
         Ok(())
     }
@@ -156,4 +229,83 @@ pub(super) fn partitions<C: ConsumerContext>(
         )));
     }
     Ok(ps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMIT: Duration = Duration::from_millis(100);
+    const SESSION: Duration = Duration::from_secs(10);
+
+    fn with(props: &[(&str, &str)]) -> Connection {
+        Connection {
+            bootstrap: "127.0.0.1:9092".into(),
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn properties_that_change_a_guarantee_are_refused_by_name() {
+        for (key, value) in [
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("partition.assignment.strategy", "range"),
+            ("group.protocol", "consumer"),
+            ("auto.offset.reset", "latest"),
+            ("isolation.level", "read_uncommitted"),
+            ("enable.auto.offset.store", "true"),
+        ] {
+            let err = with(&[(key, value)])
+                .validate(COMMIT, SESSION)
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(&format!("-X {key}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn harmless_properties_pass() {
+        let c = with(&[
+            ("security.protocol", "SASL_SSL"),
+            ("transaction.timeout.ms", "900000"),
+        ]);
+        c.validate(COMMIT, SESSION).unwrap();
+        with(&[]).validate(COMMIT, SESSION).unwrap();
+    }
+
+    #[test]
+    fn transaction_timeout_must_hold_the_commit_interval() {
+        // Default 60 s: 100 ms + 10 s + 5 s fits; 50 s does not.
+        let err = with(&[])
+            .validate(Duration::from_secs(50), SESSION)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--commit-interval 50000 ms")
+                && err.contains("transaction.timeout.ms 60000")
+                && err.contains("at least 65000"),
+            "{err}"
+        );
+        // Below the commit interval plus the margin.
+        let err = with(&[("transaction.timeout.ms", "10000")])
+            .validate(COMMIT, SESSION)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--commit-interval 100 ms")
+                && err.contains("transaction.timeout.ms 10000"),
+            "{err}"
+        );
+        with(&[("transaction.timeout.ms", "15100")])
+            .validate(COMMIT, SESSION)
+            .unwrap();
+        let err = with(&[("transaction.timeout.ms", "soon")])
+            .validate(COMMIT, SESSION)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transaction.timeout.ms=soon"), "{err}");
+    }
 }

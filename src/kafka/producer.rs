@@ -11,7 +11,9 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::connection::{CALL_TIMEOUT, Connection, Result, ctx, is_fenced_code};
+use super::connection::{
+    CALL_TIMEOUT, Connection, Result, TRANSACTION_TIMEOUT_MS, ctx, is_fenced_code,
+};
 use super::consumer::GroupConsumer;
 use crate::model::{Destination, OutputRecord};
 
@@ -139,11 +141,12 @@ impl TxnProducer {
         topics: OutputTopics,
         input_topic: &str,
     ) -> Result<Self> {
+        let txn_timeout = TRANSACTION_TIMEOUT_MS.to_string();
         let mut config = conn.config(&[
             ("linger.ms", "5"),
             // DLQ entries carry the original bytes, which may be large.
             ("message.max.bytes", "2097152"),
-            ("transaction.timeout.ms", "60000"),
+            ("transaction.timeout.ms", &txn_timeout),
         ]);
         config
             .set("transactional.id", transactional_id)
