@@ -170,3 +170,59 @@ fn second_process_with_same_instance_id_fences_the_first() {
     assert_eq!(second.terminate(), Some(0), "{}", second.log());
     assert_verified(&names, 500 + more.valid(), 0);
 }
+
+#[test]
+fn producer_queue_full_ends_in_an_error_naming_it() {
+    let names = Names::create("qfull", 1);
+    produce_generated(&names.input, 100, 19, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    // The producer's local queue never takes a record.
+    let mut run = TallyProc::start(
+        &names,
+        "qfull-1",
+        &dir.path().join("state"),
+        &[],
+        &[("FAILPOINTS", "queue-full=return")],
+    );
+    // The wait is bounded by CALL_TIMEOUT (30 s), then the process exits.
+    assert_eq!(run.wait(Duration::from_secs(60)), Some(1), "{}", run.log());
+    let log = run.log();
+    assert!(
+        log.contains("the producer's local queue stayed full for 30s"),
+        "{log}"
+    );
+    let committed: i64 = committed_offsets(&names.group, &names.input).values().sum();
+    assert_eq!(committed, 0, "nothing can commit without its records");
+}
+
+#[test]
+fn rewind_while_a_batch_is_in_flight_loses_nothing() {
+    let names = Names::create("rewind", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // Long cycles, so batches arrive while a transaction is open; the first such
+    // batch is met by an abort and rewind (failpoint abort-during-poll).
+    let mut run = TallyProc::start(
+        &names,
+        "rewind-1",
+        &dir.path().join("state"),
+        &["--commit-interval", "3000"],
+        &[("FAILPOINTS", "abort-during-poll=1*return")],
+    );
+    let (mut valid, mut malformed) = (0, 0);
+    for seed in 0..10 {
+        let chunk = produce_generated(&names.input, 200, 40 + seed, 0.05);
+        valid += chunk.valid();
+        malformed += chunk.malformed;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    assert_eq!(
+        log.matches("injected by failpoint abort-during-poll")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_verified(&names, valid, malformed);
+}

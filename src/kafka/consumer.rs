@@ -20,8 +20,8 @@ use crate::model::InputRecord;
 #[derive(Debug)]
 pub enum RebalanceEvent {
     /// The partitions are assigned and paused; the loop restores their state,
-    /// seeks and resumes them. Records polled before `epoch` belong to an earlier
-    /// assignment and must be dropped.
+    /// seeks and resumes them. `epoch`: the rewind generation of this assignment;
+    /// records stamped with an earlier one belong to an earlier assignment.
     Assigned { partitions: Vec<i32>, epoch: u64 },
     /// The partitions are being taken away. The callback waits for `done` before
     /// letting librdkafka proceed, so the loop can close the open transaction while
@@ -38,7 +38,9 @@ pub enum RebalanceEvent {
 pub struct GroupContext {
     topic: String,
     events: UnboundedSender<RebalanceEvent>,
-    epoch: AtomicU64,
+    /// The rewind generation: bumped after every rebalance, seek and pause, so a
+    /// record stamped with it says which repositioning it was fetched after.
+    generation: AtomicU64,
 }
 
 impl ClientContext for GroupContext {}
@@ -75,24 +77,31 @@ impl ConsumerContext for GroupContext {
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::error!(error = %e, "pausing newly assigned partitions failed");
                 }
-                let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                let epoch = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 let _ = self.events.send(RebalanceEvent::Assigned {
                     partitions: partitions_of(tpl, &self.topic),
                     epoch,
                 });
             }
             Rebalance::Revoke(_) => {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
+                self.generation.fetch_add(1, Ordering::SeqCst);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
         }
     }
 }
 
-/// A record and the assignment epoch it was polled under.
+/// A record and the rewind generation it was polled under. The generation is
+/// read after librdkafka hands the record over, and bumped only after a seek,
+/// pause or rebalance has completed; librdkafka discards records fetched before
+/// a seek or pause that it has not handed over yet. So a record stamped below a
+/// partition's latest repositioning was fetched before it, and one stamped at or
+/// above it after, provided the partition is never repositioned while a poll
+/// could be handing over its records (the loop repositions only between polls,
+/// inside a rebalance callback, or partitions that are paused).
 #[derive(Debug)]
 pub struct Polled {
-    pub epoch: u64,
+    pub generation: u64,
     pub record: InputRecord,
 }
 
@@ -147,7 +156,7 @@ impl GroupConsumer {
         let context = GroupContext {
             topic: member.topic.clone(),
             events: tx,
-            epoch: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         };
         let consumer = config
             .create_with_context(context)
@@ -196,11 +205,11 @@ impl GroupConsumer {
     }
 
     /// Polls up to `max` records for at most `budget`. Serves rebalance callbacks,
-    /// so it runs on a blocking thread; returns early after a rebalance so the loop
-    /// sees the new epoch promptly.
+    /// so it runs on a blocking thread; returns early after a rebalance (or another
+    /// repositioning) so the loop sees the new generation promptly.
     pub fn poll_batch(&self, max: usize, budget: Duration) -> Result<Vec<Polled>> {
         let deadline = Instant::now() + budget;
-        let start_epoch = self.consumer.context().epoch.load(Ordering::SeqCst);
+        let start = self.generation();
         let mut out = Vec::new();
         while out.len() < max {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -210,10 +219,10 @@ impl GroupConsumer {
                 // Once records flow, only wait briefly for more of the same batch.
                 left.min(Duration::from_millis(5))
             });
-            let epoch = self.consumer.context().epoch.load(Ordering::SeqCst);
+            let generation = self.generation();
             match polled {
                 Some(Ok(m)) => out.push(Polled {
-                    epoch,
+                    generation,
                     record: InputRecord::from(&m),
                 }),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -236,7 +245,7 @@ impl GroupConsumer {
                     }
                 }
             }
-            if epoch != start_epoch || Instant::now() >= deadline {
+            if generation != start || Instant::now() >= deadline {
                 break;
             }
         }
@@ -285,11 +294,27 @@ impl GroupConsumer {
             .map_err(ctx(format!("reading watermarks of partition {partition}")))
     }
 
+    /// The current rewind generation (see [`Polled`]).
+    pub fn generation(&self) -> u64 {
+        self.consumer.context().generation.load(Ordering::SeqCst)
+    }
+
+    /// Records of these partitions stamped before the returned generation were
+    /// fetched before this call.
+    fn bump_generation(&self) -> u64 {
+        self.consumer
+            .context()
+            .generation
+            .fetch_add(1, Ordering::SeqCst)
+            + 1
+    }
+
     /// Moves the fetch position of the partitions; stale prefetched records are
-    /// discarded by librdkafka.
-    pub fn seek(&self, offsets: &[(i32, i64)]) -> Result<()> {
+    /// discarded by librdkafka. Returns the rewind generation from which records
+    /// of these partitions come from the new position.
+    pub fn seek(&self, offsets: &[(i32, i64)]) -> Result<u64> {
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(self.generation());
         }
         let tpl = self.tpl(
             &offsets
@@ -305,12 +330,17 @@ impl GroupConsumer {
             e.error()
                 .map_err(ctx(format!("seeking partition {}", e.partition())))?;
         }
-        Ok(())
+        Ok(self.bump_generation())
     }
 
-    pub fn pause(&self, partitions: &[i32]) -> Result<()> {
+    /// Pauses the partitions; returns the rewind generation from which no record
+    /// fetched before the pause is handed over.
+    pub fn pause(&self, partitions: &[i32]) -> Result<u64> {
         let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
-        self.consumer.pause(&tpl).map_err(ctx("pausing partitions"))
+        self.consumer
+            .pause(&tpl)
+            .map_err(ctx("pausing partitions"))?;
+        Ok(self.bump_generation())
     }
 
     pub fn resume(&self, partitions: &[i32]) -> Result<()> {

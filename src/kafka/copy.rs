@@ -5,7 +5,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
-use super::connection::{Connection, Result, ctx};
+use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx};
 use super::producer::PlainProducer;
 
 /// Benchmark baseline: a plain consumer-to-producer copy without transactions.
@@ -30,9 +30,16 @@ pub fn copy_at_least_once(
     let producer = PlainProducer::new(conn)?;
     let mut n = 0u64;
     let mut since_commit = 0u64;
+    let mut idle_since = std::time::Instant::now();
     while n < count {
+        if idle_since.elapsed() > CALL_TIMEOUT {
+            return Err(Error::Other(format!(
+                "copying {input}: no record for {CALL_TIMEOUT:?} after {n} of {count}"
+            )));
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                idle_since = std::time::Instant::now();
                 producer.send(output, m.key(), m.payload(), &[])?;
                 n += 1;
                 since_commit += 1;

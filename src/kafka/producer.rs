@@ -280,7 +280,8 @@ impl PlainProducer {
         })
     }
 
-    /// Enqueues a record, waiting while the local queue is full.
+    /// Enqueues a record, waiting while the local queue is full (at most
+    /// [`CALL_TIMEOUT`]: a queue that stays full means the broker takes nothing).
     pub fn send(
         &self,
         topic: &str,
@@ -288,6 +289,7 @@ impl PlainProducer {
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
     ) -> Result<()> {
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
         loop {
             let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
             if let Some(k) = key {
@@ -301,10 +303,16 @@ impl PlainProducer {
             }
             match self.producer.send(br) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if std::time::Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => return Err(ctx(format!("producing to {topic}"))(e)),
+                Err((e, _)) => {
+                    return Err(ctx(format!(
+                        "producing to {topic} (the local queue stays full while the broker takes nothing)"
+                    ))(e));
+                }
             }
         }
     }

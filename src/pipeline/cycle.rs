@@ -38,9 +38,10 @@ impl Pipeline {
             self.stats.stale_dropped += 1;
             return Ok(());
         };
-        // Records from an earlier assignment, of a partition still restoring, or
-        // already processed (refetched after a seek) are not ours to process.
-        if polled.epoch < st.epoch
+        // Records fetched before the partition's latest assignment, seek or pause
+        // (an abort may have rewound it while this batch was in flight), of a
+        // partition still restoring, or already processed are not ours to process.
+        if polled.generation < st.since_generation
             || matches!(st.phase, Phase::Restoring)
             || rec.offset < st.next_offset
         {
@@ -100,10 +101,21 @@ impl Pipeline {
     /// Adds a record to the open transaction. `false`: producing failed and the
     /// transaction was aborted and rewound instead.
     pub(super) async fn send(&mut self, mut rec: OutputRecord) -> Result<bool> {
+        // A queue that stays full this long means the broker takes nothing (down,
+        // unreachable or refusing): the transaction could not commit anyway.
+        let deadline = Instant::now() + kafka::CALL_TIMEOUT;
         loop {
-            match self.producer.send(rec) {
+            let sent = if failpoints::error("queue-full") {
+                Err(SendError::QueueFull(rec))
+            } else {
+                self.producer.send(rec)
+            };
+            match sent {
                 Ok(()) => return Ok(true),
                 Err(SendError::QueueFull(back)) => {
+                    if Instant::now() >= deadline {
+                        return Err(PipelineError::QueueFull(kafka::CALL_TIMEOUT));
+                    }
                     rec = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -213,8 +225,13 @@ impl Pipeline {
             }
         }
         tracing::warn!(reason = why, rewound = ?seeks, "transaction aborted");
-        let c = self.consumer.clone();
-        blocking(move || c.seek(&seeks)).await?;
+        let (c, sought) = (self.consumer.clone(), seeks.clone());
+        let generation = blocking(move || c.seek(&sought)).await?;
+        for (p, _) in seeks {
+            if let Some(st) = self.partitions.get_mut(&p) {
+                st.since_generation = generation;
+            }
+        }
         Ok(())
     }
 
@@ -262,7 +279,10 @@ impl Pipeline {
         }
         let all: Vec<i32> = self.partitions.keys().copied().collect();
         let c = self.consumer.clone();
-        blocking(move || c.pause(&all)).await?;
+        let generation = blocking(move || c.pause(&all)).await?;
+        for st in self.partitions.values_mut() {
+            st.since_generation = generation;
+        }
         for (epoch, partitions) in by_epoch {
             self.spawn_restore(partitions, epoch);
         }

@@ -32,10 +32,10 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::aggregate::{Aggregate, Horizon};
 use crate::event::ProcessConfig;
-use crate::insights;
 use crate::kafka::{
     self, GroupConsumer, MemberConfig, OutputTopics, RebalanceEvent, TxnError, TxnProducer,
 };
+use crate::{failpoints, insights};
 
 pub use restore::RestorePath;
 use restore::RestoreResult;
@@ -66,6 +66,12 @@ pub enum PipelineError {
         transactional_id: String,
         detail: String,
     },
+    #[error(
+        "the producer's local queue stayed full for {0:?}: the broker took no records \
+         (down, unreachable, or refusing them; see the librdkafka warnings above); \
+         the open transaction is left to the broker to abort, restart once it is reachable"
+    )]
+    QueueFull(Duration),
     #[error("fatal transaction error, stopping: {0}")]
     FatalTxn(String),
     #[error(transparent)]
@@ -96,8 +102,13 @@ enum Phase {
 #[derive(Debug)]
 struct PartitionState {
     phase: Phase,
-    /// Records polled under an earlier assignment epoch are stale.
+    /// The assignment epoch (the rewind generation at assignment): restores
+    /// started for an earlier assignment are stale.
     epoch: u64,
+    /// Records stamped with an earlier rewind generation were fetched before this
+    /// partition's latest assignment, seek or pause: stale by construction, they
+    /// are dropped one by one wherever the loop is in a batch.
+    since_generation: u64,
     /// `C`: the next offset committed in Kafka (and checkpointed).
     committed_offset: i64,
     /// The next offset to process; `> committed_offset` while a transaction holds records.
@@ -240,13 +251,16 @@ impl Pipeline {
                 Err(kafka::Error::Fenced(detail)) => return Err(fenced(&self.cfg, detail)),
                 Err(e) => return Err(e.into()),
             };
-            let aborts = self.stats.aborted;
+            // A rewind while the batch was in flight, as a revocation whose commit
+            // fails does under cooperative assignment (unreachable under eager).
+            if !polled.is_empty()
+                && matches!(self.txn, Txn::Open { .. })
+                && failpoints::error("abort-during-poll")
+            {
+                self.abort_and_rewind("injected by failpoint abort-during-poll")
+                    .await?;
+            }
             for p in polled {
-                // An abort rewound every partition to its committed offset; the
-                // rest of this batch lies past that and is fetched again.
-                if self.stats.aborted != aborts {
-                    break;
-                }
                 self.on_record(p).await?;
             }
             if self.cycle_due() {

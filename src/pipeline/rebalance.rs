@@ -36,6 +36,7 @@ impl Pipeline {
                         PartitionState {
                             phase: Phase::Restoring,
                             epoch,
+                            since_generation: epoch,
                             committed_offset: 0,
                             next_offset: 0,
                             committed: Aggregate::default(),
