@@ -4,8 +4,13 @@
 //!
 //! Points: `after-produce`, `before-commit`, `after-commit-before-checkpoint`
 //! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
-//! `commit-error` (the commit fails with an abortable error) and `commit-fatal`
-//! (it fails as if the producer hit a fatal, non-fencing error).
+//! `commit-error` (the commit fails with an abortable error), `commit-fatal`
+//! (it fails as if the producer hit a fatal, non-fencing error), `queue-full`
+//! (the producer's local queue refuses every record), `abort-during-poll` (the
+//! open transaction is aborted and rewound while a polled batch is in flight),
+//! `stop-before-commit` (the process sends itself SIGSTOP right before the
+//! commit, after every check of the loop, as a pause of the process may hit it) and
+//! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.
@@ -43,4 +48,15 @@ pub fn error(name: &str) -> bool {
 #[cfg(not(feature = "failpoints"))]
 pub fn error(_name: &str) -> bool {
     false
+}
+
+/// Stops the whole process (SIGSTOP, as a VM pause or `kill -STOP` would) when
+/// `name` is on; it runs on after a SIGCONT.
+pub fn stop(name: &str) {
+    if error(name) {
+        eprintln!("failpoint {name}: stopping the process");
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &std::process::id().to_string()])
+            .status();
+    }
 }

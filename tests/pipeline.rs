@@ -226,3 +226,109 @@ fn rewind_while_a_batch_is_in_flight_loses_nothing() {
     );
     assert_verified(&names, valid, malformed);
 }
+
+#[test]
+fn zombie_paused_right_before_its_commit_does_not_commit_on_resume() {
+    let names = Names::create("zpause", 1);
+    let input = produce_generated(&names.input, 3_000, 21, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // The second commit stops the process (SIGSTOP) after every check at the
+    // top of the loop and of the cycle, right before the commit is sent.
+    let mut first = TallyProc::start(
+        &names,
+        "zpause-1",
+        &state,
+        &["--max-batch-records", "200", "--session-timeout", "6000"],
+        &[("FAILPOINTS", "stop-before-commit=1*off->1*return")],
+    );
+    first.wait_stopped(LONG);
+    // Past the session timeout: the group has expelled the member.
+    std::thread::sleep(Duration::from_secs(9));
+    first.cont_signal();
+    // The transaction whose commit was interrupted is aborted, not committed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !first.log().contains("transaction aborted") && !first.exited() {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = first.log();
+    assert_eq!(
+        log.matches("transaction aborted").count(),
+        1,
+        "the zombie's transaction must be aborted: {log}"
+    );
+    assert!(log.contains("not committing: process was paused"), "{log}");
+    // The group may fence the resumed member (it exits with status 3); either
+    // way a new process with the same instance id finishes the input.
+    first.kill9();
+    let mut run = TallyProc::start(&names, "zpause-1", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    assert_verified(&names, input.valid(), input.malformed);
+}
+
+/// Shutdown ends within `--shutdown-timeout` even when the broker dies during
+/// it. The test kills the broker, so it starts a private one (its own port and
+/// directory, killed by PID): never the shared test broker or a real Kafka.
+#[test]
+fn shutdown_is_bounded_when_the_broker_dies() {
+    let broker = PrivateBroker::start();
+    let names = Names {
+        input: unique("sdown-in"),
+        output: unique("sdown-out"),
+        dlq: unique("sdown-dlq"),
+        insights: unique("sdown-ins"),
+        group: unique("sdown-group"),
+    };
+    let topic_args = names.topic_args();
+    let mut args = vec!["create-topics", "--partitions", "2"];
+    args.extend(topic_args.iter().map(String::as_str));
+    let (code, _, err) = broker.tally(&args);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = broker.tally(&[
+        "generate",
+        "--topic",
+        &names.input,
+        "--count",
+        "20000",
+        "--huge",
+        "false",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    // Long cycles keep a transaction open; the shutdown's commit waits 1 s
+    // (failpoint), so the broker is surely gone by then.
+    let mut run = TallyProc::start_on(
+        &broker.bootstrap,
+        &names,
+        "sdown-1",
+        &dir.path().join("state"),
+        &["--commit-interval", "5000", "--max-batch-records", "100000"],
+        &[
+            ("TALLY_SHUTDOWN_TIMEOUT", "5"),
+            ("FAILPOINTS", "shutdown-before-commit=sleep(1000)"),
+        ],
+    );
+    let deadline = std::time::Instant::now() + LONG;
+    while !run.log().contains("partition restored") {
+        assert!(std::time::Instant::now() < deadline, "{}", run.log());
+        assert!(!run.exited(), "{}", run.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let signalled = std::time::Instant::now();
+    run.signal_term();
+    std::thread::sleep(Duration::from_millis(100));
+    broker.kill9();
+    // 5 s of shutdown timeout, plus a margin for the process to exit.
+    let code = run.wait(Duration::from_secs(8));
+    let took = signalled.elapsed();
+    let log = run.log();
+    eprintln!("shutdown with the broker killed: exit {code:?} after {took:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?}: {log}");
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("shutdown did not finish within"), "{log}");
+}

@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// Consumer session timeout in milliseconds (at least 6000).
     #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub session_timeout: Duration,
+    /// Seconds a shutdown (SIGINT/SIGTERM) may take: commit or abort the open
+    /// transaction, checkpoint, leave the group. Past it tally exits with status 1
+    /// (the broker is gone?); nothing is lost, the checkpoint is never ahead of Kafka.
+    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shutdown_timeout: u64,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
@@ -95,6 +100,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         horizon: a.horizon(),
         state_dir: a.state_dir.clone(),
         progress_interval: Duration::from_secs(a.progress_secs),
+        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.

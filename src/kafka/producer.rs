@@ -209,8 +209,19 @@ impl TxnProducer {
     }
 
     /// Adds the consumer's next offsets (exclusive: last processed + 1) with its
-    /// group metadata to the transaction, then commits it.
-    pub fn commit(&self, consumer: &GroupConsumer, offsets: &[(i32, i64)]) -> Result<(), TxnError> {
+    /// group metadata to the transaction, then commits it. `refuse` runs right
+    /// before each of the two steps; a reason from it fails the commit as
+    /// abortable (a pause may have made this process a zombie).
+    pub fn commit(
+        &self,
+        consumer: &GroupConsumer,
+        offsets: &[(i32, i64)],
+        refuse: &dyn Fn() -> Option<String>,
+    ) -> Result<(), TxnError> {
+        let check = || match refuse() {
+            Some(why) => Err(TxnError::Abortable(format!("not committing: {why}"))),
+            None => Ok(()),
+        };
         if !offsets.is_empty() {
             let meta = consumer
                 .consumer
@@ -221,11 +232,13 @@ impl TxnProducer {
                 tpl.add_partition_offset(&self.input_topic, *p, Offset::Offset(*o))
                     .expect("valid offset");
             }
+            check()?;
             self.retry("send_offsets_to_transaction", || {
                 self.producer
                     .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
             })?;
         }
+        check()?;
         self.retry("commit_transaction", || {
             self.producer.commit_transaction(CALL_TIMEOUT)
         })

@@ -134,8 +134,10 @@ impl Pipeline {
         if matches!(self.txn, Txn::Idle) {
             return Ok(());
         }
-        if self.consumer.assignment_lost() {
-            return self.abort_and_rewind("assignment lost").await;
+        // Every close, the revocation's and the shutdown's included.
+        let guard = self.commit_guard();
+        if let Some(why) = guard() {
+            return self.abort_after_refusal(&why).await;
         }
         let horizon = self.cfg.horizon;
         let mut offsets = Vec::new();
@@ -159,6 +161,7 @@ impl Pipeline {
             }
         }
         failpoints::crash("before-commit");
+        failpoints::stop("stop-before-commit");
         let injected = failpoints::error("commit-error");
         let (producer, consumer, to_commit) = (
             self.producer.clone(),
@@ -172,13 +175,13 @@ impl Pipeline {
         } else if failpoints::error("commit-fatal") {
             Err(TxnError::Fatal("injected by failpoint commit-fatal".into()))
         } else {
-            blocking(move || producer.commit(&consumer, &to_commit)).await
+            blocking(move || producer.commit(&consumer, &to_commit, &guard)).await
         };
         match res {
             Ok(()) => {}
             Err(TxnError::Abortable(why)) => {
                 tracing::warn!(error = %why, "commit failed; aborting and rewinding");
-                return self.abort_and_rewind(&why).await;
+                return self.abort_after_refusal(&why).await;
             }
             Err(e) => return self.replace_producer(e).await,
         }
@@ -199,6 +202,16 @@ impl Pipeline {
         }
         let (store, ns) = (self.store.clone(), self.ns.clone());
         blocking(move || store.checkpoint(&ns, &checkpoints)).await?;
+        Ok(())
+    }
+
+    /// Aborts instead of committing; when the zombie guard found a pause, holds
+    /// commits until the group's verdict has reached librdkafka.
+    async fn abort_after_refusal(&mut self, why: &str) -> Result<()> {
+        self.abort_and_rewind(why).await?;
+        if self.last_iteration.elapsed() > self.cfg.member.session_timeout {
+            self.hold_commits();
+        }
         Ok(())
     }
 

@@ -52,6 +52,8 @@ pub struct PipelineConfig {
     pub horizon: Horizon,
     pub state_dir: PathBuf,
     pub progress_interval: Duration,
+    /// How long the shutdown may take once a signal arrived (guarantee 4).
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,17 @@ pub enum PipelineError {
          the open transaction is left to the broker to abort, restart once it is reachable"
     )]
     QueueFull(Duration),
+    #[error(
+        "shutdown did not finish within --shutdown-timeout {limit:?} (stuck {stage}; is the broker \
+         reachable?): exiting without leaving the group cleanly. Nothing is lost: an open \
+         transaction is aborted by the broker (transaction.timeout.ms) or by this instance's \
+         next start, the local checkpoint is never ahead of Kafka, and the group reassigns \
+         the partitions after the session timeout"
+    )]
+    ShutdownTimeout {
+        limit: Duration,
+        stage: &'static str,
+    },
     #[error("fatal transaction error, stopping: {0}")]
     FatalTxn(String),
     #[error(transparent)]
@@ -155,7 +168,12 @@ pub struct Pipeline {
     hold_commits_until: Option<Instant>,
     /// When the transactional producer was last replaced (see `replace_producer`).
     producer_replacements: Vec<Instant>,
+    /// When the loop last passed its top: the zombie guard measures pauses from here.
     last_iteration: Instant,
+    /// What the loop is doing, named in the error when the shutdown runs out of time.
+    stage: &'static str,
+    /// When the loop saw the shutdown signal.
+    shutdown_started: Option<Instant>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -200,21 +218,62 @@ impl Pipeline {
             hold_commits_until: None,
             producer_replacements: Vec::new(),
             last_iteration: Instant::now(),
+            stage: "finishing the current batch",
+            shutdown_started: None,
         })
     }
 
-    /// Runs until `shutdown` is set, then closes the transaction and leaves the group.
+    /// Runs until `shutdown` is set, then closes the transaction and leaves the
+    /// group, all of it within `shutdown_timeout` of the signal (guarantee 4).
     pub async fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<()> {
-        match self.process_until(&shutdown).await {
-            Ok(()) => self.shutdown().await,
-            Err(e) => {
+        let limit = self.cfg.shutdown_timeout;
+        let watchdog = async {
+            while !shutdown.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(limit).await;
+        };
+        // Dropping the work future when time is up drops whatever it awaited: a
+        // commit still running on its blocking thread can no longer be followed
+        // by a checkpoint, so the checkpoint stays behind Kafka (`K <= C`).
+        let finished = tokio::select! {
+            res = self.process_then_leave(&shutdown) => Some(res),
+            () = watchdog => None,
+        };
+        match finished {
+            Some(Ok(())) => {
+                // Closing the consumer talks to the coordinator too.
+                let left = self
+                    .shutdown_started
+                    .map_or(limit, |t| limit.saturating_sub(t.elapsed()));
+                let closing = blocking(move || drop(self));
+                tokio::time::timeout(left, closing).await.map_err(|_| {
+                    PipelineError::ShutdownTimeout {
+                        limit,
+                        stage: "closing the consumer",
+                    }
+                })
+            }
+            Some(Err(e)) => {
                 // Closing the consumer would run rebalance callbacks nobody serves
                 // and, for a fenced member, wait on a group that is no longer ours.
                 // The process is about to exit: leave the consumer to the OS.
                 std::mem::forget(self.consumer.clone());
                 Err(e)
             }
+            None => {
+                let stage = self.stage;
+                // Dropping the clients would wait for the broker again.
+                std::mem::forget(self);
+                Err(PipelineError::ShutdownTimeout { limit, stage })
+            }
         }
+    }
+
+    async fn process_then_leave(&mut self, shutdown: &AtomicBool) -> Result<()> {
+        self.process_until(shutdown).await?;
+        self.shutdown_started = Some(Instant::now());
+        self.shutdown().await
     }
 
     async fn process_until(&mut self, shutdown: &AtomicBool) -> Result<()> {
@@ -287,9 +346,41 @@ impl Pipeline {
                 "process was paused longer than the session timeout; aborting the open transaction and holding commits"
             );
             self.abort_and_rewind("process was paused").await?;
-            self.hold_commits_until = Some(Instant::now() + self.cfg.member.session_timeout);
+            self.hold_commits();
         }
         Ok(())
+    }
+
+    fn hold_commits(&mut self) {
+        self.hold_commits_until = Some(Instant::now() + self.cfg.member.session_timeout);
+    }
+
+    /// The zombie guard, run right before each step of a commit (sending the
+    /// offsets, committing), on whatever thread runs it: `Some(reason)` when the
+    /// commit must not happen. A pause anywhere in this loop iteration (inside a
+    /// poll, between the poll and the commit) shows as a gap since the loop's top
+    /// longer than the session timeout; the group has then likely moved our
+    /// partitions while librdkafka has not heard of it yet.
+    fn commit_guard(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+        let since = self.last_iteration;
+        let limit = self.cfg.member.session_timeout;
+        let held = self.hold_commits_until;
+        let consumer = self.consumer.clone();
+        move || {
+            if held.is_some_and(|t| Instant::now() < t) {
+                return Some("commits are held after a pause".into());
+            }
+            let gap = since.elapsed();
+            if gap > limit {
+                return Some(format!(
+                    "process was paused: {:.1} s in one loop iteration, longer than the session timeout",
+                    gap.as_secs_f64()
+                ));
+            }
+            consumer
+                .assignment_lost()
+                .then(|| "assignment lost".to_string())
+        }
     }
 
     fn log_progress(&self) {
@@ -314,20 +405,20 @@ impl Pipeline {
         }
     }
 
-    /// Guarantee 4: finish the open transaction, checkpoint, leave the group.
-    async fn shutdown(mut self) -> Result<()> {
+    /// Guarantee 4: finish the open transaction (commit, or abort when a commit
+    /// is not allowed or fails), checkpoint, leave the group.
+    async fn shutdown(&mut self) -> Result<()> {
         tracing::info!("shutting down: committing the open transaction");
+        self.stage = "committing the open transaction";
+        failpoints::error("shutdown-before-commit");
         self.close_cycle().await?;
         self.log_progress();
-        // From here on rebalance callbacks have nothing to hand over: dropping the
+        // From here on rebalance callbacks have nothing to hand over: closing the
         // receiver lets them return at once.
-        drop(self.rebalances);
-        let consumer = self.consumer;
-        blocking(move || {
-            consumer.leave(Duration::from_secs(10));
-            drop(consumer);
-        })
-        .await;
+        self.rebalances.close();
+        self.stage = "leaving the group";
+        let consumer = self.consumer.clone();
+        blocking(move || consumer.leave(Duration::from_secs(10))).await;
         tracing::info!("left the group");
         Ok(())
     }

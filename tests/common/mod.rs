@@ -313,13 +313,25 @@ impl TallyProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> TallyProc {
+        Self::start_on(&bootstrap(), names, instance, state_dir, extra, env)
+    }
+
+    /// Like [`TallyProc::start`], against the broker at `bootstrap`.
+    pub fn start_on(
+        bootstrap: &str,
+        names: &Names,
+        instance: &str,
+        state_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TallyProc {
         let log = state_dir.with_extension(format!("{}.log", unique("run")));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new(tally_bin());
         cmd.arg("run")
             .args([
                 "--bootstrap-servers",
-                &bootstrap(),
+                bootstrap,
                 "--group-id",
                 &names.group,
                 "--instance-id",
@@ -356,6 +368,11 @@ impl TallyProc {
         assert!(ok, "kill {sig} failed");
     }
 
+    /// SIGTERM, without waiting.
+    pub fn signal_term(&self) {
+        self.signal("-TERM");
+    }
+
     /// SIGTERM, then the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         self.signal("-TERM");
@@ -388,6 +405,27 @@ impl TallyProc {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the process is stopped (state `T` in /proc).
+    pub fn wait_stopped(&self, timeout: Duration) {
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            // pid (comm) STATE ...: the state follows the last ')'.
+            if s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally did not stop; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -475,5 +513,73 @@ pub fn assert_verified(names: &Names, processed: u64, dead_lettered: u64) {
     assert_eq!(s["filtered"], 0, "{s:#}");
     for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
         assert_eq!(s[k], 0, "{k}: {s:#}");
+    }
+}
+
+/// A broker of the test's own (noida-db through `scripts/broker.sh`, on a free
+/// port with a temporary directory), for tests that must kill the broker: that
+/// cannot be done to a shared broker or a real Kafka. Stopped on drop.
+pub struct PrivateBroker {
+    pub bootstrap: String,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBroker {
+    pub fn start() -> PrivateBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh"))
+                .arg("start")
+                .env("BROKER_DIR", dir.path())
+                .env("BROKER_PORT", port.to_string())
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("run scripts/broker.sh");
+        assert!(out.status.success(), "scripts/broker.sh start failed");
+        PrivateBroker {
+            bootstrap: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir,
+        }
+    }
+
+    /// `kill -9` of this broker only, by the PID its script recorded.
+    pub fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("broker pid file");
+        let ok = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -9 of the broker (pid {pid}) failed");
+    }
+
+    /// Runs a tally subcommand against this broker: (exit code, stdout, stderr).
+    pub fn tally(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(tally_bin())
+            .args(args)
+            .env("KAFKA_BOOTSTRAP", &self.bootstrap)
+            .env_remove("FAILPOINTS")
+            .output()
+            .expect("run tally");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh"))
+                .arg("stop")
+                .env("BROKER_DIR", self.dir.path())
+                .status();
     }
 }
