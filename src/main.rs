@@ -30,18 +30,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let mut out_of_time = false;
     let code = match rt.block_on(cli::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            let fenced = e
-                .downcast_ref::<PipelineError>()
-                .is_some_and(|p| matches!(p, PipelineError::Fenced { .. }));
+            let pipeline = e.downcast_ref::<PipelineError>();
+            let fenced = pipeline.is_some_and(|p| matches!(p, PipelineError::Fenced { .. }));
+            out_of_time =
+                pipeline.is_some_and(|p| matches!(p, PipelineError::ShutdownTimeout { .. }));
             eprintln!("error: {e:#}");
             if fenced { EXIT_FENCED } else { 1 }
         }
     };
-    // Exit without waiting for blocking threads (a poll in flight).
-    rt.shutdown_timeout(Duration::from_secs(1));
+    if out_of_time {
+        // --shutdown-timeout is spent: not a second more for a call in flight.
+        rt.shutdown_background();
+    } else {
+        // Exit without waiting for blocking threads (a poll in flight).
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
     std::process::exit(code);
 }
 

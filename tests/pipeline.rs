@@ -324,11 +324,14 @@ fn shutdown_is_bounded_when_the_broker_dies() {
     std::thread::sleep(Duration::from_millis(100));
     broker.kill9();
     // 5 s of shutdown timeout, plus a margin for the process to exit.
-    let code = run.wait(Duration::from_secs(8));
+    let code = run.wait(Duration::from_secs(7));
     let took = signalled.elapsed();
     let log = run.log();
-    eprintln!("shutdown with the broker killed: exit {code:?} after {took:?}");
-    assert!(took < Duration::from_secs(8), "took {took:?}: {log}");
+    eprintln!(
+        "shutdown with the broker killed: exit {code:?} after {took:?}; {}",
+        log.lines().last().unwrap_or_default()
+    );
+    assert!(took < Duration::from_secs(6), "took {took:?}: {log}");
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("shutdown did not finish within"), "{log}");
 }

@@ -476,9 +476,14 @@ pub fn wait_for_committed(
 
 /// Runs a tally subcommand to completion: (exit code, stdout, stderr).
 pub fn tally(args: &[String]) -> (i32, String, String) {
+    tally_on(&bootstrap(), args)
+}
+
+/// Like [`tally`], against the broker at `bootstrap`.
+pub fn tally_on(bootstrap: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
     let out = std::process::Command::new(tally_bin())
         .args(args)
-        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("KAFKA_BOOTSTRAP", bootstrap)
         .env_remove("FAILPOINTS")
         .output()
         .expect("run tally");
@@ -560,17 +565,7 @@ impl PrivateBroker {
 
     /// Runs a tally subcommand against this broker: (exit code, stdout, stderr).
     pub fn tally(&self, args: &[&str]) -> (i32, String, String) {
-        let out = std::process::Command::new(tally_bin())
-            .args(args)
-            .env("KAFKA_BOOTSTRAP", &self.bootstrap)
-            .env_remove("FAILPOINTS")
-            .output()
-            .expect("run tally");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        tally_on(&self.bootstrap, args)
     }
 }
 
