@@ -9,7 +9,8 @@
 //! (the producer's local queue refuses every record), `abort-during-poll` (the
 //! open transaction is aborted and rewound while a polled batch is in flight),
 //! `stop-before-commit` (the process sends itself SIGSTOP right before the
-//! commit, after every check of the loop, as a pause of the process may hit it) and
+//! commit, after every check of the loop, as a pause of the process may hit it),
+//! `hold-commits` (commits are held as after a pause) and
 //! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,

@@ -335,3 +335,40 @@ fn shutdown_is_bounded_when_the_broker_dies() {
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("shutdown did not finish within"), "{log}");
 }
+
+#[test]
+fn commit_hold_is_honoured_by_the_shutdown() {
+    let names = Names::create("hold", 1);
+    let input = produce_generated(&names.input, 1_000, 22, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // From the loop's second iteration on, commits are held for a session timeout
+    // (30 s), as after a pause; records keep filling a transaction.
+    let mut first = TallyProc::start(
+        &names,
+        "hold-1",
+        &state,
+        &["--max-batch-records", "100", "--session-timeout", "30000"],
+        &[("FAILPOINTS", "hold-commits=1*off->1*return")],
+    );
+    let deadline = std::time::Instant::now() + LONG;
+    while !first.log().contains("commits held by failpoint") {
+        assert!(std::time::Instant::now() < deadline, "{}", first.log());
+        assert!(!first.exited(), "{}", first.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let before: i64 = committed_offsets(&names.group, &names.input).values().sum();
+    // The shutdown must not commit while commits are held: it aborts.
+    assert_eq!(first.terminate(), Some(0), "{}", first.log());
+    let log = first.log();
+    assert_eq!(log.matches("transaction aborted").count(), 1, "{log}");
+    assert!(log.contains("commits are held after a pause"), "{log}");
+    let after: i64 = committed_offsets(&names.group, &names.input).values().sum();
+    assert_eq!(after, before, "nothing committed while held: {log}");
+    assert!(before < 1_000, "records were left for the held transaction");
+    let mut second = TallyProc::start(&names, "hold-1", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 1_000, LONG, &mut [&mut second]);
+    assert_eq!(second.terminate(), Some(0), "{}", second.log());
+    assert_verified(&names, input.valid(), input.malformed);
+}

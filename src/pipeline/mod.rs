@@ -280,6 +280,10 @@ impl Pipeline {
         let mut last_progress = Instant::now();
         while !shutdown.load(Ordering::SeqCst) {
             self.check_paused().await?;
+            if failpoints::error("hold-commits") {
+                tracing::warn!("commits held by failpoint hold-commits");
+                self.hold_commits();
+            }
             let budget = match self.txn {
                 Txn::Idle => Duration::from_millis(250),
                 // No commit can close the cycle yet: no point in short polls.
