@@ -5,7 +5,9 @@
 //! Points: `after-produce`, `before-commit`, `after-commit-before-checkpoint`
 //! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
 //! `commit-error` (the commit fails with an abortable error) and `commit-fatal`
-//! (it fails as if the producer hit a fatal, non-fencing error).
+//! (it fails as if the producer hit a fatal, non-fencing error); `restore-hold`
+//! (with `sleep(ms)`: a partition's restore waits that long before it starts, so
+//! tests can watch `/readyz` say why the instance is not ready).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.

@@ -9,6 +9,7 @@ pub mod create_topics;
 pub mod generate;
 pub mod insights;
 pub mod lag;
+pub mod progress;
 pub mod replay;
 pub mod run;
 pub mod state;
@@ -30,6 +31,16 @@ use tally::kafka::{Connection, OutputTopics};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: text, or json (one object a line, for log shippers).
+    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,15 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use tally::aggregate::Horizon;
 use tally::kafka::MemberConfig;
+use tally::observe;
 use tally::pipeline::{Pipeline, PipelineConfig};
 use tally_state::StateStore;
 
 use super::{KafkaArgs, ProcessArgs, TopicArgs, blocking, parse_millis, parse_positive};
 use crate::shutdown_flag;
+
+/// How often the consumer lag gauges are refreshed (a scrape interval is
+/// usually 15 s or more).
+const LAG_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -49,6 +54,10 @@ pub struct RunArgs {
     /// Consumer session timeout in milliseconds (at least 6000).
     #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub session_timeout: Duration,
+    /// Address of the operations endpoint (/healthz, /readyz, /metrics, /insights);
+    /// port 0 binds a free port (the bound address is logged).
+    #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
@@ -99,6 +108,20 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.
     let shutdown = shutdown_flag();
+    // Up before the broker is reached: liveness answers and readiness says why not.
+    observe::http::serve(a.metrics_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics endpoint on {} (--metrics-addr; port 0 picks a free one)",
+                a.metrics_addr
+            )
+        })?;
+    observe::lag::spawn(
+        cfg.connection.clone(),
+        a.topics.input_topic.clone(),
+        LAG_REFRESH,
+    );
     let pipeline = Pipeline::start(cfg).await?;
     pipeline.run(shutdown).await?;
     Ok(())

@@ -36,6 +36,7 @@ use crate::insights;
 use crate::kafka::{
     self, GroupConsumer, MemberConfig, OutputTopics, RebalanceEvent, TxnError, TxnProducer,
 };
+use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, emit};
 
 pub use restore::RestorePath;
 use restore::RestoreResult;
@@ -139,6 +140,8 @@ pub struct Pipeline {
     partitions: BTreeMap<i32, PartitionState>,
     txn: Txn,
     stats: Stats,
+    /// What the open transaction holds, reported to the metrics when it commits.
+    cycle: CycleTally,
     /// Commits are held until this instant after the process was found paused
     /// for longer than the session timeout (see `check_paused`).
     hold_commits_until: Option<Instant>,
@@ -172,6 +175,8 @@ impl Pipeline {
         blocking(move || p.init())
             .await
             .map_err(|e| txn_fatal(&cfg, e))?;
+        emit(ProducerInitialised);
+        observe::telemetry().status.set_horizon(cfg.horizon);
         consumer.subscribe()?;
         let (restored_tx, restored_rx) = unbounded_channel();
         Ok(Pipeline {
@@ -186,6 +191,7 @@ impl Pipeline {
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),
+            cycle: CycleTally::default(),
             hold_commits_until: None,
             producer_replacements: Vec::new(),
             last_iteration: Instant::now(),
@@ -209,6 +215,7 @@ impl Pipeline {
     async fn process_until(&mut self, shutdown: &AtomicBool) -> Result<()> {
         let mut last_progress = Instant::now();
         while !shutdown.load(Ordering::SeqCst) {
+            emit(LoopIteration);
             self.check_paused().await?;
             let budget = match self.txn {
                 Txn::Idle => Duration::from_millis(250),
