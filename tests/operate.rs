@@ -461,3 +461,43 @@ fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     assert!(progress > 0, "no progress line in {log}");
     assert_verified(&names, input.valid(), input.malformed);
 }
+
+#[test]
+fn aborted_transactions_count_nothing() {
+    let names = Names::create("opsabort", 2);
+    let input = produce_generated(&names.input, 2_000, 23, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    // The first three commits fail: their records were produced, then aborted,
+    // then processed again. Counting at produce time would overcount them.
+    let mut run = TallyProc::start(
+        &names,
+        "opsabort-1",
+        &dir.path().join("state"),
+        &["--max-batch-records", "400"],
+        &[("FAILPOINTS", "commit-error=3*return")],
+    );
+    let base = run.endpoint();
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
+    let (_, text) = http_get(&format!("{base}/metrics"));
+    let get = |key: &str| sample(&text, key).unwrap_or_else(|| panic!("{key} missing:\n{text}"));
+    assert_eq!(
+        get("tally_transactions_total{result=\"aborted\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("tally_records_total{outcome=\"processed\"}"),
+        input.valid() as f64
+    );
+    assert_eq!(
+        get("tally_records_total{outcome=\"dead_lettered\"}"),
+        input.malformed as f64
+    );
+    assert_eq!(
+        sample_sum(&text, "tally_dead_letters_total"),
+        input.malformed as f64
+    );
+    assert_eq!(get("tally_end_to_end_latency_seconds_count"), 2_000.0);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    assert_verified(&names, input.valid(), input.malformed);
+}
