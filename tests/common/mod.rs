@@ -506,6 +506,20 @@ pub fn tally(args: &[String]) -> (i32, String, String) {
     )
 }
 
+/// `tally insights --json` for the pipeline.
+pub fn insights_json(names: &Names) -> serde_json::Value {
+    let (code, out, err) = tally(&[
+        "insights".into(),
+        "--json".into(),
+        "--insights-topic".into(),
+        names.insights.clone(),
+        "--input-topic".into(),
+        names.input.clone(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// `tally verify --json` for the pipeline; returns its exit code and summary.
 pub fn verify(names: &Names) -> (i32, serde_json::Value) {
     let mut args = vec![
