@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing tally needs on a fresh Debian machine with
 # Rust: libclang (bindgen, for the rocksdb crate), a C/C++ toolchain, pkg-config,
-# OpenSSL and zlib headers (librdkafka). Skips whatever is already there.
+# OpenSSL and zlib headers (librdkafka); for the operations tests, Prometheus
+# (which ships promtool) from Debian and, in a venv under .tools/venv, the
+# validators of the deploy files (kubernetes-validate, check-jsonschema). Skips
+# whatever is already there.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libclang-dev build-essential pkg-config libssl-dev zlib1g-dev; do
+for pkg in libclang-dev build-essential pkg-config libssl-dev zlib1g-dev prometheus; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 # python3 (any, e.g. pyenv's) is only needed to fetch the test broker with pip.
@@ -16,5 +19,16 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
+# The validators of deploy/ (Kubernetes manifests, docker-compose.yml), pinned.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${TOOLS_DIR:-$repo/.tools}/venv
+if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1 \
+   || ! "$venv/bin/check-jsonschema" --version >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate and check-jsonschema into $venv" >&2
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    kubernetes-validate==1.37.0 check-jsonschema==0.39.0 >&2
 fi

@@ -11,7 +11,9 @@
 //! `stop-before-commit` (the process sends itself SIGSTOP right before the
 //! commit, after every check of the loop, as a pause of the process may hit it),
 //! `hold-commits` (commits are held as after a pause) and
-//! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit).
+//! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit);
+//! `restore-hold` (with `sleep(ms)`: a partition's restore waits that long before
+//! it starts, so tests can watch `/readyz` say why the instance is not ready).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.

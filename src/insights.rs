@@ -60,6 +60,28 @@ impl Latest {
         }
     }
 
+    /// The JSON report of `tally insights --json` and of `/insights`: next
+    /// offset and aggregates per partition, and their merge.
+    pub fn report(&self, horizon: Horizon, top: usize) -> serde_json::Value {
+        let offsets: BTreeMap<i32, i64> = self
+            .by_partition
+            .iter()
+            .map(|(p, s)| (*p, s.next_offset))
+            .collect();
+        let by_partition: BTreeMap<i32, &Aggregate> = self
+            .by_partition
+            .iter()
+            .map(|(p, s)| (*p, &s.aggregate))
+            .collect();
+        let merged = self.merged(horizon);
+        serde_json::json!({
+            "partitions": offsets,
+            "by_partition": by_partition,
+            "peak_minutes": merged.peak_minutes(top),
+            "aggregate": merged,
+        })
+    }
+
     pub fn merged(&self, horizon: Horizon) -> Aggregate {
         let mut all = Aggregate::default();
         for s in self.by_partition.values() {
@@ -156,6 +178,40 @@ pub fn table(a: &Aggregate, partitions: usize, top_n: usize) -> String {
     out
 }
 
+/// Per-minute traffic of the latest `rows` minutes that saw logins, as a bar
+/// chart `width` characters wide (the busiest minute fills it).
+pub fn minute_chart(a: &Aggregate, rows: usize, width: usize) -> String {
+    let mut out = String::new();
+    let minutes: Vec<(i64, u64)> = a
+        .per_minute
+        .iter()
+        .rev()
+        .take(rows)
+        .map(|(m, c)| (*m, *c))
+        .collect();
+    let max = minutes.iter().map(|(_, c)| *c).max().unwrap_or(0);
+    if max == 0 {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nlogins per minute (UTC), latest {} minutes",
+        minutes.len()
+    );
+    for (m, c) in minutes.into_iter().rev() {
+        // Any non-zero minute gets at least one cell.
+        let cells = ((c as f64 / max as f64) * width as f64).ceil() as usize;
+        let _ = writeln!(
+            out,
+            "{:<22} {:>8} {}",
+            minute(m),
+            c,
+            "#".repeat(cells.max(1))
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +235,15 @@ mod tests {
         assert_eq!(l.merged(Horizon::default()), a);
         assert!(table(&a, 1, 5).contains("iOS"));
         assert!(one_line(&a).contains("iOS=100.0%"));
+        let traffic = Aggregate {
+            per_minute: [(0, 10), (60, 5), (120, 1)].into(),
+            ..Aggregate::default()
+        };
+        let chart = minute_chart(&traffic, 2, 10);
+        let lines: Vec<&str> = chart.trim_start().lines().collect();
+        assert_eq!(lines.len(), 3, "{chart}");
+        assert!(lines[1].starts_with("1970-01-01T00:01:00Z"), "{chart}");
+        assert!(lines[1].ends_with(" 5 ##########"), "{chart}");
+        assert!(lines[2].ends_with(" 1 ##"), "{chart}");
     }
 }

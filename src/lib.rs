@@ -13,5 +13,6 @@ pub mod generate;
 pub mod insights;
 pub mod kafka;
 pub mod model;
+pub mod observe;
 pub mod pipeline;
 pub mod verify;

@@ -16,16 +16,9 @@ use tally::pipeline::PipelineError;
 const EXIT_FENCED: i32 = 3;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let _failpoints = failpoints::setup();
     let cli = cli::Cli::parse();
+    init_logging(cli.log_format);
+    let _failpoints = failpoints::setup();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,6 +43,27 @@ fn main() {
         rt.shutdown_timeout(Duration::from_secs(1));
     }
     std::process::exit(code);
+}
+
+/// Logs go to stderr: readable text (coloured on a terminal), or one JSON object
+/// a line with the structured fields at the top level, for log shippers.
+fn init_logging(format: cli::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Sets the flag on SIGINT or SIGTERM.

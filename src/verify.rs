@@ -106,12 +106,33 @@ fn header_i64(r: &ReadRecord, key: &str) -> Option<i64> {
 }
 
 /// Runs the check; blocking (readers poll).
+/// What a long check reports as it goes (a progress bar on a terminal).
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// Reading `topic` starts: `records` to read (offsets, an upper bound).
+    Reading { topic: &'a str, records: u64 },
+    /// One more record read.
+    Record,
+}
+
 pub fn verify(
     conn: &Connection,
     group: &str,
     cfg: &ProcessConfig,
     output: &str,
     dlq: &str,
+) -> Result<Summary, kafka::Error> {
+    verify_with_progress(conn, group, cfg, output, dlq, &mut |_| {})
+}
+
+/// [`verify`], reporting its progress to `progress`.
+pub fn verify_with_progress(
+    conn: &Connection,
+    group: &str,
+    cfg: &ProcessConfig,
+    output: &str,
+    dlq: &str,
+    progress: &mut dyn FnMut(Step<'_>),
 ) -> Result<Summary, kafka::Error> {
     let admin = GroupAdmin::new(conn, group)?;
     let committed = admin.committed(&cfg.input_topic)?;
@@ -122,13 +143,20 @@ pub fn verify(
     let input = TopicReader::new(conn, &cfg.input_topic)?;
     let mut expected: HashMap<(i32, i64), Expect> = HashMap::new();
     let mut ranges = Vec::new();
+    let mut to_read = 0;
     for p in input.partitions()? {
         let (low, high) = input.watermarks(p)?;
         let c = committed.get(&p).copied().unwrap_or(low);
         summary.unconsumed += (high - c).max(0) as u64;
+        to_read += (c - low).max(0) as u64;
         ranges.push((p, kafka::StartAt::Earliest, Some(c)));
     }
+    progress(Step::Reading {
+        topic: &cfg.input_topic,
+        records: to_read,
+    });
     input.read(&ranges, |r| {
+        progress(Step::Record);
         let e = match process(&r.record, cfg) {
             Outcome::Filtered { .. } => Expect::Filtered,
             o => {
@@ -156,7 +184,14 @@ pub fn verify(
             .into_iter()
             .map(|p| (p, kafka::StartAt::Earliest, None))
             .collect();
+        let mut records = 0;
+        for (p, _, _) in &ranges {
+            let (low, high) = reader.watermarks(*p)?;
+            records += (high - low).max(0) as u64;
+        }
+        progress(Step::Reading { topic, records });
         reader.read(&ranges, |r| {
+            progress(Step::Record);
             let at = format!("{topic}/{}@{}", r.record.partition, r.record.offset);
             let source_topic = r
                 .header(headers::SOURCE_TOPIC)

@@ -1,13 +1,15 @@
 //! `tally insights`: the group-wide insights merged from the insights topic.
 
-use std::collections::BTreeMap;
-
 use clap::Args;
 use tally::aggregate::Horizon;
 use tally::insights;
 use tally::kafka::{self};
 
-use super::{KafkaArgs, blocking};
+use super::{KafkaArgs, blocking, progress};
+
+/// The per-minute chart: the latest this many minutes, bars this wide.
+const CHART_MINUTES: usize = 30;
+const CHART_WIDTH: usize = 50;
 
 #[derive(Debug, Clone, Args)]
 pub struct InsightsArgs {
@@ -41,32 +43,35 @@ pub async fn run(a: InsightsArgs) -> anyhow::Result<()> {
             .into_iter()
             .map(|p| (p, kafka::StartAt::Earliest, None))
             .collect();
+        let mut total = 0;
+        for (p, _, _) in &ranges {
+            let (low, high) = reader.watermarks(*p)?;
+            total += (high - low).max(0) as u64;
+        }
+        let bar = progress::records(total, "reading insights");
         let mut latest = insights::Latest::default();
         reader.read(&ranges, |r| {
+            bar.inc(1);
             if let Some(v) = &r.record.value {
                 latest.offer(&input, v);
             }
         })?;
+        bar.finish_and_clear();
         Ok(latest)
     })
     .await?;
-    let merged = latest.merged(Horizon::default());
     if a.json {
-        let offsets: BTreeMap<i32, i64> = latest
-            .by_partition
-            .iter()
-            .map(|(p, s)| (*p, s.next_offset))
-            .collect();
-        let out = serde_json::json!({
-            "partitions": offsets,
-            "aggregate": merged,
-            "peak_minutes": merged.peak_minutes(a.top),
-        });
+        let out = latest.report(Horizon::default(), a.top);
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        let merged = latest.merged(Horizon::default());
         print!(
             "{}",
             insights::table(&merged, latest.by_partition.len(), a.top)
+        );
+        print!(
+            "{}",
+            insights::minute_chart(&merged, CHART_MINUTES, CHART_WIDTH)
         );
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod create_topics;
 pub mod generate;
 pub mod insights;
 pub mod lag;
+pub mod progress;
 pub mod replay;
 pub mod run;
 pub mod state;
@@ -30,6 +31,16 @@ use tally::kafka::{Connection, OutputTopics};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: text, or json (one object a line, for log shippers).
+    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +68,20 @@ pub enum Command {
 
 /// Runs the chosen subcommand; the result is the process's exit status.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let kafka = match &cli.command {
+        Command::Generate(a) => Some(&a.kafka),
+        Command::Verify(a) => Some(&a.kafka),
+        Command::Insights(a) => Some(&a.kafka),
+        Command::Replay(a) => Some(&a.kafka),
+        Command::CreateTopics(a) => Some(&a.kafka),
+        Command::Lag(a) => Some(&a.kafka),
+        Command::Copy(a) => Some(&a.kafka),
+        // `run` waits for the cluster itself; `state` reads only the local store.
+        Command::Run(_) | Command::State(_) => None,
+    };
+    if let Some(k) = kafka {
+        k.reach().await?;
+    }
     match cli.command {
         Command::Run(a) => run::run(a).await.map(|()| 0),
         Command::Generate(a) => generate::run(a).await.map(|()| 0),
@@ -109,7 +134,14 @@ pub struct KafkaArgs {
     /// librdkafka property passed through unchanged (repeatable), e.g. -X security.protocol=SSL (env: `;`-separated).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';')]
     pub properties: Vec<(String, String)>,
+    /// Seconds to wait for the cluster to answer before giving up (tools: 15;
+    /// `run`: keeps trying, warning every few seconds, unless this is set).
+    #[arg(long, env = "TALLY_CONNECT_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: Option<u64>,
 }
+
+/// How long the CLI tools wait for the cluster by default.
+const TOOL_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl KafkaArgs {
     pub fn connection(&self) -> Connection {
@@ -118,6 +150,31 @@ impl KafkaArgs {
             properties: self.properties.clone(),
         }
     }
+
+    /// For the CLI tools: fails within `--connect-timeout` (default 15 s) when
+    /// no broker answers, saying what to check, instead of hanging.
+    pub async fn reach(&self) -> anyhow::Result<()> {
+        let conn = self.connection();
+        let timeout = self
+            .connect_timeout
+            .map_or(TOOL_CONNECT_TIMEOUT, Duration::from_secs);
+        blocking(move || conn.probe(timeout))
+            .await
+            .map_err(|e| unreachable_cluster(&self.bootstrap_servers, timeout, e))
+    }
+}
+
+/// The message for a cluster that did not answer: where tally looked and what to check.
+pub(crate) fn unreachable_cluster(
+    bootstrap: &str,
+    waited: Duration,
+    e: impl std::fmt::Display,
+) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no Kafka broker at {bootstrap} answered within {} s ({e}); check --bootstrap-servers / KAFKA_BOOTSTRAP \
+         and that the brokers are up and reachable from here (for the local test broker: scripts/broker.sh start)",
+        waited.as_secs()
+    )
 }
 
 #[derive(Debug, Clone, Args)]

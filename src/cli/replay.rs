@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tally::kafka::{self};
 
-use super::{KafkaArgs, blocking};
+use super::{KafkaArgs, blocking, progress};
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
@@ -38,6 +38,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     };
     let (group, topic) = (a.group.clone(), a.input_topic.clone());
     let (before, after) = blocking(move || -> anyhow::Result<_> {
+        let step = progress::spinner(&format!("checking group {group}"));
         let admin = kafka::GroupAdmin::new(&conn, &group)?;
         let g = admin.describe()?;
         if !g.members.is_empty() {
@@ -47,6 +48,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
                 g.members.join(", ")
             );
         }
+        step.set_message(format!("finding the new offsets of {topic}"));
         let before = admin.committed(&topic)?;
         let after = match target {
             None => {
@@ -58,7 +60,9 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
             }
             Some(ms) => admin.offsets_for_time(&topic, ms)?,
         };
+        step.set_message(format!("committing the new offsets for {group}"));
         admin.commit(&topic, &after)?;
+        step.finish_and_clear();
         Ok((before, after))
     })
     .await?;

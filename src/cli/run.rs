@@ -3,15 +3,25 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use tally::aggregate::Horizon;
 use tally::kafka::MemberConfig;
+use tally::observe;
 use tally::pipeline::{Pipeline, PipelineConfig};
 use tally_state::StateStore;
 
-use super::{KafkaArgs, ProcessArgs, TopicArgs, blocking, parse_millis, parse_positive};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::{
+    KafkaArgs, ProcessArgs, TopicArgs, blocking, parse_millis, parse_positive, unreachable_cluster,
+};
 use crate::shutdown_flag;
+
+/// How often the consumer lag gauges are refreshed (a scrape interval is
+/// usually 15 s or more).
+const LAG_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -54,10 +64,79 @@ pub struct RunArgs {
     /// (the broker is gone?); nothing is lost, the checkpoint is never ahead of Kafka.
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub shutdown_timeout: u64,
+    /// Address of the operations endpoint (/healthz, /readyz, /metrics, /insights);
+    /// port 0 binds a free port (the bound address is logged).
+    #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
 }
+
+/// Until a broker answers: not ready, one warn line every few seconds naming the
+/// bootstrap servers and the time waited (librdkafka's own per-attempt errors
+/// stay quiet), with backoff; gives up only after `--connect-timeout`.
+/// `false`: a shutdown signal came first.
+async fn wait_for_cluster(k: &KafkaArgs, shutdown: &AtomicBool) -> anyhow::Result<bool> {
+    let status = &observe::telemetry().status;
+    let conn = k.connection();
+    let started = Instant::now();
+    let mut last_warn: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(500);
+    status.set_connecting(Some(format!(
+        "connecting to the Kafka cluster at {}",
+        k.bootstrap_servers
+    )));
+    loop {
+        let c = conn.clone();
+        match blocking(move || c.probe(PROBE_TIMEOUT)).await {
+            Ok(()) => {
+                status.set_connecting(None);
+                if last_warn.is_some() {
+                    tracing::info!(bootstrap = %k.bootstrap_servers, waited_secs = started.elapsed().as_secs(), "kafka cluster reached");
+                }
+                return Ok(true);
+            }
+            Err(e) => {
+                let waited = started.elapsed();
+                status.beat();
+                status.set_connecting(Some(format!(
+                    "cannot reach the Kafka cluster at {} (waited {} s)",
+                    k.bootstrap_servers,
+                    waited.as_secs()
+                )));
+                if k.connect_timeout
+                    .is_some_and(|t| waited >= Duration::from_secs(t))
+                {
+                    return Err(unreachable_cluster(&k.bootstrap_servers, waited, e));
+                }
+                if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(
+                        bootstrap = %k.bootstrap_servers,
+                        waited_secs = waited.as_secs(),
+                        error = %e,
+                        "cannot reach the kafka cluster; retrying (check --bootstrap-servers and that the brokers are up; local broker: scripts/broker.sh start)"
+                    );
+                    last_warn = Some(Instant::now());
+                }
+            }
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if shutdown.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One attempt to reach the cluster; between attempts the wait doubles up to
+/// [`MAX_BACKOFF`]; a warn line at most every [`WARN_EVERY`].
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 impl RunArgs {
     pub fn horizon(&self) -> Horizon {
@@ -105,6 +184,23 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.
     let shutdown = shutdown_flag();
+    // Up before the broker is reached: liveness answers and readiness says why not.
+    observe::http::serve(a.metrics_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics endpoint on {} (--metrics-addr; port 0 picks a free one)",
+                a.metrics_addr
+            )
+        })?;
+    observe::lag::spawn(
+        cfg.connection.clone(),
+        a.topics.input_topic.clone(),
+        LAG_REFRESH,
+    );
+    if !wait_for_cluster(&a.kafka, &shutdown).await? {
+        return Ok(());
+    }
     let pipeline = Pipeline::start(cfg).await?;
     pipeline.run(shutdown).await?;
     Ok(())

@@ -3,7 +3,7 @@
 use clap::Args;
 use tally::verify;
 
-use super::{KafkaArgs, ProcessArgs, TopicArgs, blocking};
+use super::{KafkaArgs, ProcessArgs, TopicArgs, blocking, progress};
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
@@ -35,7 +35,28 @@ pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
         a.topics.output_topic.clone(),
         a.topics.dlq_topic.clone(),
     );
-    let summary = blocking(move || verify::verify(&conn, &group, &cfg, &out, &dlq)).await?;
+    let summary = blocking(move || {
+        let mut bar: Option<indicatif::ProgressBar> = None;
+        let summary =
+            verify::verify_with_progress(&conn, &group, &cfg, &out, &dlq, &mut |step| match step {
+                verify::Step::Reading { topic, records } => {
+                    if let Some(b) = bar.take() {
+                        b.finish_and_clear();
+                    }
+                    bar = Some(progress::records(records, &format!("reading {topic}")));
+                }
+                verify::Step::Record => {
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                }
+            });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        summary
+    })
+    .await?;
     let incomplete = a.complete && summary.unconsumed > 0;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -72,6 +72,8 @@ impl Instance {
                 "5",
             ])
             .env("RUST_LOG", "info")
+            // Several instances on one host: each endpoint on a free port.
+            .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -168,6 +169,35 @@ impl Connection {
             c.set(k, v);
         }
         c
+    }
+}
+
+/// A client context that keeps librdkafka quiet: the probe reports failure
+/// itself, once, instead of librdkafka's error line per connection attempt.
+struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, _level: RDKafkaLogLevel, _fac: &str, _log_message: &str) {}
+    fn error(&self, _error: KafkaError, _reason: &str) {}
+}
+
+impl ConsumerContext for QuietContext {}
+
+impl Connection {
+    /// Asks the cluster for its metadata within `timeout`: `Ok` once a broker
+    /// answered. Says nothing on failure but the error it returns.
+    pub fn probe(&self, timeout: Duration) -> Result<()> {
+        let consumer: BaseConsumer<QuietContext> = self
+            .config(&[
+                ("group.id", "tally-probe"),
+                ("log.connection.close", "false"),
+            ])
+            .create_with_context(QuietContext)
+            .map_err(ctx("creating a client"))?;
+        consumer
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(ctx(format!("reaching the cluster at {}", self.bootstrap)))
     }
 }
 

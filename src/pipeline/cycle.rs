@@ -13,6 +13,9 @@ use crate::aggregate::Aggregate;
 use crate::event::{Outcome, process};
 use crate::kafka::{self, SendError, TxnError, TxnProducer};
 use crate::model::OutputRecord;
+use crate::observe::{
+    CheckpointWritten, CycleTally, ProducerReplaced, TransactionAborted, TransactionCommitted, emit,
+};
 use crate::{failpoints, insights};
 
 impl Pipeline {
@@ -66,6 +69,7 @@ impl Pipeline {
                 tracing::debug!(partition = rec.partition, offset = rec.offset, reason = %rejection.reason, "dead-lettered");
             }
         }
+        self.cycle.record(&rec, &outcome);
         let horizon = self.cfg.horizon;
         let st = self
             .partitions
@@ -168,6 +172,7 @@ impl Pipeline {
             self.consumer.clone(),
             offsets.clone(),
         );
+        let commit_started = Instant::now();
         let res = if injected {
             Err(TxnError::Abortable(
                 "injected by failpoint commit-error".into(),
@@ -187,6 +192,10 @@ impl Pipeline {
         }
         self.stats.committed += 1;
         self.txn = Txn::Idle;
+        emit(TransactionCommitted {
+            tally: std::mem::take(&mut self.cycle),
+            commit: commit_started.elapsed(),
+        });
         failpoints::crash("after-commit-before-checkpoint");
         let mut checkpoints = Vec::new();
         for (p, st) in self.partitions.iter_mut().filter(|(_, st)| st.touched) {
@@ -201,7 +210,21 @@ impl Pipeline {
             });
         }
         let (store, ns) = (self.store.clone(), self.ns.clone());
-        blocking(move || store.checkpoint(&ns, &checkpoints)).await?;
+        let (checkpoints, took) = blocking(move || {
+            let started = Instant::now();
+            store
+                .checkpoint(&ns, &checkpoints)
+                .map(|()| (checkpoints, started.elapsed()))
+        })
+        .await?;
+        emit(CheckpointWritten {
+            topic: &self.cfg.process.input_topic,
+            partitions: checkpoints
+                .into_iter()
+                .map(|c| (c.partition, c.next_offset, c.state))
+                .collect(),
+            took,
+        });
         Ok(())
     }
 
@@ -226,6 +249,8 @@ impl Pipeline {
         }
         self.txn = Txn::Idle;
         self.stats.aborted += 1;
+        self.cycle = CycleTally::default();
+        emit(TransactionAborted);
         // Every active partition, touched or not: librdkafka may have delivered
         // records past `C` that the loop now drops (the rest of the batch).
         let mut seeks = Vec::new();
@@ -283,6 +308,9 @@ impl Pipeline {
         blocking(move || drop(old)).await;
         self.txn = Txn::Idle;
         self.stats.aborted += 1;
+        self.cycle = CycleTally::default();
+        emit(TransactionAborted);
+        emit(ProducerReplaced);
         let mut by_epoch: BTreeMap<u64, Vec<i32>> = BTreeMap::new();
         for (p, st) in &mut self.partitions {
             st.phase = Phase::Restoring;

@@ -35,6 +35,7 @@ use crate::event::ProcessConfig;
 use crate::kafka::{
     self, GroupConsumer, MemberConfig, OutputTopics, RebalanceEvent, TxnError, TxnProducer,
 };
+use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, emit};
 use crate::{failpoints, insights};
 
 pub use restore::RestorePath;
@@ -163,6 +164,8 @@ pub struct Pipeline {
     partitions: BTreeMap<i32, PartitionState>,
     txn: Txn,
     stats: Stats,
+    /// What the open transaction holds, reported to the metrics when it commits.
+    cycle: CycleTally,
     /// Commits are held until this instant after the process was found paused
     /// for longer than the session timeout (see `check_paused`).
     hold_commits_until: Option<Instant>,
@@ -201,6 +204,8 @@ impl Pipeline {
         blocking(move || p.init())
             .await
             .map_err(|e| txn_fatal(&cfg, e))?;
+        emit(ProducerInitialised);
+        observe::telemetry().status.set_horizon(cfg.horizon);
         consumer.subscribe()?;
         let (restored_tx, restored_rx) = unbounded_channel();
         Ok(Pipeline {
@@ -215,6 +220,7 @@ impl Pipeline {
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),
+            cycle: CycleTally::default(),
             hold_commits_until: None,
             producer_replacements: Vec::new(),
             last_iteration: Instant::now(),
@@ -279,6 +285,7 @@ impl Pipeline {
     async fn process_until(&mut self, shutdown: &AtomicBool) -> Result<()> {
         let mut last_progress = Instant::now();
         while !shutdown.load(Ordering::SeqCst) {
+            emit(LoopIteration);
             self.check_paused().await?;
             if failpoints::error("hold-commits") {
                 tracing::warn!("commits held by failpoint hold-commits");

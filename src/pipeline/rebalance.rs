@@ -4,6 +4,7 @@
 use super::{PartitionState, Phase, Pipeline, Result};
 use crate::aggregate::Aggregate;
 use crate::kafka::RebalanceEvent;
+use crate::observe::{PartitionsAssigned, PartitionsRevoked, emit};
 
 impl Pipeline {
     pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {
@@ -25,11 +26,17 @@ impl Pipeline {
                 for p in &partitions {
                     self.partitions.remove(p);
                 }
+                emit(PartitionsRevoked {
+                    partitions: &partitions,
+                });
                 tracing::info!(?partitions, lost, "partitions revoked");
                 let _ = done.send(());
             }
             RebalanceEvent::Assigned { partitions, epoch } => {
                 tracing::info!(?partitions, epoch, "partitions assigned; restoring state");
+                emit(PartitionsAssigned {
+                    partitions: &partitions,
+                });
                 for p in &partitions {
                     self.partitions.insert(
                         *p,

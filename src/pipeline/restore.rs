@@ -10,7 +10,9 @@ use tally_state::{Checkpoint, Namespace, StateStore};
 use super::{Phase, Pipeline, PipelineError, Result, blocking};
 use crate::aggregate::{Aggregate, Horizon};
 use crate::event::{ProcessConfig, process};
+use crate::failpoints;
 use crate::kafka::{self, GroupConsumer, TopicReader};
+use crate::observe::{PartitionRestored, RestoreProgress, RestoreStarted, emit};
 
 /// How a partition's aggregates were recovered on assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,9 @@ impl Pipeline {
     /// Restores partitions in the background; the loop keeps polling meanwhile so
     /// the member never exceeds `max.poll.interval.ms`, and no transaction is held open.
     pub(super) fn spawn_restore(&self, partitions: Vec<i32>, epoch: u64) {
+        emit(RestoreStarted {
+            partitions: &partitions,
+        });
         let tx = self.restored_tx.clone();
         let ctx = RestoreContext {
             consumer: self.consumer.clone(),
@@ -108,6 +113,14 @@ impl Pipeline {
         st.committed_offset = r.committed_offset;
         st.next_offset = r.committed_offset;
         st.committed = r.aggregate;
+        emit(PartitionRestored {
+            topic: &self.cfg.process.input_topic,
+            partition: r.partition,
+            next_offset: r.committed_offset,
+            aggregate: &st.committed,
+            path: r.path.as_str(),
+            records: r.records,
+        });
         tracing::info!(
             partition = r.partition,
             path = r.path.as_str(),
@@ -144,6 +157,8 @@ fn restore_partition(
     } = ctx;
     let horizon = *horizon;
     let started = Instant::now();
+    // Tests hold a restore here (`restore-hold=1*sleep(5000)`) to watch /readyz.
+    failpoints::error("restore-hold");
     let c = match c {
         Some(c) => c,
         None => consumer.watermarks(partition)?.0,
@@ -169,9 +184,17 @@ fn restore_partition(
         );
         let reader = TopicReader::new(conn, &process_cfg.input_topic)?;
         let mut last_log = Instant::now();
+        let total = (c - from).max(0) as u64;
         reader.read(&[(partition, kafka::StartAt::Offset(from), Some(c))], |r| {
             aggregate.apply(&process(&r.record, process_cfg), horizon);
             records += 1;
+            if records % 1024 == 0 {
+                emit(RestoreProgress {
+                    partition,
+                    done: (r.record.offset + 1 - from).max(0) as u64,
+                    total,
+                });
+            }
             if last_log.elapsed() > Duration::from_secs(5) {
                 tracing::info!(
                     partition,

@@ -343,6 +343,9 @@ impl TallyProc {
             .args(["--progress-secs", "2"])
             .args(extra)
             .env("RUST_LOG", "info")
+            // Tests run side by side: each endpoint on a free port (see `endpoint`).
+            .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
+            .env_remove("TALLY_LOG_FORMAT")
             .env_remove("FAILPOINTS")
             .stdout(std::process::Stdio::null())
             .stderr(file);
@@ -357,6 +360,37 @@ impl TallyProc {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://host:port` of the operations endpoint, from the log line that
+    /// names the address bound (the harness asks for port 0).
+    pub fn endpoint(&mut self) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = self.log();
+            if let Some(line) = log
+                .lines()
+                .find(|l| l.contains("metrics endpoint listening"))
+            {
+                // Text (`addr=...`) or JSON (`"addr":"..."`) log format.
+                let addr = match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(v) => v["addr"].as_str().map(str::to_string),
+                    Err(_) => line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next())
+                        .map(str::to_string),
+                };
+                let addr = addr.unwrap_or_else(|| panic!("no address in {line:?}"));
+                return format!("http://{addr}");
+            }
+            assert!(!self.exited(), "tally exited; log:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "no endpoint address logged:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -474,6 +508,27 @@ pub fn wait_for_committed(
     }
 }
 
+/// GET `url`: (status, body). Any status is an answer, not an error.
+pub fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {url} body: {e}"));
+    (status, body)
+}
+
 /// Runs a tally subcommand to completion: (exit code, stdout, stderr).
 pub fn tally(args: &[String]) -> (i32, String, String) {
     tally_on(&bootstrap(), args)
@@ -492,6 +547,20 @@ pub fn tally_on(bootstrap: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `tally insights --json` for the pipeline.
+pub fn insights_json(names: &Names) -> serde_json::Value {
+    let (code, out, err) = tally(&[
+        "insights".into(),
+        "--json".into(),
+        "--insights-topic".into(),
+        names.insights.clone(),
+        "--input-topic".into(),
+        names.input.clone(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 /// `tally verify --json` for the pipeline; returns its exit code and summary.

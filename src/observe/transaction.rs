@@ -1,0 +1,156 @@
+//! Events of the transaction cycle. Counters move only when a transaction has
+//! committed, from that cycle's tally, so after a drain they equal the input.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::metrics::Metrics;
+use super::{InternalEvent, Telemetry, status};
+use crate::aggregate::Aggregate;
+use crate::event::Outcome;
+use crate::model::InputRecord;
+
+/// The loop went round once (liveness).
+#[derive(Debug)]
+pub struct LoopIteration;
+
+impl InternalEvent for LoopIteration {
+    fn emit(self, t: &Telemetry) {
+        t.status.beat();
+    }
+}
+
+/// The transactional producer is initialised (`init_transactions` returned).
+#[derive(Debug)]
+pub struct ProducerInitialised;
+
+impl InternalEvent for ProducerInitialised {
+    fn emit(self, t: &Telemetry) {
+        t.status.set_producer_ready(true);
+        t.status.beat();
+    }
+}
+
+/// What the open transaction holds, counted as records join it; reported only
+/// if it commits, dropped if it aborts.
+#[derive(Debug, Default)]
+pub struct CycleTally {
+    processed: u64,
+    dead_lettered: u64,
+    filtered: u64,
+    dead_letter_reasons: BTreeMap<&'static str, u64>,
+    /// Input record timestamps (ms), for the end-to-end latency at commit.
+    timestamps_ms: Vec<i64>,
+}
+
+impl CycleTally {
+    /// A record joined the open transaction with this outcome.
+    pub fn record(&mut self, rec: &InputRecord, outcome: &Outcome) {
+        match outcome {
+            Outcome::Processed { .. } => self.processed += 1,
+            Outcome::Filtered { .. } => self.filtered += 1,
+            Outcome::DeadLetter { rejection, .. } => self.dead_letter(rejection.reason.code()),
+        }
+        if let Some(ts) = rec.timestamp_ms {
+            self.timestamps_ms.push(ts);
+        }
+    }
+
+    /// A record was dead-lettered for `reason` (a reason code).
+    pub fn dead_letter(&mut self, reason: &'static str) {
+        self.dead_lettered += 1;
+        *self.dead_letter_reasons.entry(reason).or_default() += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.processed + self.dead_lettered + self.filtered
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A transaction committed; `tally` is what it held, `commit` how long the
+/// commit took.
+#[derive(Debug)]
+pub struct TransactionCommitted {
+    pub tally: CycleTally,
+    pub commit: Duration,
+}
+
+impl InternalEvent for TransactionCommitted {
+    fn emit(self, t: &Telemetry) {
+        let m = &t.metrics;
+        let c = self.tally;
+        for (outcome, n) in [
+            ("processed", c.processed),
+            ("dead_lettered", c.dead_lettered),
+            ("filtered", c.filtered),
+        ] {
+            Metrics::count(&m.records, "outcome", outcome, n);
+        }
+        for (reason, n) in &c.dead_letter_reasons {
+            Metrics::count(&m.dead_letters, "reason", reason, *n);
+        }
+        Metrics::count(&m.transactions, "result", "committed", 1);
+        m.commit_seconds.observe(self.commit.as_secs_f64());
+        let now = now_ms();
+        for ts in c.timestamps_ms {
+            m.end_to_end_latency_seconds
+                .observe((now - ts).max(0) as f64 / 1000.0);
+        }
+        m.last_commit_timestamp.set(now as f64 / 1000.0);
+        tracing::trace!(
+            records = c.processed + c.dead_lettered + c.filtered,
+            commit_secs = self.commit.as_secs_f64(),
+            "transaction committed"
+        );
+    }
+}
+
+/// The open transaction was aborted (its records come again).
+#[derive(Debug)]
+pub struct TransactionAborted;
+
+impl InternalEvent for TransactionAborted {
+    fn emit(self, t: &Telemetry) {
+        Metrics::count(&t.metrics.transactions, "result", "aborted", 1);
+    }
+}
+
+/// The transactional producer failed fatally and is being replaced.
+#[derive(Debug)]
+pub struct ProducerReplaced;
+
+impl InternalEvent for ProducerReplaced {
+    fn emit(self, t: &Telemetry) {
+        t.metrics.producer_replacements.inc();
+    }
+}
+
+/// After a commit: the partitions' new committed state, checkpointed to RocksDB
+/// in `took`.
+#[derive(Debug)]
+pub struct CheckpointWritten<'a> {
+    pub topic: &'a str,
+    /// `(partition, next offset, committed aggregates)`.
+    pub partitions: Vec<(i32, i64, Aggregate)>,
+    pub took: Duration,
+}
+
+impl InternalEvent for CheckpointWritten<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.metrics
+            .checkpoint_seconds
+            .observe(self.took.as_secs_f64());
+        for (p, next, agg) in self.partitions {
+            Metrics::set(&t.metrics.committed_offset, p, next);
+            let snap = status::snapshot(self.topic, p, next, agg);
+            t.status.update(&[p], |v| v.committed = Some(snap.clone()));
+        }
+    }
+}
