@@ -348,7 +348,15 @@ fn commit_hold_is_honoured_by_the_shutdown() {
         &names,
         "hold-1",
         &state,
-        &["--max-batch-records", "100", "--session-timeout", "30000"],
+        // A 30 s session needs a transaction timeout above 30 s + 30 s + 100 ms.
+        &[
+            "--max-batch-records",
+            "100",
+            "--session-timeout",
+            "30000",
+            "-X",
+            "transaction.timeout.ms=90000",
+        ],
         &[("FAILPOINTS", "hold-commits=1*off->1*return")],
     );
     let deadline = std::time::Instant::now() + LONG;

@@ -35,6 +35,15 @@ const MANAGED: &[&str] = &[
     "group.instance.id",
     "enable.idempotence",
     "bootstrap.servers",
+    // Its alias: it would point the clients somewhere else than the flag says.
+    "metadata.broker.list",
+    // The zombie guard, the commit hold and the transaction-timeout rule all
+    // reckon with `--session-timeout`; a different value in librdkafka would let
+    // a member paused past the real session commit after its partitions moved.
+    "session.timeout.ms",
+    // tally polls continuously (restores run beside the loop); a shorter value
+    // would expel a member whose commit waits on a slow broker.
+    "max.poll.interval.ms",
 ];
 
 /// Properties that would change a guarantee of `tally run`; `-X` may not set them,
@@ -66,8 +75,11 @@ const REFUSED: &[(&str, &str)] = &[
 pub(super) const TRANSACTION_TIMEOUT_MS: u64 = 60_000;
 
 /// Time a transaction needs beyond the commit interval (and a commit hold) to
-/// produce its snapshots and commit.
-const TRANSACTION_MARGIN: Duration = Duration::from_secs(5);
+/// produce its snapshots and commit: one bounded call's worth, since a full
+/// producer queue and `send_offsets_to_transaction` may each wait that long. A
+/// smaller margin lets a slow broker time the transaction out on its side,
+/// which surfaces as an epoch error mid-commit.
+const TRANSACTION_MARGIN: Duration = CALL_TIMEOUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -297,6 +309,25 @@ mod tests {
     }
 
     #[test]
+    fn properties_with_a_dedicated_flag_or_a_fixed_value_are_managed() {
+        for key in [
+            "session.timeout.ms",
+            "max.poll.interval.ms",
+            "metadata.broker.list",
+            "transactional.id",
+        ] {
+            let err = with(&[(key, "6000")])
+                .validate(COMMIT, SESSION)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("-X {key}")) && err.contains("managed"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn harmless_properties_pass() {
         let c = with(&[
             ("security.protocol", "SASL_SSL"),
@@ -308,13 +339,13 @@ mod tests {
 
     #[test]
     fn transaction_timeout_must_hold_the_commit_interval() {
-        // Default 60 s: 100 ms + 10 s + 5 s fits; 50 s does not.
+        // Default 60 s: 100 ms + 10 s + 30 s fits; 25 s does not.
         let err = with(&[])
-            .validate(Duration::from_secs(50), SESSION)
+            .validate(Duration::from_secs(25), SESSION)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--commit-interval 50000 ms")
+            err.contains("--commit-interval 25000 ms")
                 && err.contains("transaction.timeout.ms 60000")
                 && err.contains("at least 65000"),
             "{err}"
@@ -329,9 +360,12 @@ mod tests {
                 && err.contains("transaction.timeout.ms 10000"),
             "{err}"
         );
-        with(&[("transaction.timeout.ms", "15100")])
+        with(&[("transaction.timeout.ms", "40100")])
             .validate(COMMIT, SESSION)
             .unwrap();
+        with(&[("transaction.timeout.ms", "40099")])
+            .validate(COMMIT, SESSION)
+            .unwrap_err();
         let err = with(&[("transaction.timeout.ms", "soon")])
             .validate(COMMIT, SESSION)
             .unwrap_err()

@@ -34,14 +34,17 @@ pub enum TxnError {
 fn classify(what: &str, e: KafkaError) -> TxnError {
     let msg = format!("{what}: {e}");
     if let KafkaError::Transaction(rd) = &e {
+        // librdkafka says when an error (an epoch error after the broker timed
+        // the transaction out among them) is recovered by aborting: that comes
+        // before the code, or tally would exit as fenced when it need not.
+        if rd.txn_requires_abort() {
+            return TxnError::Abortable(msg);
+        }
         if is_fenced_code(rd.code()) {
             return TxnError::Fenced(msg);
         }
         if rd.is_fatal() {
             return TxnError::Fatal(msg);
-        }
-        if rd.txn_requires_abort() {
-            return TxnError::Abortable(msg);
         }
         // Neither fatal nor abort-requiring: a timeout or a state error. Aborting
         // is always safe for an open transaction.

@@ -232,7 +232,11 @@ impl Pipeline {
     /// commits until the group's verdict has reached librdkafka.
     async fn abort_after_refusal(&mut self, why: &str) -> Result<()> {
         self.abort_and_rewind(why).await?;
-        if self.last_iteration.elapsed() > self.cfg.member.session_timeout {
+        if self
+            .pause_clock
+            .stopped_since(self.last_iteration)
+            .is_some()
+        {
             self.hold_commits();
         }
         Ok(())

@@ -18,6 +18,7 @@
 //! revocation waits until the loop has closed the transaction.
 
 mod cycle;
+mod pause;
 mod rebalance;
 mod restore;
 
@@ -171,12 +172,12 @@ pub struct Pipeline {
     hold_commits_until: Option<Instant>,
     /// When the transactional producer was last replaced (see `replace_producer`).
     producer_replacements: Vec<Instant>,
-    /// When the loop last passed its top: the zombie guard measures pauses from here.
+    /// When the loop last passed its top: the zombie guard looks for stops of the
+    /// process since then.
     last_iteration: Instant,
+    pause_clock: pause::PauseClock,
     /// What the loop is doing, named in the error when the shutdown runs out of time.
     stage: &'static str,
-    /// When the loop saw the shutdown signal.
-    shutdown_started: Option<Instant>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -208,6 +209,7 @@ impl Pipeline {
         observe::telemetry().status.set_horizon(cfg.horizon);
         consumer.subscribe()?;
         let (restored_tx, restored_rx) = unbounded_channel();
+        let session_timeout = cfg.member.session_timeout;
         Ok(Pipeline {
             ns: Namespace::new(&cfg.member.group, &cfg.process.input_topic),
             cfg,
@@ -224,8 +226,8 @@ impl Pipeline {
             hold_commits_until: None,
             producer_replacements: Vec::new(),
             last_iteration: Instant::now(),
+            pause_clock: pause::PauseClock::start(session_timeout),
             stage: "finishing the current batch",
-            shutdown_started: None,
         })
     }
 
@@ -233,10 +235,14 @@ impl Pipeline {
     /// group, all of it within `shutdown_timeout` of the signal (guarantee 4).
     pub async fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<()> {
         let limit = self.cfg.shutdown_timeout;
+        // One clock for the whole shutdown, started when the signal is seen here:
+        // the loop may notice it only after a slow commit.
+        let signalled = std::sync::OnceLock::new();
         let watchdog = async {
             while !shutdown.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            let _ = signalled.set(Instant::now());
             tokio::time::sleep(limit).await;
         };
         // Dropping the work future when time is up drops whatever it awaited: a
@@ -249,8 +255,8 @@ impl Pipeline {
         match finished {
             Some(Ok(())) => {
                 // Closing the consumer talks to the coordinator too.
-                let left = self
-                    .shutdown_started
+                let left = signalled
+                    .get()
                     .map_or(limit, |t| limit.saturating_sub(t.elapsed()));
                 let closing = blocking(move || drop(self));
                 tokio::time::timeout(left, closing).await.map_err(|_| {
@@ -278,7 +284,6 @@ impl Pipeline {
 
     async fn process_then_leave(&mut self, shutdown: &AtomicBool) -> Result<()> {
         self.process_until(shutdown).await?;
-        self.shutdown_started = Some(Instant::now());
         self.shutdown().await
     }
 
@@ -349,9 +354,9 @@ impl Pipeline {
     /// heartbeat. Abort what is open and hold commits for a few heartbeats so the
     /// revocation arrives before we could commit for partitions that moved.
     async fn check_paused(&mut self) -> Result<()> {
-        let gap = self.last_iteration.elapsed();
+        let stopped = self.pause_clock.stopped_since(self.last_iteration);
         self.last_iteration = Instant::now();
-        if gap > self.cfg.member.session_timeout {
+        if let Some(gap) = stopped {
             tracing::warn!(
                 paused_secs = gap.as_secs_f64(),
                 "process was paused longer than the session timeout; aborting the open transaction and holding commits"
@@ -368,23 +373,23 @@ impl Pipeline {
 
     /// The zombie guard, run right before each step of a commit (sending the
     /// offsets, committing), on whatever thread runs it: `Some(reason)` when the
-    /// commit must not happen. A pause anywhere in this loop iteration (inside a
-    /// poll, between the poll and the commit) shows as a gap since the loop's top
-    /// longer than the session timeout; the group has then likely moved our
-    /// partitions while librdkafka has not heard of it yet.
+    /// commit must not happen. A stop of the process anywhere in this loop
+    /// iteration (inside a poll, between the poll and the commit) longer than the
+    /// session timeout means the group has likely moved our partitions while
+    /// librdkafka has not heard of it yet. Waiting on a slow broker is no stop
+    /// (see [`pause`]): librdkafka's heartbeats go on meanwhile.
     fn commit_guard(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
         let since = self.last_iteration;
-        let limit = self.cfg.member.session_timeout;
+        let clock = self.pause_clock.clone();
         let held = self.hold_commits_until;
         let consumer = self.consumer.clone();
         move || {
             if held.is_some_and(|t| Instant::now() < t) {
                 return Some("commits are held after a pause".into());
             }
-            let gap = since.elapsed();
-            if gap > limit {
+            if let Some(gap) = clock.stopped_since(since) {
                 return Some(format!(
-                    "process was paused: {:.1} s in one loop iteration, longer than the session timeout",
+                    "process was paused: stopped for {:.1} s, longer than the session timeout",
                     gap.as_secs_f64()
                 ));
             }
