@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 use tally::aggregate::Horizon;
 use tally::kafka::MemberConfig;
-use tally::pipeline::{Pipeline, PipelineConfig};
+use tally::pipeline::{Pipeline, PipelineConfig, RestoreOptions};
 use tally_state::StateStore;
 
 use super::{KafkaArgs, ProcessArgs, TopicArgs, blocking, parse_millis, parse_positive};
@@ -49,6 +49,16 @@ pub struct RunArgs {
     /// Consumer session timeout in milliseconds (at least 6000).
     #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub session_timeout: Duration,
+    /// Continue when the records needed to restore a partition's aggregates exactly
+    /// were deleted by retention: the aggregates become a lower bound and the
+    /// records that could not be counted are reported as `uncounted`.
+    #[arg(long, env = "TALLY_ALLOW_INEXACT_RESTORE")]
+    pub allow_inexact_restore: bool,
+    /// When a checkpoint or snapshot was written under another configuration
+    /// (filters, limits, horizon, schema), rebuild the aggregates from offset 0
+    /// under the new one instead of refusing to start.
+    #[arg(long, env = "TALLY_REBUILD_ON_CONFIG_CHANGE")]
+    pub rebuild_on_config_change: bool,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
@@ -95,8 +105,14 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         horizon: a.horizon(),
         state_dir: a.state_dir.clone(),
         progress_interval: Duration::from_secs(a.progress_secs),
+        restore: RestoreOptions {
+            allow_inexact: a.allow_inexact_restore,
+            rebuild_on_config_change: a.rebuild_on_config_change,
+        },
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
+    // State is restored from the insights topic: refuse to run on one that cannot serve.
+    tally::kafka::check_insights_topic(&cfg.connection, &a.topics.input_topic, &a.topics.insights_topic).await?;
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.
     let shutdown = shutdown_flag();
     let pipeline = Pipeline::start(cfg).await?;

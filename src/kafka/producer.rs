@@ -90,7 +90,7 @@ impl OutputTopics {
         match d {
             Destination::Processed => &self.processed,
             Destination::DeadLetter => &self.dead_letter,
-            Destination::Insights => &self.insights,
+            Destination::Insights { .. } => &self.insights,
         }
     }
 }
@@ -192,6 +192,9 @@ impl TxnProducer {
             .headers(owned_headers(&rec.headers));
         if let Some(k) = &rec.key {
             br = br.key(k.as_slice());
+        }
+        if let Destination::Insights { partition } = rec.destination {
+            br = br.partition(partition);
         }
         match self.producer.send(br) {
             Ok(()) => Ok(()),

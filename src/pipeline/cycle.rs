@@ -2,7 +2,6 @@
 //! transaction, the commit and the checkpoint after it, the abort and rewind,
 //! and the replacement of a producer that failed fatally.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,6 +137,7 @@ impl Pipeline {
                     *p,
                     st.next_offset,
                     &snap,
+                    &self.fingerprint,
                 ));
             }
         }
@@ -183,6 +183,7 @@ impl Pipeline {
                 partition: *p,
                 next_offset: st.committed_offset,
                 state: st.committed.clone(),
+                fingerprint: self.fingerprint.encode(),
             });
         }
         let (store, ns) = (self.store.clone(), self.ns.clone());
@@ -253,19 +254,18 @@ impl Pipeline {
         blocking(move || drop(old)).await;
         self.txn = Txn::Idle;
         self.stats.aborted += 1;
-        let mut by_epoch: BTreeMap<u64, Vec<i32>> = BTreeMap::new();
-        for (p, st) in &mut self.partitions {
+        for st in self.partitions.values_mut() {
             st.phase = Phase::Restoring;
             st.pending = Aggregate::default();
             st.touched = false;
-            by_epoch.entry(st.epoch).or_default().push(*p);
         }
         let all: Vec<i32> = self.partitions.keys().copied().collect();
         let c = self.consumer.clone();
-        blocking(move || c.pause(&all)).await?;
-        for (epoch, partitions) in by_epoch {
-            self.spawn_restore(partitions, epoch);
-        }
+        let paused = all.clone();
+        blocking(move || c.pause(&paused)).await?;
+        // New restores, with new tokens: a restore still running from before is
+        // now stale and its result will be ignored.
+        self.spawn_restore(all);
         Ok(())
     }
 }

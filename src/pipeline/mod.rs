@@ -32,13 +32,13 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::aggregate::{Aggregate, Horizon};
 use crate::event::ProcessConfig;
-use crate::insights;
+use crate::insights::{self, Fingerprint};
 use crate::kafka::{
     self, GroupConsumer, MemberConfig, OutputTopics, RebalanceEvent, TxnError, TxnProducer,
 };
 
-pub use restore::RestorePath;
-use restore::RestoreResult;
+pub use restore::{RestoreError, RestoreOptions, RestorePath};
+use restore::{RestoreTicket, Restored};
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -52,6 +52,7 @@ pub struct PipelineConfig {
     pub horizon: Horizon,
     pub state_dir: PathBuf,
     pub progress_interval: Duration,
+    pub restore: RestoreOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub enum PipelineError {
     Kafka(#[from] kafka::Error),
     #[error(transparent)]
     State(#[from] tally_state::StateError),
+    #[error("restoring state failed: {0}")]
+    Restore(String),
     #[error("{0}")]
     Other(String),
 }
@@ -107,6 +110,8 @@ struct PartitionState {
     /// Deltas of the open transaction, merged only after it commits.
     pending: Aggregate,
     touched: bool,
+    /// The latest restore started for this partition, while it is restoring.
+    restore: Option<RestoreTicket>,
 }
 
 /// The transaction's lifecycle.
@@ -134,8 +139,12 @@ pub struct Pipeline {
     store: Arc<StateStore>,
     ns: Namespace,
     rebalances: UnboundedReceiver<RebalanceEvent>,
-    restored_tx: UnboundedSender<RestoreResult>,
-    restored_rx: UnboundedReceiver<RestoreResult>,
+    restored_tx: UnboundedSender<Restored>,
+    restored_rx: UnboundedReceiver<Restored>,
+    /// Tokens of restores started so far (see `RestoreTicket`).
+    restore_tokens: u64,
+    /// Stored with every checkpoint and snapshot.
+    fingerprint: Fingerprint,
     partitions: BTreeMap<i32, PartitionState>,
     txn: Txn,
     stats: Stats,
@@ -176,6 +185,7 @@ impl Pipeline {
         let (restored_tx, restored_rx) = unbounded_channel();
         Ok(Pipeline {
             ns: Namespace::new(&cfg.member.group, &cfg.process.input_topic),
+            fingerprint: Fingerprint::of(&cfg.process, cfg.horizon),
             cfg,
             consumer: Arc::new(consumer),
             producer,
@@ -183,6 +193,7 @@ impl Pipeline {
             rebalances,
             restored_tx,
             restored_rx,
+            restore_tokens: 0,
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),

@@ -41,10 +41,11 @@ impl Pipeline {
                             committed: Aggregate::default(),
                             pending: Aggregate::default(),
                             touched: false,
+                            restore: None,
                         },
                     );
                 }
-                self.spawn_restore(partitions, epoch);
+                self.spawn_restore(partitions);
             }
         }
         Ok(())

@@ -42,13 +42,21 @@ pub fn client_config() -> ClientConfig {
 }
 
 pub fn create_topic(name: &str, partitions: i32) {
+    create_topic_with(name, partitions, &[]);
+}
+
+/// Creates a topic with extra topic configuration (e.g. `cleanup.policy`).
+pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-        .set("max.message.bytes", "2097152");
+    let topic = config.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "2097152"),
+        |t, (k, v)| t.set(k, v),
+    );
     let res = rt
         .block_on(admin.create_topics(
             [&topic],
@@ -259,9 +267,11 @@ impl Names {
             insights: unique(&format!("{test}-ins")),
             group: unique(&format!("{test}-group")),
         };
-        for t in [&n.input, &n.output, &n.dlq, &n.insights] {
+        for t in [&n.input, &n.output, &n.dlq] {
             create_topic(t, partitions);
         }
+        // Co-partitioned and compacted: `tally run` refuses anything else.
+        create_topic_with(&n.insights, partitions, &[("cleanup.policy", "compact")]);
         n
     }
 
