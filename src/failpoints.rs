@@ -6,6 +6,11 @@
 //! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
 //! `commit-error` (the commit fails with an abortable error) and `commit-fatal`
 //! (it fails as if the producer hit a fatal, non-fencing error).
+//! Restores: `restore-delay-<partition>` (use `sleep(ms)`: that partition's
+//! restore stalls after reading the committed offset, so a newer restore can
+//! overtake it), `restore-transient` (a restore attempt fails with a transient
+//! error) and `seek-not-ready` (a seek fails with `__STATE`, as before
+//! librdkafka started the partition's fetcher).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.

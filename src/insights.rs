@@ -65,7 +65,11 @@ impl Fingerprint {
                 out.push(format!("{name}: {a} -> {b}"));
             }
         };
-        cmp("schema version", self.schema.to_string(), now.schema.to_string());
+        cmp(
+            "schema version",
+            self.schema.to_string(),
+            now.schema.to_string(),
+        );
         cmp(
             "--minute-horizon",
             self.horizon_minutes.to_string(),
@@ -300,7 +304,10 @@ mod tests {
         let after = Fingerprint::of(&cfg, Horizon { minutes: 60 });
         let changes = before.changes(&after);
         assert_eq!(changes.len(), 2, "{changes:?}");
-        assert!(changes[0].starts_with("--minute-horizon: 1440 -> 60"), "{changes:?}");
+        assert!(
+            changes[0].starts_with("--minute-horizon: 1440 -> 60"),
+            "{changes:?}"
+        );
         assert!(changes[1].contains("--min-app-version"), "{changes:?}");
         // Snapshots written before fingerprints still parse.
         let old = br#"{"topic":"t","partition":0,"next_offset":1,"aggregate":{"processed":1,"dead_lettered":0,"filtered":0,"by_device_type":{},"by_app_version":{},"by_locale":{},"per_minute":{},"older_than_horizon":0}}"#;

@@ -219,7 +219,11 @@ pub fn verify(
                     // group had not committed then: decided after the passes,
                     // against the offsets committed by then.
                     _ => {
-                        pending.push(OutputSource { at, partition: sp, offset: so });
+                        pending.push(OutputSource {
+                            at,
+                            partition: sp,
+                            offset: so,
+                        });
                         return;
                     }
                 }

@@ -7,45 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(180);
-
-/// `tally insights --json` for the pipeline.
-fn insights(names: &Names) -> Value {
-    let (code, out, err) = tally(&[
-        "insights".into(),
-        "--json".into(),
-        "--insights-topic".into(),
-        names.insights.clone(),
-        "--input-topic".into(),
-        names.input.clone(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn counts(v: &Value) -> std::collections::BTreeMap<String, u64> {
-    v.as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, c)| (k.clone(), c.as_u64().unwrap()))
-        .collect()
-}
-
-/// Insight totals equal what the test counted from the input it produced.
-fn assert_insights_match(names: &Names, input: &Input) {
-    let v = insights(names);
-    let a = &v["aggregate"];
-    assert_eq!(a["processed"], input.valid(), "{v:#}");
-    assert_eq!(a["dead_lettered"], input.malformed, "{v:#}");
-    assert_eq!(counts(&a["by_device_type"]), input.by_device_type, "{v:#}");
-    assert_eq!(counts(&a["by_app_version"]), input.by_app_version, "{v:#}");
-    assert_eq!(counts(&a["by_locale"]), input.by_locale, "{v:#}");
-    let minutes: u64 =
-        counts(&a["per_minute"]).values().sum::<u64>() + a["older_than_horizon"].as_u64().unwrap();
-    assert_eq!(minutes, input.valid(), "{v:#}");
-}
 
 #[test]
 fn insights_equal_recount_and_state_lists_checkpoints() {

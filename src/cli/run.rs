@@ -112,7 +112,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
     // State is restored from the insights topic: refuse to run on one that cannot serve.
-    tally::kafka::check_insights_topic(&cfg.connection, &a.topics.input_topic, &a.topics.insights_topic).await?;
+    tally::kafka::check_insights_topic(
+        &cfg.connection,
+        &a.topics.input_topic,
+        &a.topics.insights_topic,
+    )
+    .await?;
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.
     let shutdown = shutdown_flag();
     let pipeline = Pipeline::start(cfg).await?;

@@ -116,7 +116,10 @@ pub async fn check_insights_topic(conn: &Connection, input: &str, insights: &str
         .config(&[])
         .create()
         .map_err(ctx("creating metadata client"))?;
-    let (ni, ns) = (partitions(&probe, input)?.len(), partitions(&probe, insights)?.len());
+    let (ni, ns) = (
+        partitions(&probe, input)?.len(),
+        partitions(&probe, insights)?.len(),
+    );
     if ni != ns {
         return Err(Error::Other(format!(
             "insights topic {insights} has {ns} partitions but the input {input} has {ni}: \
@@ -149,7 +152,10 @@ pub async fn check_insights_topic(conn: &Connection, input: &str, insights: &str
              creates it so)"
         ))),
         None => {
-            tracing::warn!(topic = insights, "could not read the insights topic's cleanup.policy; make sure it is compact");
+            tracing::warn!(
+                topic = insights,
+                "could not read the insights topic's cleanup.policy; make sure it is compact"
+            );
             Ok(())
         }
     }
@@ -157,7 +163,11 @@ pub async fn check_insights_topic(conn: &Connection, input: &str, insights: &str
 
 /// Deletes every record of `topic`'s partitions below the given offsets (what
 /// retention does), one partition per request. For drills and tests.
-pub async fn delete_records(conn: &Connection, topic: &str, below: &BTreeMap<i32, i64>) -> Result<()> {
+pub async fn delete_records(
+    conn: &Connection,
+    topic: &str,
+    below: &BTreeMap<i32, i64>,
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = conn
         .config(&[])
         .create()
@@ -167,7 +177,10 @@ pub async fn delete_records(conn: &Connection, topic: &str, below: &BTreeMap<i32
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
             .expect("valid offset");
         let res = admin
-            .delete_records(&tpl, &AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT)))
+            .delete_records(
+                &tpl,
+                &AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT)),
+            )
             .await
             .map_err(ctx(format!("deleting records of {topic}/{p} below {o}")))?;
         for e in res.elements() {

@@ -159,7 +159,9 @@ impl TopicReader {
                     }
                     open.remove(&p);
                 }
-                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
+                {
                     return Err(Error::Other(format!(
                         "reading {}: a start offset of partitions {:?} is out of range \
                          (deleted by retention meanwhile?): {e}",

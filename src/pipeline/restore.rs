@@ -188,7 +188,8 @@ impl Pipeline {
             });
             let (tx, ctx) = (self.restored_tx.clone(), ctx.clone());
             tokio::task::spawn_blocking(move || {
-                let outcome = with_retries(p, &cancelled, || restore_partition(&ctx, p, &cancelled));
+                let outcome =
+                    with_retries(p, &cancelled, || restore_partition(&ctx, p, &cancelled));
                 let _ = tx.send(Restored {
                     partition: p,
                     token,
@@ -216,8 +217,13 @@ impl Pipeline {
             );
             return Ok(());
         }
-        let rec = r.outcome.map_err(|e| PipelineError::Restore(e.to_string()))?;
-        let st = self.partitions.get_mut(&r.partition).expect("checked above");
+        let rec = r
+            .outcome
+            .map_err(|e| PipelineError::Restore(e.to_string()))?;
+        let st = self
+            .partitions
+            .get_mut(&r.partition)
+            .expect("checked above");
         st.phase = Phase::Active;
         st.restore = None;
         st.committed_offset = rec.committed_offset;
@@ -309,6 +315,12 @@ fn restore_partition(
     cancelled: &AtomicBool,
 ) -> std::result::Result<Recovered, Failure> {
     let started = Instant::now();
+    if failpoints::error("restore-transient") {
+        return Err(Failure::Transient(
+            "reading the committed offset",
+            kafka::Error::Other("injected by failpoint restore-transient".into()),
+        ));
+    }
     let committed = ctx
         .consumer
         .committed(&[partition])
@@ -453,11 +465,12 @@ fn choose_start(
     };
     let k = ctx.store.load::<Aggregate>(&ctx.ns, partition)?;
     let k = match k {
-        Some(cp) => match check_fingerprint(ctx, partition, "local checkpoint", Some(&cp.fingerprint))?
-        {
-            true => Some(cp),
-            false => return Ok(rebuild),
-        },
+        Some(cp) => {
+            match check_fingerprint(ctx, partition, "local checkpoint", Some(&cp.fingerprint))? {
+                true => Some(cp),
+                false => return Ok(rebuild),
+            }
+        }
         None => None,
     };
     if let Some(cp) = &k {

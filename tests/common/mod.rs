@@ -487,3 +487,67 @@ pub fn assert_verified(names: &Names, processed: u64, dead_lettered: u64) {
         assert_eq!(s[k], 0, "{k}: {s:#}");
     }
 }
+
+/// `tally insights --json` for the pipeline.
+pub fn insights(names: &Names) -> serde_json::Value {
+    let (code, out, err) = tally(&[
+        "insights".into(),
+        "--json".into(),
+        "--insights-topic".into(),
+        names.insights.clone(),
+        "--input-topic".into(),
+        names.input.clone(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+pub fn counts(v: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, c)| (k.clone(), c.as_u64().unwrap()))
+        .collect()
+}
+
+/// Insight totals equal what the test counted from the input it produced.
+pub fn assert_insights_match(names: &Names, input: &Input) {
+    let v = insights(names);
+    let a = &v["aggregate"];
+    assert_eq!(a["processed"], input.valid(), "{v:#}");
+    assert_eq!(a["dead_lettered"], input.malformed, "{v:#}");
+    assert_eq!(counts(&a["by_device_type"]), input.by_device_type, "{v:#}");
+    assert_eq!(counts(&a["by_app_version"]), input.by_app_version, "{v:#}");
+    assert_eq!(counts(&a["by_locale"]), input.by_locale, "{v:#}");
+    let minutes: u64 =
+        counts(&a["per_minute"]).values().sum::<u64>() + a["older_than_horizon"].as_u64().unwrap();
+    assert_eq!(minutes, input.valid(), "{v:#}");
+}
+
+/// Deletes the records of `topic` partition `partition` below `offset`, as
+/// retention does (one partition per request: the local broker's limit).
+pub fn delete_records_below(topic: &str, partition: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    let res = rt
+        .block_on(admin.delete_records(&tpl, &AdminOptions::new().operation_timeout(Some(TIMEOUT))))
+        .expect("delete_records request");
+    for e in res.elements() {
+        e.error()
+            .unwrap_or_else(|err| panic!("delete records of {topic}/{partition}: {err}"));
+    }
+}
+
+/// `(low, high)` watermarks of a partition.
+pub fn watermarks(topic: &str, partition: i32) -> (i64, i64) {
+    let consumer: BaseConsumer = client_config().create().unwrap();
+    consumer
+        .fetch_watermarks(topic, partition, TIMEOUT)
+        .expect("watermarks")
+}
