@@ -84,7 +84,7 @@ impl Drop for RestoreTicket {
 pub(super) struct Restored {
     partition: i32,
     token: u64,
-    outcome: std::result::Result<Recovered, RestoreError>,
+    outcome: std::result::Result<Recovered, Box<RestoreError>>,
 }
 
 #[derive(Debug)]
@@ -254,7 +254,7 @@ fn with_retries(
     partition: i32,
     cancelled: &AtomicBool,
     mut attempt: impl FnMut() -> std::result::Result<Recovered, Failure>,
-) -> std::result::Result<Recovered, RestoreError> {
+) -> std::result::Result<Recovered, Box<RestoreError>> {
     let mut delay = RETRY_FIRST;
     let mut n = 0;
     loop {
@@ -264,12 +264,12 @@ fn with_retries(
             Err(Failure::Permanent(e)) => return Err(e),
             Err(Failure::Transient(what, error)) => {
                 if n >= RETRY_ATTEMPTS || cancelled.load(Ordering::Relaxed) {
-                    return Err(RestoreError::Transient {
+                    return Err(Box::new(RestoreError::Transient {
                         partition,
                         what,
                         attempts: n,
                         error,
-                    });
+                    }));
                 }
                 tracing::warn!(partition, attempt = n, error = %error, retry_in = ?delay, "restore failed ({what}); retrying");
                 std::thread::sleep(delay);
@@ -282,18 +282,18 @@ fn with_retries(
 /// A restore attempt's failure: retry it, or not.
 enum Failure {
     Transient(&'static str, kafka::Error),
-    Permanent(RestoreError),
+    Permanent(Box<RestoreError>),
 }
 
 impl From<RestoreError> for Failure {
     fn from(e: RestoreError) -> Self {
-        Failure::Permanent(e)
+        Failure::Permanent(Box::new(e))
     }
 }
 
 impl From<StateError> for Failure {
     fn from(e: StateError) -> Self {
-        Failure::Permanent(e.into())
+        Failure::Permanent(Box::new(e.into()))
     }
 }
 
@@ -524,7 +524,7 @@ fn check_fingerprint(
     partition: i32,
     source_name: &'static str,
     stored: Option<&String>,
-) -> std::result::Result<bool, RestoreError> {
+) -> std::result::Result<bool, Failure> {
     let Some(stored) = stored else {
         tracing::warn!(
             partition,
@@ -547,7 +547,8 @@ fn check_fingerprint(
         partition,
         source_name,
         changes: changes.join("; "),
-    })
+    }
+    .into())
 }
 
 /// The latest committed snapshot of input partition `partition` covering at most
