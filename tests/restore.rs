@@ -213,3 +213,59 @@ fn retried_restore(test: &str, failpoints: &str, restore_failures: usize) {
     assert_eq!(log.matches("partition restored").count(), 2, "{log}");
     assert_verified(&names, input.valid(), input.malformed);
 }
+
+/// Checkpoints and snapshots carry the configuration they were computed under:
+/// restarting with another horizon is refused, naming what changed, until the
+/// operator asks for a rebuild under the new configuration.
+#[test]
+fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
+    let names = Names::create("fprint", 2);
+    let input = produce_generated(&names.input, 1_000, 48, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut a = TallyProc::start(&names, "fprint-1", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 1_000, LONG, &mut [&mut a]);
+    assert_eq!(a.terminate(), Some(0), "{}", a.log());
+
+    let changed = ["--minute-horizon", "60"];
+    let mut refused = TallyProc::start(&names, "fprint-1", &state, &changed, &[]);
+    assert_eq!(refused.wait(LONG), Some(1), "{}", refused.log());
+    let log = refused.log();
+    assert!(
+        log.contains("--minute-horizon: 1440 -> 60") && log.contains("--rebuild-on-config-change"),
+        "{log}"
+    );
+    // A new host (no checkpoint) finds the same mismatch in the snapshots.
+    let mut new_host = TallyProc::start(&names, "fprint-1", &dir.path().join("b"), &changed, &[]);
+    assert_eq!(new_host.wait(LONG), Some(1), "{}", new_host.log());
+    assert!(
+        new_host
+            .log()
+            .contains("latest snapshot was written under another configuration"),
+        "{}",
+        new_host.log()
+    );
+
+    let rebuild: Vec<&str> = changed
+        .iter()
+        .copied()
+        .chain(["--rebuild-on-config-change"])
+        .collect();
+    let mut rebuilt = TallyProc::start(&names, "fprint-1", &state, &rebuild, &[]);
+    let more = produce_generated(&names.input, 100, 49, 0.05);
+    wait_for_committed(&names.group, &names.input, 1_100, LONG, &mut [&mut rebuilt]);
+    assert_eq!(rebuilt.terminate(), Some(0), "{}", rebuilt.log());
+    assert_eq!(
+        // The `partition restored` lines (the replay's start line has no next_offset).
+        rebuilt
+            .log()
+            .matches("path=\"rebuild\" next_offset")
+            .count(),
+        2,
+        "{}",
+        rebuilt.log()
+    );
+    let mut all = input;
+    all.merge(&more);
+    assert_insights_match(&names, &all);
+}
