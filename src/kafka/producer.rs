@@ -288,8 +288,23 @@ impl PlainProducer {
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
     ) -> Result<()> {
+        self.send_to(topic, None, key, value, headers)
+    }
+
+    /// Like [`PlainProducer::send`], to a chosen partition (`None`: by key hash).
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<()> {
         loop {
             let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(p) = partition {
+                br = br.partition(p);
+            }
             if let Some(k) = key {
                 br = br.key(k);
             }
