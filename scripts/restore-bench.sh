@@ -20,14 +20,8 @@ cd "$(dirname "$0")/.."
 events=${1:-1000000}
 partitions=${2:-6}
 
-if [ -n "${TALLY_BIN:-}" ]; then
-  tally=$TALLY_BIN
-else
-  scripts/setup.sh
-  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
-  cargo build --release --bin tally >&2
-  tally=$CARGO_TARGET_DIR/release/tally
-fi
+. scripts/lib.sh
+tally_release_bin
 
 run_pid=
 work=$(mktemp -d "${TMPDIR:-/tmp}/tally-restore-bench.XXXXXX")
@@ -35,7 +29,6 @@ stop_run() {
   [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
   rm -rf "$work"
 }
-. scripts/lib.sh
 tally_traps stop_run
 tally_ensure_broker
 

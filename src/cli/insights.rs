@@ -51,7 +51,11 @@ pub async fn run(a: InsightsArgs) -> anyhow::Result<()> {
         reader.read(&ranges, |r| {
             if let Some(v) = &r.record.value {
                 latest.offer(&input, v);
-                if r.record.key.as_deref().is_some_and(|k| k.starts_with(key_prefix.as_bytes())) {
+                if r.record
+                    .key
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with(key_prefix.as_bytes()))
+                {
                     snapshots += 1;
                     bytes += (v.len() + r.record.key.as_ref().map_or(0, Vec::len)) as u64;
                 }

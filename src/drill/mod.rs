@@ -254,7 +254,8 @@ impl Drill {
                 let delay = self.rng.random_range(0..3_000);
                 self.instances[i].kill9();
                 std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
-                let below = GroupAdmin::new(&self.conn, &self.names.group)?.committed(&self.names.input)?;
+                let below =
+                    GroupAdmin::new(&self.conn, &self.names.group)?.committed(&self.names.input)?;
                 self.log(format!(
                     "kill -9 {id}, delete its state, delete the input below the committed offsets {below:?}, restart after {delay} ms"
                 ));
@@ -369,7 +370,10 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     // Per input partition: the generator picks the partition (round robin), so
     // each partition's snapshot can be checked against its own recount.
-    let recount = Arc::new(Mutex::new(vec![Recount::default(); drill.args.partitions as usize]));
+    let recount = Arc::new(Mutex::new(vec![
+        Recount::default();
+        drill.args.partitions as usize
+    ]));
     let generator = {
         let (stop, recount, conn) = (stop.clone(), recount.clone(), conn.clone());
         let (topic, rate, limit, ratio) = (
