@@ -269,3 +269,25 @@ fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
     all.merge(&more);
     assert_insights_match(&names, &all);
 }
+
+/// `tally run` refuses an insights topic that cannot serve restores: not
+/// co-partitioned with the input, or not compacted.
+#[test]
+fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
+    let names = Names::create("insck", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let wide = unique("insck-wide");
+    create_topic_with(&wide, 3, &[("cleanup.policy", "compact")]);
+    for (insights, expect) in [
+        (&wide, "has 3 partitions but the input"),
+        (&names.output, "cleanup.policy=delete"),
+    ] {
+        let bad = Names {
+            insights: insights.clone(),
+            ..names.clone()
+        };
+        let mut run = TallyProc::start(&bad, "insck-1", &dir.path().join("s"), &[], &[]);
+        assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
+        assert!(run.log().contains(expect), "{}", run.log());
+    }
+}
