@@ -73,8 +73,9 @@ pub enum PipelineError {
     Kafka(#[from] kafka::Error),
     #[error(transparent)]
     State(#[from] tally_state::StateError),
+    /// Permanent, or transient errors outlived the retries.
     #[error("restoring state failed: {0}")]
-    Restore(String),
+    Restore(Box<RestoreError>),
     #[error("{0}")]
     Other(String),
 }

@@ -217,9 +217,7 @@ impl Pipeline {
             );
             return Ok(());
         }
-        let rec = r
-            .outcome
-            .map_err(|e| PipelineError::Restore(e.to_string()))?;
+        let rec = r.outcome.map_err(PipelineError::Restore)?;
         let st = self
             .partitions
             .get_mut(&r.partition)
