@@ -29,16 +29,12 @@ pub struct InsightsArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Also report the write volume: how many snapshots of the input topic the
-    /// insights topic holds and their bytes (key + value).
-    #[arg(long)]
-    pub volume: bool,
 }
 
 pub async fn run(a: InsightsArgs) -> anyhow::Result<()> {
     let conn = a.kafka.connection();
     let (topic, input) = (a.insights_topic.clone(), a.input_topic.clone());
-    let (latest, (snapshots, bytes)) = blocking(move || -> anyhow::Result<_> {
+    let latest = blocking(move || -> anyhow::Result<insights::Latest> {
         let reader = kafka::TopicReader::new(&conn, &topic)?;
         let ranges: Vec<_> = reader
             .partitions()?
@@ -46,22 +42,12 @@ pub async fn run(a: InsightsArgs) -> anyhow::Result<()> {
             .map(|p| (p, kafka::StartAt::Earliest, None))
             .collect();
         let mut latest = insights::Latest::default();
-        let (mut snapshots, mut bytes) = (0u64, 0u64);
-        let key_prefix = format!("{input}/");
         reader.read(&ranges, |r| {
             if let Some(v) = &r.record.value {
                 latest.offer(&input, v);
-                if r.record
-                    .key
-                    .as_deref()
-                    .is_some_and(|k| k.starts_with(key_prefix.as_bytes()))
-                {
-                    snapshots += 1;
-                    bytes += (v.len() + r.record.key.as_ref().map_or(0, Vec::len)) as u64;
-                }
             }
         })?;
-        Ok((latest, (snapshots, bytes)))
+        Ok(latest)
     })
     .await?;
     let merged = latest.merged(Horizon::default());
@@ -71,26 +57,17 @@ pub async fn run(a: InsightsArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(p, s)| (*p, s.next_offset))
             .collect();
-        let mut out = serde_json::json!({
+        let out = serde_json::json!({
             "partitions": offsets,
             "aggregate": merged,
             "peak_minutes": merged.peak_minutes(a.top),
         });
-        if a.volume {
-            out["volume"] = serde_json::json!({ "snapshots": snapshots, "bytes": bytes });
-        }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!(
             "{}",
             insights::table(&merged, latest.by_partition.len(), a.top)
         );
-        if a.volume {
-            println!(
-                "\nvolume: {snapshots} snapshots, {bytes} bytes ({} bytes per snapshot)",
-                bytes.checked_div(snapshots).unwrap_or(0)
-            );
-        }
     }
     Ok(())
 }

@@ -142,6 +142,9 @@ impl Pipeline {
             }
         }
         for s in snapshots {
+            self.stats.snapshots += 1;
+            self.stats.snapshot_bytes +=
+                (s.value.len() + s.key.as_ref().map_or(0, Vec::len)) as u64;
             if !self.send(s).await? {
                 return Ok(());
             }

@@ -131,6 +131,10 @@ struct Stats {
     stale_dropped: u64,
     committed: u64,
     aborted: u64,
+    /// Snapshots produced to the insights topic (in committed or aborted
+    /// transactions) and their bytes: the write volume of the changelog.
+    snapshots: u64,
+    snapshot_bytes: u64,
 }
 
 pub struct Pipeline {
@@ -300,6 +304,8 @@ impl Pipeline {
             stale = s.stale_dropped,
             txn_committed = s.committed,
             txn_aborted = s.aborted,
+            snapshots = s.snapshots,
+            snapshot_bytes = s.snapshot_bytes,
             partitions = ?self.partitions.keys().collect::<Vec<_>>(),
             "progress"
         );

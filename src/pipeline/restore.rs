@@ -561,25 +561,24 @@ fn latest_snapshot(
 ) -> kafka::Result<Option<Snapshot>> {
     let reader = TopicReader::new(&ctx.conn, &ctx.insights_topic)?;
     let (low, high) = reader.watermarks(partition)?;
-    // Each committed snapshot takes two offsets (the record and the commit marker).
-    let mut window = 64;
+    // Each committed snapshot takes two offsets (the record and the commit
+    // marker): the last 16 offsets hold the latest few snapshots.
+    let mut window = 16;
     loop {
         let from = low.max(high - window);
-        let mut best: Option<Snapshot> = None;
+        let mut values = Vec::new();
         reader.read(&[(partition, kafka::StartAt::Offset(from), None)], |r| {
-            let Some(v) = r.record.value.as_deref() else {
-                return;
-            };
-            if let Ok(s) = serde_json::from_slice::<Snapshot>(v) {
-                if s.topic == ctx.process.input_topic
-                    && s.partition == partition
-                    && s.next_offset <= c
-                    && best.as_ref().is_none_or(|b| s.next_offset >= b.next_offset)
-                {
-                    best = Some(s);
-                }
+            if let Some(v) = r.record.value {
+                values.push(v);
             }
         })?;
+        // Newest first; parse only until the first usable one (snapshots are
+        // large: parsing the whole window would cost more than reading it).
+        let best = values.iter().rev().find_map(|v| {
+            serde_json::from_slice::<Snapshot>(v).ok().filter(|s| {
+                s.topic == ctx.process.input_topic && s.partition == partition && s.next_offset <= c
+            })
+        });
         if best.is_some() || from <= low {
             return Ok(best);
         }
