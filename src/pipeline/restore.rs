@@ -260,6 +260,16 @@ fn with_retries(
         match attempt() {
             Ok(r) => return Ok(r),
             Err(Failure::Permanent(e)) => return Err(e),
+            Err(Failure::Unsettled(e))
+                if n >= RETRY_ATTEMPTS || cancelled.load(Ordering::Relaxed) =>
+            {
+                return Err(e);
+            }
+            Err(Failure::Unsettled(e)) => {
+                tracing::warn!(partition, attempt = n, error = %e, retry_in = ?delay, "restore cannot be exact yet; retrying in case a newer snapshot becomes visible");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RETRY_MAX);
+            }
             Err(Failure::Transient(what, error)) => {
                 if n >= RETRY_ATTEMPTS || cancelled.load(Ordering::Relaxed) {
                     return Err(Box::new(RestoreError::Transient {
@@ -281,6 +291,9 @@ fn with_retries(
 enum Failure {
     Transient(&'static str, kafka::Error),
     Permanent(Box<RestoreError>),
+    /// Permanent unless it goes away: retried like a transient error, and
+    /// reported as itself when the retries run out.
+    Unsettled(Box<RestoreError>),
 }
 
 impl From<RestoreError> for Failure {
@@ -364,7 +377,11 @@ fn restore_partition(
             uncountable: log_start - from,
         };
         if !ctx.options.allow_inexact {
-            return Err(e.into());
+            // The snapshot committed with `C` always exists (compaction keeps the
+            // latest per key), but a read_committed reader cannot see past another
+            // producer's open transaction (a killed instance's, until it restarts
+            // or the transaction times out): retry before refusing.
+            return Err(Failure::Unsettled(Box::new(e)));
         }
         tracing::warn!(
             partition,
@@ -550,10 +567,12 @@ fn check_fingerprint(
 }
 
 /// The latest committed snapshot of input partition `partition` covering at most
-/// `c`, read from the tail of the same-numbered insights partition (co-partitioned:
-/// only that partition's snapshots live there). Reads a small window before the
-/// end and widens it only when the window holds no usable snapshot (after a
-/// `tally replay`, the latest snapshots lie past `C`).
+/// `c` (the largest `S <= c`), read from the tail of the same-numbered insights
+/// partition (co-partitioned: only that partition's snapshots live there). Reads
+/// a small window before the end and widens it until it holds the snapshot
+/// committed with `c` itself or reaches the log start: aborted transactions
+/// leave invisible records at the tail, and after a `tally replay` the latest
+/// snapshots lie past `C`.
 fn latest_snapshot(
     ctx: &RestoreContext,
     partition: i32,
@@ -572,14 +591,25 @@ fn latest_snapshot(
                 values.push(v);
             }
         })?;
-        // Newest first; parse only until the first usable one (snapshots are
+        // Newest first, stopping at the one committed with `c` (snapshots are
         // large: parsing the whole window would cost more than reading it).
-        let best = values.iter().rev().find_map(|v| {
-            serde_json::from_slice::<Snapshot>(v).ok().filter(|s| {
-                s.topic == ctx.process.input_topic && s.partition == partition && s.next_offset <= c
-            })
-        });
-        if best.is_some() || from <= low {
+        let mut best: Option<Snapshot> = None;
+        for v in values.iter().rev() {
+            let Ok(s) = serde_json::from_slice::<Snapshot>(v) else {
+                continue;
+            };
+            if s.topic != ctx.process.input_topic || s.partition != partition || s.next_offset > c {
+                continue;
+            }
+            let exact = s.next_offset == c;
+            if best.as_ref().is_none_or(|b| s.next_offset > b.next_offset) {
+                best = Some(s);
+            }
+            if exact {
+                break;
+            }
+        }
+        if best.as_ref().is_some_and(|b| b.next_offset == c) || from <= low {
             return Ok(best);
         }
         window *= 8;

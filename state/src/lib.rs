@@ -553,7 +553,7 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         store
             .db
-            .put(ns().key(4), b"\x01\x07garbage-garbage")
+            .put(ns().key(4), b"\x02\x07garbage-garbage")
             .unwrap();
         let err = store.load::<Body>(&ns(), 4).unwrap_err();
         assert!(
