@@ -227,13 +227,14 @@ pub fn verify(
                         return;
                     }
                 }
-                if so < log_start.get(&sp).copied().unwrap_or(0) {
-                    // Its input record was deleted by retention: nothing to compare with.
+                let count = seen.entry(coord).or_default();
+                *count += 1;
+                if *count == 1 && so < log_start.get(&sp).copied().unwrap_or(0) {
+                    // Its input record was deleted by retention: its content cannot
+                    // be compared, but a second output for it is still a duplicate.
                     summary.below_log_start += 1;
                     return;
                 }
-                let count = seen.entry(coord).or_default();
-                *count += 1;
                 if *count > 1 {
                     summary.violate(Violation {
                         kind: "duplicate",
