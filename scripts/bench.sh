@@ -12,10 +12,8 @@ cd "$(dirname "$0")/.."
 events=${1:-200000}
 partitions=${2:-6}
 
-scripts/setup.sh
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
-cargo build --release --bin tally >&2
-tally=$CARGO_TARGET_DIR/release/tally
+. scripts/lib.sh
+tally_release_bin
 
 run_pid=
 work=$(mktemp -d "${TMPDIR:-/tmp}/tally-bench.XXXXXX")
@@ -23,7 +21,6 @@ stop_run() {
   [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
   rm -rf "$work"
 }
-. scripts/lib.sh
 tally_traps stop_run
 tally_ensure_broker
 

@@ -35,3 +35,16 @@ tally_traps() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
 }
+
+# Sets `tally` to the binary the benchmarks use: TALLY_BIN when set, else a
+# release build (CARGO_TARGET_DIR, default ~/.cache/tally-target).
+tally_release_bin() {
+  if [ -n "${TALLY_BIN:-}" ]; then
+    tally=$TALLY_BIN
+    return
+  fi
+  scripts/setup.sh
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
+  cargo build --release --bin tally >&2
+  tally=$CARGO_TARGET_DIR/release/tally
+}

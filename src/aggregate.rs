@@ -30,10 +30,16 @@ pub struct Aggregate {
     pub per_minute: BTreeMap<i64, u64>,
     /// Processed records whose minute fell out of the horizon.
     pub older_than_horizon: u64,
+    /// Input records that could not be counted at all: deleted by retention before
+    /// a restore could read them, skipped only under `--allow-inexact-restore`.
+    /// Non-zero means the other figures are a lower bound.
+    #[serde(default)]
+    pub uncounted: u64,
 }
 
+/// 2: `uncounted` was added.
 impl state::Versioned for Aggregate {
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 }
 
 /// How many minutes of per-minute traffic are kept in detail.
@@ -104,6 +110,7 @@ impl Aggregate {
             *self.per_minute.entry(*m).or_default() += v;
         }
         self.older_than_horizon += other.older_than_horizon;
+        self.uncounted += other.uncounted;
         self.roll_up(horizon);
     }
 

@@ -14,6 +14,11 @@
 //! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit);
 //! `restore-hold` (with `sleep(ms)`: a partition's restore waits that long before
 //! it starts, so tests can watch `/readyz` say why the instance is not ready).
+//! Restores: `restore-delay-<partition>` (use `sleep(ms)`: that partition's
+//! restore stalls after reading the committed offset, so a newer restore can
+//! overtake it), `restore-transient` (a restore attempt fails with a transient
+//! error) and `seek-not-ready` (a seek fails with `__STATE`, as before
+//! librdkafka started the partition's fetcher).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.

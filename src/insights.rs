@@ -1,5 +1,9 @@
 //! Insights: per-partition aggregate snapshots on the compacted insights topic,
 //! and the group-wide view merged from the latest snapshot of every partition.
+//!
+//! The insights topic is also the aggregates' changelog: a snapshot is committed
+//! in the same transaction as the input offsets it covers, so a new host restores
+//! a partition from its latest snapshot instead of re-reading the input.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,7 +12,92 @@ use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, Horizon};
+use crate::event::ProcessConfig;
 use crate::model::{Destination, OutputRecord};
+use tally_state::Versioned;
+
+/// Everything that changes what an aggregate counts: the filters, the limits that
+/// decide valid vs. dead-lettered, the per-minute horizon and the aggregate's
+/// schema version (there is no top-K cap: breakdowns are complete). Stored with
+/// every checkpoint and snapshot; aggregates computed under another fingerprint
+/// are never merged with new records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub schema: u32,
+    pub horizon_minutes: i64,
+    pub max_value_bytes: usize,
+    pub max_future_skew_secs: i64,
+    pub min_app_version: Option<String>,
+    pub allowed_device_types: Option<Vec<String>>,
+}
+
+impl Fingerprint {
+    pub fn of(cfg: &ProcessConfig, horizon: Horizon) -> Fingerprint {
+        Fingerprint {
+            schema: Aggregate::VERSION,
+            horizon_minutes: horizon.minutes,
+            max_value_bytes: cfg.limits.max_value_bytes,
+            max_future_skew_secs: cfg.limits.max_future_skew_secs,
+            min_app_version: cfg.filters.min_app_version.as_ref().map(|v| v.to_string()),
+            allowed_device_types: cfg
+                .filters
+                .allowed_device_types
+                .as_ref()
+                .map(|s| s.iter().cloned().collect()),
+        }
+    }
+
+    /// The form stored in checkpoints (compact JSON: readable in a hex dump).
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("fingerprint serialises")
+    }
+
+    /// `None` for an empty or unreadable string.
+    pub fn decode(s: &str) -> Option<Fingerprint> {
+        serde_json::from_str(s).ok()
+    }
+
+    /// What differs, as `name: stored -> now` items (empty when equal).
+    pub fn changes(&self, now: &Fingerprint) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cmp = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{name}: {a} -> {b}"));
+            }
+        };
+        cmp(
+            "schema version",
+            self.schema.to_string(),
+            now.schema.to_string(),
+        );
+        cmp(
+            "--minute-horizon",
+            self.horizon_minutes.to_string(),
+            now.horizon_minutes.to_string(),
+        );
+        cmp(
+            "--max-value-bytes",
+            self.max_value_bytes.to_string(),
+            now.max_value_bytes.to_string(),
+        );
+        cmp(
+            "--max-future-skew-secs",
+            self.max_future_skew_secs.to_string(),
+            now.max_future_skew_secs.to_string(),
+        );
+        cmp(
+            "--min-app-version",
+            format!("{:?}", self.min_app_version),
+            format!("{:?}", now.min_app_version),
+        );
+        cmp(
+            "--allowed-device-types",
+            format!("{:?}", self.allowed_device_types),
+            format!("{:?}", now.allowed_device_types),
+        );
+        out
+    }
+}
 
 /// What one insights record holds: a partition's aggregates covering every record
 /// with offset `< next_offset`.
@@ -18,6 +107,9 @@ pub struct Snapshot {
     pub partition: i32,
     pub next_offset: i64,
     pub aggregate: Aggregate,
+    /// Absent in snapshots written before fingerprints existed.
+    #[serde(default)]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// The compacted topic keeps the latest snapshot per key: one key per input partition.
@@ -30,15 +122,17 @@ pub fn snapshot_record(
     partition: i32,
     next_offset: i64,
     aggregate: &Aggregate,
+    fingerprint: &Fingerprint,
 ) -> OutputRecord {
     let snap = Snapshot {
         topic: topic.to_string(),
         partition,
         next_offset,
         aggregate: aggregate.clone(),
+        fingerprint: Some(fingerprint.clone()),
     };
     OutputRecord {
-        destination: Destination::Insights,
+        destination: Destination::Insights { partition },
         key: Some(snapshot_key(topic, partition)),
         value: serde_json::to_vec(&snap).expect("snapshot serialises"),
         headers: Vec::new(),
@@ -168,6 +262,15 @@ pub fn table(a: &Aggregate, partitions: usize, top_n: usize) -> String {
     for (m, c) in a.peak_minutes(top_n) {
         let _ = writeln!(out, "{:<24} {c:>10}", minute(m));
     }
+    if a.uncounted > 0 {
+        let _ = writeln!(
+            out,
+            "\nWARNING: {} input records could not be counted (deleted by retention before a \
+             restore could read them; restored with --allow-inexact-restore): every figure \
+             above is a lower bound",
+            a.uncounted
+        );
+    }
     if a.older_than_horizon > 0 {
         let _ = writeln!(
             out,
@@ -223,9 +326,11 @@ mod tests {
             by_device_type: [("iOS".to_string(), 3)].into(),
             ..Aggregate::default()
         };
-        let r1 = snapshot_record("t", 0, 5, &Aggregate::default());
-        let r2 = snapshot_record("t", 0, 9, &a);
-        let other = snapshot_record("u", 1, 1, &a);
+        let f = Fingerprint::of(&test_config(), Horizon::default());
+        let r1 = snapshot_record("t", 0, 5, &Aggregate::default(), &f);
+        let r2 = snapshot_record("t", 0, 9, &a, &f);
+        let other = snapshot_record("u", 1, 1, &a, &f);
+        assert_eq!(r2.destination, Destination::Insights { partition: 0 });
         let mut l = Latest::default();
         for r in [&r1, &r2, &other] {
             l.offer("t", &r.value);
@@ -245,5 +350,34 @@ mod tests {
         assert!(lines[1].starts_with("1970-01-01T00:01:00Z"), "{chart}");
         assert!(lines[1].ends_with(" 5 ##########"), "{chart}");
         assert!(lines[2].ends_with(" 1 ##"), "{chart}");
+    }
+
+    fn test_config() -> ProcessConfig {
+        ProcessConfig {
+            input_topic: "t".into(),
+            limits: Default::default(),
+            filters: Default::default(),
+        }
+    }
+
+    #[test]
+    fn fingerprint_names_what_changed() {
+        let mut cfg = test_config();
+        let before = Fingerprint::of(&cfg, Horizon::default());
+        assert_eq!(Fingerprint::decode(&before.encode()), Some(before.clone()));
+        assert!(before.changes(&before).is_empty());
+        cfg.filters.min_app_version = Some("2.0".parse().unwrap());
+        let after = Fingerprint::of(&cfg, Horizon { minutes: 60 });
+        let changes = before.changes(&after);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(
+            changes[0].starts_with("--minute-horizon: 1440 -> 60"),
+            "{changes:?}"
+        );
+        assert!(changes[1].contains("--min-app-version"), "{changes:?}");
+        // Snapshots written before fingerprints still parse.
+        let old = br#"{"topic":"t","partition":0,"next_offset":1,"aggregate":{"processed":1,"dead_lettered":0,"filtered":0,"by_device_type":{},"by_app_version":{},"by_locale":{},"per_minute":{},"older_than_horizon":0}}"#;
+        let s: Snapshot = serde_json::from_slice(old).unwrap();
+        assert_eq!(s.fingerprint, None);
     }
 }

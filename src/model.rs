@@ -20,7 +20,12 @@ pub struct InputRecord {
 pub enum Destination {
     Processed,
     DeadLetter,
-    Insights,
+    /// Snapshots go to the insights partition numbered like their input partition
+    /// (co-partitioned), so a restore finds a partition's latest snapshot at the
+    /// tail of one partition instead of scanning the topic.
+    Insights {
+        partition: i32,
+    },
 }
 
 /// A record tally writes, before it is addressed to a concrete topic.

@@ -5,10 +5,13 @@
 //! filtered; no output may point at an input record that should not produce it.
 //! Outputs pointing at offsets at or past the committed offset belong to
 //! transactions committed after the offsets were read (a live topic) and are not
-//! checked.
+//! checked, unless the group has still not committed their partition when the
+//! check ends: then they belong to no committed input and are violations.
+//! Partitions the group never committed are checked too: they must have no output.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -52,6 +55,8 @@ pub struct Summary {
     pub beyond_committed: u64,
     /// Input records at or past the committed offsets (not yet processed).
     pub unconsumed: u64,
+    /// Outputs whose input record was deleted by retention (cannot be compared).
+    pub below_log_start: u64,
     pub committed_offsets: BTreeMap<i32, i64>,
     pub first_violations: Vec<Violation>,
 }
@@ -78,7 +83,8 @@ impl Summary {
             "checked {} input records below the committed offsets {:?}\n  \
              processed {} ok, dead-lettered {} ok, filtered {}\n  \
              missing {}, duplicates {}, mismatched {}, stray {}\n  \
-             not checked: {} outputs past the committed offsets, {} input records not yet consumed\n",
+             not checked: {} outputs past the committed offsets, {} input records not yet consumed, \
+             {} outputs of input records deleted by retention\n",
             self.input_checked,
             self.committed_offsets,
             self.processed,
@@ -90,6 +96,7 @@ impl Summary {
             self.stray,
             self.beyond_committed,
             self.unconsumed,
+            self.below_log_start,
         );
         for v in &self.first_violations {
             s.push_str(&format!(
@@ -99,6 +106,16 @@ impl Summary {
         }
         s
     }
+}
+
+/// How long `verify` keeps reading outputs that are expected but not yet visible.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// An output pointing at or past the committed offset read at the start.
+struct OutputSource {
+    at: String,
+    partition: i32,
+    offset: i64,
 }
 
 fn header_i64(r: &ReadRecord, key: &str) -> Option<i64> {
@@ -144,8 +161,10 @@ pub fn verify_with_progress(
     let mut expected: HashMap<(i32, i64), Expect> = HashMap::new();
     let mut ranges = Vec::new();
     let mut to_read = 0;
+    let mut log_start: HashMap<i32, i64> = HashMap::new();
     for p in input.partitions()? {
         let (low, high) = input.watermarks(p)?;
+        log_start.insert(p, low);
         let c = committed.get(&p).copied().unwrap_or(low);
         summary.unconsumed += (high - c).max(0) as u64;
         to_read += (c - low).max(0) as u64;
@@ -173,91 +192,153 @@ pub fn verify_with_progress(
     })?;
     summary.input_checked = expected.len() as u64;
 
+    // Outputs are read in passes, each continuing where the last stopped. A
+    // transaction's offset commit and its outputs become visible separately (on
+    // different brokers), so right after a commit the outputs of records below the
+    // offsets just read may not be readable yet: while some are missing, read on
+    // for a while before calling them missing.
     let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
-    for (topic, dest) in [
-        (output, Destination::Processed),
-        (dlq, Destination::DeadLetter),
-    ] {
-        let reader = TopicReader::new(conn, topic)?;
-        let ranges: Vec<_> = reader
-            .partitions()?
-            .into_iter()
-            .map(|p| (p, kafka::StartAt::Earliest, None))
-            .collect();
-        let mut records = 0;
-        for (p, _, _) in &ranges {
-            let (low, high) = reader.watermarks(*p)?;
-            records += (high - low).max(0) as u64;
-        }
-        progress(Step::Reading { topic, records });
-        reader.read(&ranges, |r| {
-            progress(Step::Record);
-            let at = format!("{topic}/{}@{}", r.record.partition, r.record.offset);
-            let source_topic = r
-                .header(headers::SOURCE_TOPIC)
-                .map(|t| t == cfg.input_topic.as_bytes());
-            let (Some(sp), Some(so), Some(true)) = (
-                header_i64(&r, headers::SOURCE_PARTITION),
-                header_i64(&r, headers::SOURCE_OFFSET),
-                source_topic,
-            ) else {
-                if source_topic == Some(false) {
-                    return; // another pipeline's record
+    let mut pending: Vec<OutputSource> = Vec::new();
+    let mut next: HashMap<(usize, i32), i64> = HashMap::new();
+    let deadline = Instant::now() + SETTLE;
+    let mut first_pass = true;
+    loop {
+        for (i, (topic, dest)) in [
+            (output, Destination::Processed),
+            (dlq, Destination::DeadLetter),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reader = TopicReader::new(conn, topic)?;
+            let ranges: Vec<_> = reader
+                .partitions()?
+                .into_iter()
+                .map(|p| match next.get(&(i, p)) {
+                    Some(o) => (p, kafka::StartAt::Offset(*o), None),
+                    None => (p, kafka::StartAt::Earliest, None),
+                })
+                .collect();
+            if first_pass {
+                let mut records = 0;
+                for (p, _, _) in &ranges {
+                    let (low, high) = reader.watermarks(*p)?;
+                    records += (high - low).max(0) as u64;
                 }
-                summary.violate(Violation {
-                    kind: "stray",
-                    partition: -1,
-                    offset: -1,
-                    detail: format!("{at} has no source coordinates"),
-                });
-                return;
-            };
-            let c = committed.get(&(sp as i32)).copied().unwrap_or(0);
-            if so >= c {
-                summary.beyond_committed += 1;
-                return;
+                progress(Step::Reading { topic, records });
             }
-            let (sp, coord) = (sp as i32, (sp as i32, so));
-            let count = seen.entry(coord).or_default();
-            *count += 1;
-            if *count > 1 {
-                summary.violate(Violation {
-                    kind: "duplicate",
-                    partition: sp,
-                    offset: so,
-                    detail: format!("written again as {at}"),
-                });
-                return;
-            }
-            match expected.get(&coord) {
-                Some(Expect::Output { dest: d, hash }) if *d == dest => {
-                    if *hash
-                        == content_hash(
-                            r.record.key.as_deref(),
-                            r.record.value.as_deref().unwrap_or_default(),
-                        )
-                    {
-                        match dest {
-                            Destination::Processed => summary.processed += 1,
-                            _ => summary.dead_lettered += 1,
-                        }
-                    } else {
-                        summary.violate(Violation {
-                            kind: "mismatch",
+            reader.read(&ranges, |r| {
+                progress(Step::Record);
+                next.insert((i, r.record.partition), r.record.offset + 1);
+                let at = format!("{topic}/{}@{}", r.record.partition, r.record.offset);
+                let source_topic = r
+                    .header(headers::SOURCE_TOPIC)
+                    .map(|t| t == cfg.input_topic.as_bytes());
+                let (Some(sp), Some(so), Some(true)) = (
+                    header_i64(&r, headers::SOURCE_PARTITION),
+                    header_i64(&r, headers::SOURCE_OFFSET),
+                    source_topic,
+                ) else {
+                    if source_topic == Some(false) {
+                        return; // another pipeline's record
+                    }
+                    summary.violate(Violation {
+                        kind: "stray",
+                        partition: -1,
+                        offset: -1,
+                        detail: format!("{at} has no source coordinates"),
+                    });
+                    return;
+                };
+                let (sp, coord) = (sp as i32, (sp as i32, so));
+                match committed.get(&sp) {
+                    Some(c) if so < *c => {}
+                    // Past the offsets read at the start, or of a partition the
+                    // group had not committed then: decided after the passes,
+                    // against the offsets committed by then.
+                    _ => {
+                        pending.push(OutputSource {
+                            at,
                             partition: sp,
                             offset: so,
-                            detail: format!("{at} differs from the expected bytes"),
                         });
+                        return;
                     }
                 }
-                other => summary.violate(Violation {
-                    kind: "stray",
-                    partition: sp,
-                    offset: so,
-                    detail: format!("{at} should not exist (expected {other:?})"),
-                }),
-            }
-        })?;
+                let count = seen.entry(coord).or_default();
+                *count += 1;
+                if *count == 1 && so < log_start.get(&sp).copied().unwrap_or(0) {
+                    // Its input record was deleted by retention: its content cannot
+                    // be compared, but a second output for it is still a duplicate.
+                    summary.below_log_start += 1;
+                    return;
+                }
+                if *count > 1 {
+                    summary.violate(Violation {
+                        kind: "duplicate",
+                        partition: sp,
+                        offset: so,
+                        detail: format!("written again as {at}"),
+                    });
+                    return;
+                }
+                match expected.get(&coord) {
+                    Some(Expect::Output { dest: d, hash }) if *d == dest => {
+                        if *hash
+                            == content_hash(
+                                r.record.key.as_deref(),
+                                r.record.value.as_deref().unwrap_or_default(),
+                            )
+                        {
+                            match dest {
+                                Destination::Processed => summary.processed += 1,
+                                _ => summary.dead_lettered += 1,
+                            }
+                        } else {
+                            summary.violate(Violation {
+                                kind: "mismatch",
+                                partition: sp,
+                                offset: so,
+                                detail: format!("{at} differs from the expected bytes"),
+                            });
+                        }
+                    }
+                    other => summary.violate(Violation {
+                        kind: "stray",
+                        partition: sp,
+                        offset: so,
+                        detail: format!("{at} should not exist (expected {other:?})"),
+                    }),
+                }
+            })?;
+        }
+        let all_seen = expected.iter().all(|(coord, e)| match e {
+            Expect::Filtered => true,
+            Expect::Output { .. } => seen.contains_key(coord),
+        });
+        if all_seen || Instant::now() >= deadline {
+            break;
+        }
+        first_pass = false;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Outputs past the offsets read at the start: fine if the group has committed
+    // past them since (a live pipeline); an output of a partition the group has
+    // still never committed belongs to no committed input: a violation.
+    let committed_now = admin.committed(&cfg.input_topic)?;
+    for o in pending {
+        match committed_now.get(&o.partition) {
+            Some(_) => summary.beyond_committed += 1,
+            None => summary.violate(Violation {
+                kind: "stray",
+                partition: o.partition,
+                offset: o.offset,
+                detail: format!(
+                    "{} was written although the group never committed partition {}",
+                    o.at, o.partition
+                ),
+            }),
+        }
     }
     let mut missing: Vec<_> = expected
         .iter()

@@ -1,6 +1,7 @@
 //! The short recovery drill (about 60 s of faults, fixed seed): kill -9 with and
-//! without state, graceful scale 3 -> 2 -> 3, a SIGSTOP zombie and crashes at
-//! failpoints of the cycle, under load
+//! without state, graceful scale 3 -> 2 -> 3, a SIGSTOP zombie, crashes at
+//! failpoints of the cycle and retention trimming the input below the committed
+//! offsets while a host loses its state, under load
 //! with malformed input; every record exactly once and insights equal to the
 //! drill's recount.
 
@@ -37,16 +38,21 @@ fn short_drill_passes() {
     for k in ["duplicates", "losses", "mismatched", "stray"] {
         assert_eq!(summary[k], 0, "{k}: {summary:#}");
     }
-    assert_eq!(
-        summary["aggregate_mismatches"].as_array().map(Vec::len),
-        Some(0),
-        "{summary:#}"
-    );
+    for k in ["aggregate_mismatches", "snapshot_mismatches"] {
+        assert_eq!(
+            summary[k].as_array().map(Vec::len),
+            Some(0),
+            "{k}: {summary:#}"
+        );
+    }
+    // Every partition's latest snapshot was checked against its recount.
+    assert_eq!(summary["partitions_checked"], 6, "{summary:#}");
     for kind in [
         "kill9_restart",
         "kill9_new_host",
         "graceful_scale_down",
         "zombie",
+        "retention",
     ] {
         assert!(
             summary["faults"][kind].as_u64().unwrap_or(0) >= 1,

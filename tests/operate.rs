@@ -139,7 +139,7 @@ fn drained_input_is_counted_exactly_and_readyz_follows_the_restore() {
     let (code, live) = http_get(&format!("{base}/insights"));
     assert_eq!(code, 200);
     let live: serde_json::Value = serde_json::from_str(&live).unwrap();
-    assert_eq!(live, insights_json(&names));
+    assert_eq!(live, insights(&names));
     assert_eq!(live["aggregate"]["processed"], input.valid());
 
     promtool_check_metrics(&text);

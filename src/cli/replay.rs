@@ -1,4 +1,14 @@
 //! `tally replay`: reset a group's committed offsets so it reprocesses.
+//!
+//! What the aggregates mean afterwards: exactly what they always mean, the
+//! records of each partition below the group's committed offset `C` (guarantee
+//! 2), now with the new `C`. On assignment a checkpoint past the new `C` is
+//! discarded; the latest snapshot at or below it is restored and `[S, C)`
+//! replayed, or, with no such snapshot (the compacted insights topic usually
+//! keeps only the latest, which lies past `C` after a reset backwards), the
+//! partition is rebuilt from offset 0. Either way the records needed must still
+//! be in the input: otherwise `run` refuses (see `--allow-inexact-restore`).
+//! Records from the new offsets on are processed, and written, again.
 
 use std::collections::BTreeMap;
 
@@ -37,7 +47,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
         )
     };
     let (group, topic) = (a.group.clone(), a.input_topic.clone());
-    let (before, after) = blocking(move || -> anyhow::Result<_> {
+    let (before, after, trimmed) = blocking(move || -> anyhow::Result<_> {
         let step = progress::spinner(&format!("checking group {group}"));
         let admin = kafka::GroupAdmin::new(&conn, &group)?;
         let g = admin.describe()?;
@@ -62,8 +72,15 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
         };
         step.set_message(format!("committing the new offsets for {group}"));
         admin.commit(&topic, &after)?;
+        let mut trimmed = BTreeMap::new();
+        for p in after.keys() {
+            let low = admin.watermarks(&topic, *p)?.0;
+            if low > 0 {
+                trimmed.insert(*p, low);
+            }
+        }
         step.finish_and_clear();
-        Ok((before, after))
+        Ok((before, after, trimmed))
     })
     .await?;
     println!(
@@ -77,9 +94,17 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "local state will be rebuilt: each instance's checkpoint is now ahead of the committed offset (K > C), \
-         so on assignment tally discards it and rebuilds the partition's aggregates from the earliest offset. \
-         Records from the new offsets on are processed (and written) again."
+        "aggregates will count exactly the records below the new offsets: on assignment tally \
+         restores each partition from its latest snapshot at or below the new offset (replaying \
+         from there), or it is rebuilt from offset 0 when there is none; local checkpoints past the \
+         new offset are discarded. Records from the new offsets on are processed (and written) again."
     );
+    for (p, low) in &trimmed {
+        println!(
+            "warning: partition {p}: records below {low} were deleted by retention; a rebuild from \
+             offset 0 cannot be exact, so unless a snapshot at or below the new offset survives, \
+             `tally run` will refuse to restore this partition (see --allow-inexact-restore)"
+        );
+    }
     Ok(())
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use tally::aggregate::Horizon;
 use tally::kafka::MemberConfig;
 use tally::observe;
-use tally::pipeline::{Pipeline, PipelineConfig};
+use tally::pipeline::{Pipeline, PipelineConfig, RestoreOptions};
 use tally_state::StateStore;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +68,16 @@ pub struct RunArgs {
     /// port 0 binds a free port (the bound address is logged).
     #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9898")]
     pub metrics_addr: std::net::SocketAddr,
+    /// Continue when the records needed to restore a partition's aggregates exactly
+    /// were deleted by retention: the aggregates become a lower bound and the
+    /// records that could not be counted are reported as `uncounted`.
+    #[arg(long, env = "TALLY_ALLOW_INEXACT_RESTORE")]
+    pub allow_inexact_restore: bool,
+    /// When a checkpoint or snapshot was written under another configuration
+    /// (filters, limits, horizon, schema), rebuild the aggregates from offset 0
+    /// under the new one instead of refusing to start.
+    #[arg(long, env = "TALLY_REBUILD_ON_CONFIG_CHANGE")]
+    pub rebuild_on_config_change: bool,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
@@ -180,8 +190,19 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir.clone(),
         progress_interval: Duration::from_secs(a.progress_secs),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+        restore: RestoreOptions {
+            allow_inexact: a.allow_inexact_restore,
+            rebuild_on_config_change: a.rebuild_on_config_change,
+        },
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
+    // State is restored from the insights topic: refuse to run on one that cannot serve.
+    tally::kafka::check_insights_topic(
+        &cfg.connection,
+        &a.topics.input_topic,
+        &a.topics.insights_topic,
+    )
+    .await?;
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.
     let shutdown = shutdown_flag();
     // Up before the broker is reached: liveness answers and readiness says why not.

@@ -92,6 +92,11 @@ pub enum Fault {
     /// cycle (after producing, before the commit, between the commit and the
     /// checkpoint): the windows a random kill -9 rarely hits.
     CrashPoint,
+    /// Retention: the input is trimmed (DeleteRecords) below the group's
+    /// committed offsets while an instance is killed with kill -9 and its state
+    /// directory deleted: it comes back as a new host that can restore only from
+    /// the snapshots, never from the deleted input.
+    Retention,
 }
 
 const CRASH_POINTS: [&str; 3] = [
@@ -110,6 +115,7 @@ struct Names {
 
 struct Drill {
     args: DrillArgs,
+    conn: Connection,
     tally: PathBuf,
     names: Names,
     instances: Vec<Instance>,
@@ -244,6 +250,23 @@ impl Drill {
                 self.idle(Duration::from_millis(pause), None)?;
                 self.restart(i)?;
             }
+            Fault::Retention => {
+                let delay = self.rng.random_range(0..3_000);
+                self.instances[i].kill9();
+                std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
+                let below =
+                    GroupAdmin::new(&self.conn, &self.names.group)?.committed(&self.names.input)?;
+                self.log(format!(
+                    "kill -9 {id}, delete its state, delete the input below the committed offsets {below:?}, restart after {delay} ms"
+                ));
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(kafka::delete_records(&self.conn, &self.names.input, &below))?;
+                self.report.retention_trims += 1;
+                self.idle(Duration::from_millis(delay), None)?;
+                self.restart(i)?;
+            }
             Fault::Zombie => {
                 let paused = SESSION_TIMEOUT_MS + self.rng.random_range(1_000..4_000);
                 self.log(format!(
@@ -328,6 +351,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         })
         .collect();
     let mut drill = Drill {
+        conn: conn.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed),
         tally,
         names,
@@ -344,7 +368,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
 
     // The generator: produces at the rate and recounts what it made.
     let stop = Arc::new(AtomicBool::new(false));
-    let recount = Arc::new(Mutex::new(Recount::default()));
+    // Per input partition: the generator picks the partition (round robin), so
+    // each partition's snapshot can be checked against its own recount.
+    let recount = Arc::new(Mutex::new(vec![
+        Recount::default();
+        drill.args.partitions as usize
+    ]));
     let generator = {
         let (stop, recount, conn) = (stop.clone(), recount.clone(), conn.clone());
         let (topic, rate, limit, ratio) = (
@@ -366,9 +395,10 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
                     continue;
                 }
                 let r = g.next_record();
-                producer.send(&topic, Some(&r.key), r.value.as_deref(), &[])?;
+                let p = (n % recount.lock().unwrap().len() as u64) as i32;
+                producer.send_to(&topic, Some(p), Some(&r.key), r.value.as_deref(), &[])?;
                 n += 1;
-                recount.lock().unwrap().add(&r);
+                recount.lock().unwrap()[p as usize].add(&r);
             }
             producer.flush()?;
             Ok(())
@@ -381,6 +411,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         Fault::Kill9NewHost,
         Fault::GracefulScaleDown,
         Fault::CrashPoint,
+        Fault::Retention,
     ];
     if drill.args.zombie {
         kinds.push(Fault::Zombie);
@@ -401,7 +432,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
 
     stop.store(true, Ordering::SeqCst);
     generator.join().expect("generator thread")?;
-    let produced = recount.lock().unwrap().total;
+    let produced: u64 = recount.lock().unwrap().iter().map(|r| r.total).sum();
     drill.log(format!(
         "faults done after {:.0} s; {produced} events produced; draining",
         started.elapsed().as_secs_f64()
@@ -453,7 +484,11 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         &drill.names.output,
         &drill.names.dlq,
     )?;
-    let recount = recount.lock().unwrap();
+    let by_partition = recount.lock().unwrap().clone();
+    let mut recount = Recount::default();
+    for part in &by_partition {
+        recount.merge(part);
+    }
     let r = &mut drill.report;
     r.events = recount.total;
     r.malformed = recount.malformed;
@@ -462,10 +497,11 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     r.mismatched = summary.mismatched;
     r.stray = summary.stray;
     r.verify = summary.render();
-    if summary.processed + summary.dead_lettered != recount.total {
+    // Outputs of input records deleted by retention cannot be compared.
+    if summary.processed + summary.dead_lettered + summary.below_log_start != recount.total {
         r.aggregate_mismatches.push(format!(
-            "verify saw {} processed + {} dead-lettered, the drill produced {}",
-            summary.processed, summary.dead_lettered, recount.total
+            "verify saw {} processed + {} dead-lettered + {} of deleted input, the drill produced {}",
+            summary.processed, summary.dead_lettered, summary.below_log_start, recount.total
         ));
     }
 
@@ -514,6 +550,57 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         format!("{:?}", agg.by_locale),
         format!("{:?}", recount.by_locale),
     );
+
+    // Per partition: the latest snapshot covers exactly the committed offset and
+    // counts exactly that partition's records; local checkpoints are never ahead
+    // of Kafka and, where exact (`K == C`), equal the snapshot.
+    let committed = admin.committed(&input_topic)?;
+    for (p, want) in by_partition.iter().enumerate() {
+        let p = p as i32;
+        let c = committed.get(&p).copied();
+        let Some(snap) = latest.by_partition.get(&p) else {
+            r.snapshot_mismatches
+                .push(format!("partition {p}: no snapshot (committed {c:?})"));
+            continue;
+        };
+        if Some(snap.next_offset) != c {
+            r.snapshot_mismatches.push(format!(
+                "partition {p}: latest snapshot covers {} but the group committed {c:?}",
+                snap.next_offset
+            ));
+        }
+        let a = &snap.aggregate;
+        let got = (a.processed, a.dead_lettered, &a.by_device_type, a.uncounted);
+        let expect = (want.valid(), want.malformed, &want.by_device_type, 0);
+        if got != expect {
+            r.snapshot_mismatches.push(format!(
+                "partition {p}: snapshot (processed, dlq, devices, uncounted) {got:?}, recount {expect:?}"
+            ));
+        }
+        r.partitions_checked += 1;
+    }
+    for inst in &drill.instances {
+        let Ok(store) = tally_state::StateStore::open_read_only(&inst.state_dir) else {
+            continue; // never started since its state was deleted
+        };
+        let ns = tally_state::Namespace::new(&drill.names.group, &drill.names.input);
+        for cp in store.list::<crate::aggregate::Aggregate>(&ns)? {
+            let c = committed.get(&cp.partition).copied().unwrap_or(0);
+            let snap = latest.by_partition.get(&cp.partition);
+            if cp.next_offset > c {
+                r.snapshot_mismatches.push(format!(
+                    "{}: checkpoint of partition {} at {} is ahead of the committed {c}",
+                    inst.id, cp.partition, cp.next_offset
+                ));
+            } else if cp.next_offset == c && snap.is_some_and(|s| s.aggregate != cp.state) {
+                r.snapshot_mismatches.push(format!(
+                    "{}: checkpoint of partition {} at {c} differs from the snapshot",
+                    inst.id, cp.partition
+                ));
+            }
+            r.checkpoints_checked += 1;
+        }
+    }
 
     let passed = r.passed();
     std::fs::write(

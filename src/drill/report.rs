@@ -20,6 +20,13 @@ pub struct Report {
     pub mismatched: u64,
     pub stray: u64,
     pub aggregate_mismatches: Vec<String>,
+    /// Times the input was trimmed below the committed offsets.
+    pub retention_trims: u32,
+    pub partitions_checked: u32,
+    pub checkpoints_checked: u32,
+    /// Latest snapshots not at the committed offset or not equal to the
+    /// partition's recount; checkpoints ahead of Kafka or differing from it.
+    pub snapshot_mismatches: Vec<String>,
     pub drain_secs: f64,
     pub verify: String,
 }
@@ -31,6 +38,7 @@ impl Report {
             && self.mismatched == 0
             && self.stray == 0
             && self.aggregate_mismatches.is_empty()
+            && self.snapshot_mismatches.is_empty()
             && self.unexpected_exits.is_empty()
     }
 
@@ -57,6 +65,16 @@ impl Report {
         );
         println!("  aggregate mismatches {}", self.aggregate_mismatches.len());
         for m in &self.aggregate_mismatches {
+            println!("    {m}");
+        }
+        println!(
+            "  retention trims {}; snapshot/checkpoint mismatches {} ({} partitions, {} checkpoints checked)",
+            self.retention_trims,
+            self.snapshot_mismatches.len(),
+            self.partitions_checked,
+            self.checkpoints_checked
+        );
+        for m in &self.snapshot_mismatches {
             println!("    {m}");
         }
         println!("  unexpected exits {}", self.unexpected_exits.len());

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -105,6 +105,90 @@ pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+/// Checks that the insights topic can serve as the aggregates' changelog: as many
+/// partitions as the input (input partition p's snapshots go to insights partition
+/// p, and a restore reads only that partition's tail) and compacted (the latest
+/// snapshot per partition outlives any retention).
+pub async fn check_insights_topic(conn: &Connection, input: &str, insights: &str) -> Result<()> {
+    let probe: BaseConsumer = conn
+        .config(&[])
+        .create()
+        .map_err(ctx("creating metadata client"))?;
+    let (ni, ns) = (
+        partitions(&probe, input)?.len(),
+        partitions(&probe, insights)?.len(),
+    );
+    if ni != ns {
+        return Err(Error::Other(format!(
+            "insights topic {insights} has {ns} partitions but the input {input} has {ni}: \
+             snapshots of input partition p are written to insights partition p, so both need \
+             the same number; recreate {insights} with {ni} partitions (`tally create-topics` \
+             creates it so) or name another one with --insights-topic"
+        )));
+    }
+    let admin: AdminClient<DefaultClientContext> = conn
+        .config(&[])
+        .create()
+        .map_err(ctx("creating admin client"))?;
+    let res = admin
+        .describe_configs(
+            [&ResourceSpecifier::Topic(insights)],
+            &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
+        )
+        .await
+        .map_err(ctx(format!("describing the configuration of {insights}")))?;
+    let policy = res
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
+    match policy {
+        Some(p) if p.contains("compact") => Ok(()),
+        Some(p) => Err(Error::Other(format!(
+            "insights topic {insights} has cleanup.policy={p}: retention would delete the \
+             snapshots state is restored from; set cleanup.policy=compact (`tally create-topics` \
+             creates it so)"
+        ))),
+        None => {
+            tracing::warn!(
+                topic = insights,
+                "could not read the insights topic's cleanup.policy; make sure it is compact"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Deletes every record of `topic`'s partitions below the given offsets (what
+/// retention does), one partition per request. For drills and tests.
+pub async fn delete_records(
+    conn: &Connection,
+    topic: &str,
+    below: &BTreeMap<i32, i64>,
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = conn
+        .config(&[])
+        .create()
+        .map_err(ctx("creating admin client"))?;
+    for (p, o) in below {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .expect("valid offset");
+        let res = admin
+            .delete_records(
+                &tpl,
+                &AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT)),
+            )
+            .await
+            .map_err(ctx(format!("deleting records of {topic}/{p} below {o}")))?;
+        for e in res.elements() {
+            e.error()
+                .map_err(ctx(format!("deleting records of {topic}/{p} below {o}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Group administration: state, committed offsets and offset resets.

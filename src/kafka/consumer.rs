@@ -8,12 +8,23 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, is_fenced_code};
 use crate::model::InputRecord;
+
+/// How long a seek waits for librdkafka to start a partition's fetcher.
+pub const SEEK_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `__STATE`: the partition is assigned but its fetcher has not started yet.
+fn is_not_ready(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Seek(name) => name.contains("STATE"),
+        e => e.rdkafka_error_code() == Some(RDKafkaErrorCode::State),
+    }
+}
 
 /// A rebalance handed from librdkafka's callback (on the polling thread) to the
 /// pipeline loop.
@@ -311,10 +322,41 @@ impl GroupConsumer {
 
     /// Moves the fetch position of the partitions; stale prefetched records are
     /// discarded by librdkafka. Returns the rewind generation from which records
-    /// of these partitions come from the new position.
+    /// of these partitions come from the new position. Right after an assignment
+    /// librdkafka may not have started a partition's fetcher yet and answers
+    /// `__STATE`: that is retried (the poll thread keeps polling meanwhile, which
+    /// starts it) for up to [`SEEK_READY_TIMEOUT`], then reported.
     pub fn seek(&self, offsets: &[(i32, i64)]) -> Result<u64> {
         if offsets.is_empty() {
             return Ok(self.generation());
+        }
+        let deadline = Instant::now() + SEEK_READY_TIMEOUT;
+        let mut attempts = 0u32;
+        loop {
+            match self.seek_once(offsets) {
+                Err(e) if is_not_ready(&e) && Instant::now() < deadline => {
+                    attempts += 1;
+                    if attempts == 1 {
+                        tracing::debug!(error = %e, "partition fetcher not started yet; retrying the seek");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) if is_not_ready(&e) => {
+                    return Err(Error::Other(format!(
+                        "seeking {offsets:?}: librdkafka had not started the partitions' fetchers \
+                         after {SEEK_READY_TIMEOUT:?} ({e}); the consumer is not making progress, \
+                         check the broker connection"
+                    )));
+                }
+                Err(e) => return Err(ctx("seeking")(e)),
+                Ok(()) => return Ok(self.bump_generation()),
+            }
+        }
+    }
+
+    fn seek_once(&self, offsets: &[(i32, i64)]) -> std::result::Result<(), KafkaError> {
+        if crate::failpoints::error("seek-not-ready") {
+            return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::State));
         }
         let tpl = self.tpl(
             &offsets
@@ -322,15 +364,11 @@ impl GroupConsumer {
                 .map(|(p, o)| (*p, Some(*o)))
                 .collect::<Vec<_>>(),
         );
-        let res = self
-            .consumer
-            .seek_partitions(tpl, CALL_TIMEOUT)
-            .map_err(ctx("seeking"))?;
+        let res = self.consumer.seek_partitions(tpl, CALL_TIMEOUT)?;
         for e in res.elements() {
-            e.error()
-                .map_err(ctx(format!("seeking partition {}", e.partition())))?;
+            e.error()?;
         }
-        Ok(self.bump_generation())
+        Ok(())
     }
 
     /// Pauses the partitions; returns the rewind generation from which no record

@@ -17,7 +17,10 @@ pub mod copy;
 pub mod producer;
 pub mod reader;
 
-pub use admin::{GroupAdmin, GroupDescription, TopicSpec, create_topics, pipeline_topic_specs};
+pub use admin::{
+    GroupAdmin, GroupDescription, TopicSpec, check_insights_topic, create_topics, delete_records,
+    pipeline_topic_specs,
+};
 pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
 pub use copy::copy_at_least_once;

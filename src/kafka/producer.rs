@@ -95,7 +95,7 @@ impl OutputTopics {
         match d {
             Destination::Processed => &self.processed,
             Destination::DeadLetter => &self.dead_letter,
-            Destination::Insights => &self.insights,
+            Destination::Insights { .. } => &self.insights,
         }
     }
 }
@@ -198,6 +198,9 @@ impl TxnProducer {
             .headers(owned_headers(&rec.headers));
         if let Some(k) = &rec.key {
             br = br.key(k.as_slice());
+        }
+        if let Destination::Insights { partition } = rec.destination {
+            br = br.partition(partition);
         }
         match self.producer.send(br) {
             Ok(()) => Ok(()),
@@ -305,9 +308,24 @@ impl PlainProducer {
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
     ) -> Result<()> {
+        self.send_to(topic, None, key, value, headers)
+    }
+
+    /// Like [`PlainProducer::send`], to a chosen partition (`None`: by key hash).
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<()> {
         let deadline = std::time::Instant::now() + CALL_TIMEOUT;
         loop {
             let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(p) = partition {
+                br = br.partition(p);
+            }
             if let Some(k) = key {
                 br = br.key(k);
             }

@@ -77,6 +77,10 @@ impl TopicReader {
             )
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            // A start offset that retention has deleted must be an error the caller
+            // sees, never a silent jump to the log start or end (librdkafka's
+            // default is `latest`: a replay would silently read nothing).
+            .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "true");
         Ok(TopicReader {
             consumer: config
@@ -154,6 +158,16 @@ impl TopicReader {
                         }
                     }
                     open.remove(&p);
+                }
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
+                {
+                    return Err(Error::Other(format!(
+                        "reading {}: a start offset of partitions {:?} is out of range \
+                         (deleted by retention meanwhile?): {e}",
+                        self.topic,
+                        open.keys().collect::<Vec<_>>()
+                    )));
                 }
                 Some(Err(e)) => return Err(ctx(format!("reading {}", self.topic))(e)),
                 Some(Ok(m)) => {

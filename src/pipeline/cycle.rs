@@ -2,7 +2,6 @@
 //! transaction, the commit and the checkpoint after it, the abort and rewind,
 //! and the replacement of a producer that failed fatally.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,10 +155,14 @@ impl Pipeline {
                     *p,
                     st.next_offset,
                     &snap,
+                    &self.fingerprint,
                 ));
             }
         }
         for s in snapshots {
+            self.stats.snapshots += 1;
+            self.stats.snapshot_bytes +=
+                (s.value.len() + s.key.as_ref().map_or(0, Vec::len)) as u64;
             if !self.send(s).await? {
                 return Ok(());
             }
@@ -207,6 +210,7 @@ impl Pipeline {
                 partition: *p,
                 next_offset: st.committed_offset,
                 state: st.committed.clone(),
+                fingerprint: self.fingerprint.encode(),
             });
         }
         let (store, ns) = (self.store.clone(), self.ns.clone());
@@ -315,22 +319,21 @@ impl Pipeline {
         self.cycle = CycleTally::default();
         emit(TransactionAborted);
         emit(ProducerReplaced);
-        let mut by_epoch: BTreeMap<u64, Vec<i32>> = BTreeMap::new();
-        for (p, st) in &mut self.partitions {
+        for st in self.partitions.values_mut() {
             st.phase = Phase::Restoring;
             st.pending = Aggregate::default();
             st.touched = false;
-            by_epoch.entry(st.epoch).or_default().push(*p);
         }
         let all: Vec<i32> = self.partitions.keys().copied().collect();
         let c = self.consumer.clone();
-        let generation = blocking(move || c.pause(&all)).await?;
+        let paused = all.clone();
+        let generation = blocking(move || c.pause(&paused)).await?;
         for st in self.partitions.values_mut() {
             st.since_generation = generation;
         }
-        for (epoch, partitions) in by_epoch {
-            self.spawn_restore(partitions, epoch);
-        }
+        // New restores, with new tokens: a restore still running from before is
+        // now stale and its result will be ignored.
+        self.spawn_restore(all);
         Ok(())
     }
 }

@@ -33,14 +33,15 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::aggregate::{Aggregate, Horizon};
 use crate::event::ProcessConfig;
+use crate::failpoints;
+use crate::insights::{self, Fingerprint};
 use crate::kafka::{
     self, GroupConsumer, MemberConfig, OutputTopics, RebalanceEvent, TxnError, TxnProducer,
 };
 use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, emit};
-use crate::{failpoints, insights};
 
-pub use restore::RestorePath;
-use restore::RestoreResult;
+pub use restore::{RestoreError, RestoreOptions, RestorePath};
+use restore::{RestoreTicket, Restored};
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -56,6 +57,7 @@ pub struct PipelineConfig {
     pub progress_interval: Duration,
     /// How long the shutdown may take once a signal arrived (guarantee 4).
     pub shutdown_timeout: Duration,
+    pub restore: RestoreOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,9 @@ pub enum PipelineError {
     Kafka(#[from] kafka::Error),
     #[error(transparent)]
     State(#[from] tally_state::StateError),
+    /// Permanent, or transient errors outlived the retries.
+    #[error("restoring state failed: {0}")]
+    Restore(Box<RestoreError>),
     #[error("{0}")]
     Other(String),
 }
@@ -117,9 +122,6 @@ enum Phase {
 #[derive(Debug)]
 struct PartitionState {
     phase: Phase,
-    /// The assignment epoch (the rewind generation at assignment): restores
-    /// started for an earlier assignment are stale.
-    epoch: u64,
     /// Records stamped with an earlier rewind generation were fetched before this
     /// partition's latest assignment, seek or pause: stale by construction, they
     /// are dropped one by one wherever the loop is in a batch.
@@ -133,6 +135,8 @@ struct PartitionState {
     /// Deltas of the open transaction, merged only after it commits.
     pending: Aggregate,
     touched: bool,
+    /// The latest restore started for this partition, while it is restoring.
+    restore: Option<RestoreTicket>,
 }
 
 /// The transaction's lifecycle.
@@ -151,6 +155,10 @@ struct Stats {
     stale_dropped: u64,
     committed: u64,
     aborted: u64,
+    /// Snapshots produced to the insights topic (in committed or aborted
+    /// transactions) and their bytes: the write volume of the changelog.
+    snapshots: u64,
+    snapshot_bytes: u64,
 }
 
 pub struct Pipeline {
@@ -160,8 +168,12 @@ pub struct Pipeline {
     store: Arc<StateStore>,
     ns: Namespace,
     rebalances: UnboundedReceiver<RebalanceEvent>,
-    restored_tx: UnboundedSender<RestoreResult>,
-    restored_rx: UnboundedReceiver<RestoreResult>,
+    restored_tx: UnboundedSender<Restored>,
+    restored_rx: UnboundedReceiver<Restored>,
+    /// Tokens of restores started so far (see `RestoreTicket`).
+    restore_tokens: u64,
+    /// Stored with every checkpoint and snapshot.
+    fingerprint: Fingerprint,
     partitions: BTreeMap<i32, PartitionState>,
     txn: Txn,
     stats: Stats,
@@ -212,6 +224,7 @@ impl Pipeline {
         let session_timeout = cfg.member.session_timeout;
         Ok(Pipeline {
             ns: Namespace::new(&cfg.member.group, &cfg.process.input_topic),
+            fingerprint: Fingerprint::of(&cfg.process, cfg.horizon),
             cfg,
             consumer: Arc::new(consumer),
             producer,
@@ -219,6 +232,7 @@ impl Pipeline {
             rebalances,
             restored_tx,
             restored_rx,
+            restore_tokens: 0,
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),
@@ -409,6 +423,8 @@ impl Pipeline {
             stale = s.stale_dropped,
             txn_committed = s.committed,
             txn_aborted = s.aborted,
+            snapshots = s.snapshots,
+            snapshot_bytes = s.snapshot_bytes,
             partitions = ?self.partitions.keys().collect::<Vec<_>>(),
             "progress"
         );

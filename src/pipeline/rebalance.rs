@@ -42,17 +42,17 @@ impl Pipeline {
                         *p,
                         PartitionState {
                             phase: Phase::Restoring,
-                            epoch,
                             since_generation: epoch,
                             committed_offset: 0,
                             next_offset: 0,
                             committed: Aggregate::default(),
                             pending: Aggregate::default(),
                             touched: false,
+                            restore: None,
                         },
                     );
                 }
-                self.spawn_restore(partitions, epoch);
+                self.spawn_restore(partitions);
             }
         }
         Ok(())

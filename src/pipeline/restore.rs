@@ -1,16 +1,32 @@
 //! Recovering a partition's aggregates when it is assigned (DESIGN.md,
 //! "Recovering state"): in the background, never holding a transaction open,
-//! while the loop keeps polling.
+//! one task per partition, while the loop keeps polling.
+//!
+//! Like Kafka Streams' changelog reader, a restore is its own little state
+//! machine, separate from processing: the partition stays paused until its
+//! restore's result is accepted. Every restore gets a token; only the result of
+//! the latest restore started for a partition is accepted, so a slow restore
+//! overtaken by a newer one (a producer replacement, a re-assignment) can never
+//! reset the partition to an older committed offset.
+//!
+//! Where to start, with `C` the group's committed offset, `K` the local
+//! checkpoint and `S` the latest committed snapshot (insights partition `p`,
+//! `S <= C`): `K == C` resumes; otherwise the larger of `K` and `S` is the start
+//! and `[start, C)` is replayed from the input; with neither, the partition is
+//! rebuilt from offset 0. A start below the input's log start cannot be replayed
+//! exactly: refused unless `--allow-inexact-restore`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tally_state::{Checkpoint, Namespace, StateStore};
+use tally_state::{Checkpoint, Namespace, StateError, StateStore};
 
 use super::{Phase, Pipeline, PipelineError, Result, blocking};
 use crate::aggregate::{Aggregate, Horizon};
 use crate::event::{ProcessConfig, process};
 use crate::failpoints;
+use crate::insights::{Fingerprint, Snapshot};
 use crate::kafka::{self, GroupConsumer, TopicReader};
 use crate::observe::{PartitionRestored, RestoreProgress, RestoreStarted, emit};
 
@@ -19,9 +35,12 @@ use crate::observe::{PartitionRestored, RestoreProgress, RestoreStarted, emit};
 pub enum RestorePath {
     /// `K == C`: the checkpoint was exact.
     Resume,
-    /// `K < C`: replayed `[K, C)`.
+    /// `K < C` (and no newer snapshot): replayed `[K, C)`.
     Replay,
-    /// No checkpoint, or `K > C`: rebuilt from the earliest offset.
+    /// From the latest committed snapshot `S <= C`, then replayed `[S, C)`.
+    Snapshot,
+    /// Neither a usable checkpoint nor a snapshot: rebuilt from offset 0 (or the
+    /// group never committed: starts empty at the log start).
     Rebuild,
 }
 
@@ -30,16 +49,47 @@ impl RestorePath {
         match self {
             RestorePath::Resume => "resume",
             RestorePath::Replay => "replay",
+            RestorePath::Snapshot => "snapshot",
             RestorePath::Rebuild => "rebuild",
         }
+    }
+}
+
+/// What decides how restores treat what they find.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Continue when records needed for an exact restore were deleted by
+    /// retention, counting them in `Aggregate::uncounted`.
+    pub allow_inexact: bool,
+    /// Discard checkpoints and snapshots written under another configuration and
+    /// rebuild from offset 0 under the current one.
+    pub rebuild_on_config_change: bool,
+}
+
+/// The latest restore started for a partition. Dropping it (a newer restore
+/// replaced it, or the partition was revoked) tells the restore to give up.
+#[derive(Debug)]
+pub(super) struct RestoreTicket {
+    token: u64,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Drop for RestoreTicket {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
     }
 }
 
 /// Result of one background restore.
 #[derive(Debug)]
 pub(super) struct Restored {
-    epoch: u64,
     partition: i32,
+    token: u64,
+    outcome: std::result::Result<Recovered, Box<RestoreError>>,
+}
+
+#[derive(Debug)]
+struct Recovered {
     committed_offset: i64,
     aggregate: Aggregate,
     path: RestorePath,
@@ -47,180 +97,550 @@ pub(super) struct Restored {
     secs: f64,
 }
 
-pub(super) type RestoreResult = std::result::Result<Restored, (i32, String)>;
+/// Why a restore failed. Transient errors are retried inside the restore; what
+/// reaches the loop is permanent (or retries ran out) and ends the process,
+/// unless the restore is stale by then.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(
+        "partition {partition}: the aggregates cover offsets below {start} but the input's log \
+         start is now {log_start} (records [{start}, {log_start}) were deleted by retention); \
+         the group's committed offset is {committed}. The aggregates cannot be restored exactly. \
+         Restore the records, or accept a lower bound with --allow-inexact-restore \
+         ({uncountable} records will be counted as `uncounted`)"
+    )]
+    BelowLogStart {
+        partition: i32,
+        start: i64,
+        log_start: i64,
+        committed: i64,
+        uncountable: i64,
+    },
+    #[error(
+        "partition {partition}: the {source_name} was written under another configuration \
+         ({changes}); run with the configuration it was written with, or pass \
+         --rebuild-on-config-change to rebuild the aggregates from offset 0 under the new one"
+    )]
+    ConfigChanged {
+        partition: i32,
+        source_name: &'static str,
+        changes: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("partition {partition}: {what} still failing after {attempts} attempts: {error}")]
+    Transient {
+        partition: i32,
+        what: &'static str,
+        attempts: u32,
+        error: Box<kafka::Error>,
+    },
+}
 
-/// What a restore needs besides the partition: the clients and the
-/// configuration that decides how records count.
+/// How often and how long transient errors (broker down, timeouts) are retried:
+/// 0.5 s doubling to 8 s, 12 attempts (about a minute and a half).
+const RETRY_ATTEMPTS: u32 = 12;
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+/// How often a long replay logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
+/// What a restore needs besides the partition.
 struct RestoreContext {
     consumer: Arc<GroupConsumer>,
     store: Arc<StateStore>,
     ns: Namespace,
     conn: kafka::Connection,
     process: ProcessConfig,
+    insights_topic: String,
     horizon: Horizon,
+    fingerprint: Fingerprint,
+    options: RestoreOptions,
 }
 
 impl Pipeline {
-    /// Restores partitions in the background; the loop keeps polling meanwhile so
-    /// the member never exceeds `max.poll.interval.ms`, and no transaction is held open.
-    pub(super) fn spawn_restore(&self, partitions: Vec<i32>, epoch: u64) {
+    /// Starts one background restore per partition (in parallel: a new host's
+    /// restore takes as long as its slowest partition, not their sum). The loop
+    /// keeps polling meanwhile, so the member never exceeds
+    /// `max.poll.interval.ms`, and no transaction is held open.
+    pub(super) fn spawn_restore(&mut self, partitions: Vec<i32>) {
         emit(RestoreStarted {
             partitions: &partitions,
         });
-        let tx = self.restored_tx.clone();
-        let ctx = RestoreContext {
+        let ctx = Arc::new(RestoreContext {
             consumer: self.consumer.clone(),
             store: self.store.clone(),
             ns: self.ns.clone(),
             conn: self.cfg.connection.clone(),
             process: self.cfg.process.clone(),
+            insights_topic: self.cfg.topics.insights.clone(),
             horizon: self.cfg.horizon,
-        };
-        tokio::task::spawn_blocking(move || {
-            let committed = match ctx.consumer.committed(&partitions) {
-                Ok(c) => c,
-                Err(e) => {
-                    for p in partitions {
-                        let _ = tx.send(Err((p, e.to_string())));
-                    }
-                    return;
-                }
-            };
-            for p in partitions {
-                let c = committed.get(&p).copied().flatten();
-                let res = restore_partition(&ctx, p, c, epoch).map_err(|e| (p, e.to_string()));
-                let _ = tx.send(res);
-            }
+            fingerprint: self.fingerprint.clone(),
+            options: self.cfg.restore,
         });
+        for p in partitions {
+            let Some(st) = self.partitions.get_mut(&p) else {
+                continue;
+            };
+            self.restore_tokens += 1;
+            let token = self.restore_tokens;
+            let cancelled = Arc::new(AtomicBool::new(false));
+            // Replacing the ticket cancels the restore it belonged to.
+            st.restore = Some(RestoreTicket {
+                token,
+                cancelled: cancelled.clone(),
+            });
+            let (tx, ctx) = (self.restored_tx.clone(), ctx.clone());
+            tokio::task::spawn_blocking(move || {
+                let outcome =
+                    with_retries(p, &cancelled, || restore_partition(&ctx, p, &cancelled));
+                let _ = tx.send(Restored {
+                    partition: p,
+                    token,
+                    outcome,
+                });
+            });
+        }
     }
 
-    pub(super) async fn on_restored(&mut self, res: RestoreResult) -> Result<()> {
-        let r = match res {
-            Ok(r) => r,
-            Err((p, e)) => {
-                return Err(PipelineError::Other(format!(
-                    "restoring the state of partition {p} failed: {e}"
-                )));
-            }
-        };
-        let Some(st) = self.partitions.get_mut(&r.partition) else {
-            return Ok(()); // revoked meanwhile
-        };
-        if st.epoch != r.epoch || !matches!(st.phase, Phase::Restoring) {
+    pub(super) async fn on_restored(&mut self, r: Restored) -> Result<()> {
+        let current = self
+            .partitions
+            .get(&r.partition)
+            .filter(|st| matches!(st.phase, Phase::Restoring))
+            .and_then(|st| st.restore.as_ref())
+            .is_some_and(|t| t.token == r.token);
+        if !current {
+            // Revoked meanwhile, or overtaken by a newer restore: its committed
+            // offset may be older than what the partition has committed since.
+            tracing::info!(
+                partition = r.partition,
+                token = r.token,
+                failed = r.outcome.is_err(),
+                "stale restore result ignored"
+            );
             return Ok(());
         }
+        let rec = r.outcome.map_err(PipelineError::Restore)?;
+        let st = self
+            .partitions
+            .get_mut(&r.partition)
+            .expect("checked above");
         st.phase = Phase::Active;
-        st.committed_offset = r.committed_offset;
-        st.next_offset = r.committed_offset;
-        st.committed = r.aggregate;
+        st.restore = None;
+        st.committed_offset = rec.committed_offset;
+        st.next_offset = rec.committed_offset;
+        st.committed = rec.aggregate;
         emit(PartitionRestored {
             topic: &self.cfg.process.input_topic,
             partition: r.partition,
-            next_offset: r.committed_offset,
+            next_offset: rec.committed_offset,
             aggregate: &st.committed,
-            path: r.path.as_str(),
-            records: r.records,
+            path: rec.path.as_str(),
+            records: rec.records,
         });
         tracing::info!(
             partition = r.partition,
-            path = r.path.as_str(),
-            next_offset = r.committed_offset,
-            records = r.records,
-            secs = r.secs,
+            path = rec.path.as_str(),
+            next_offset = rec.committed_offset,
+            records = rec.records,
+            secs = rec.secs,
             "partition restored"
         );
-        let (c, p, o) = (self.consumer.clone(), r.partition, r.committed_offset);
-        blocking(move || {
-            c.seek(&[(p, o)])?;
-            c.resume(&[p])
+        let (c, p, o) = (self.consumer.clone(), r.partition, rec.committed_offset);
+        let generation = blocking(move || {
+            let generation = c.seek(&[(p, o)])?;
+            c.resume(&[p])?;
+            Ok::<_, kafka::Error>(generation)
         })
         .await?;
+        // Nothing fetched before the seek may be processed, whatever the pause did.
+        if let Some(st) = self.partitions.get_mut(&p) {
+            st.since_generation = generation;
+        }
         Ok(())
     }
 }
 
-/// Recovery rules of DESIGN.md for one partition. `c`: the group's committed
-/// offset (`None`: never committed, so processing starts at the earliest offset).
+/// Runs `attempt` until it succeeds, fails permanently, or transient errors
+/// exhaust the retries (with exponential backoff). Gives up early, with the last
+/// error, once the restore is cancelled: nobody will accept its result.
+fn with_retries(
+    partition: i32,
+    cancelled: &AtomicBool,
+    mut attempt: impl FnMut() -> std::result::Result<Recovered, Failure>,
+) -> std::result::Result<Recovered, Box<RestoreError>> {
+    let mut delay = RETRY_FIRST;
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt() {
+            Ok(r) => return Ok(r),
+            Err(Failure::Permanent(e)) => return Err(e),
+            Err(Failure::Unsettled(e))
+                if n >= RETRY_ATTEMPTS || cancelled.load(Ordering::Relaxed) =>
+            {
+                return Err(e);
+            }
+            Err(Failure::Unsettled(e)) => {
+                tracing::warn!(partition, attempt = n, error = %e, retry_in = ?delay, "restore cannot be exact yet; retrying in case a newer snapshot becomes visible");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+            Err(Failure::Transient(what, error)) => {
+                if n >= RETRY_ATTEMPTS || cancelled.load(Ordering::Relaxed) {
+                    return Err(Box::new(RestoreError::Transient {
+                        partition,
+                        what,
+                        attempts: n,
+                        error,
+                    }));
+                }
+                tracing::warn!(partition, attempt = n, error = %error, retry_in = ?delay, "restore failed ({what}); retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// A restore attempt's failure: retry it, or not.
+enum Failure {
+    Transient(&'static str, Box<kafka::Error>),
+    Permanent(Box<RestoreError>),
+    /// Permanent unless it goes away: retried like a transient error, and
+    /// reported as itself when the retries run out.
+    Unsettled(Box<RestoreError>),
+}
+
+impl From<RestoreError> for Failure {
+    fn from(e: RestoreError) -> Self {
+        Failure::Permanent(Box::new(e))
+    }
+}
+
+impl From<StateError> for Failure {
+    fn from(e: StateError) -> Self {
+        Failure::Permanent(Box::new(e.into()))
+    }
+}
+
+fn transient(what: &'static str) -> impl FnOnce(kafka::Error) -> Failure {
+    move |e| Failure::Transient(what, Box::new(e))
+}
+
+/// Where a restore starts: the aggregate of every record below `from`.
+struct Start {
+    path: RestorePath,
+    from: i64,
+    aggregate: Aggregate,
+}
+
+/// DESIGN.md's recovery rules for one partition.
 fn restore_partition(
     ctx: &RestoreContext,
     partition: i32,
-    c: Option<i64>,
-    epoch: u64,
-) -> Result<Restored> {
-    let RestoreContext {
-        consumer,
-        store,
-        ns,
-        conn,
-        process: process_cfg,
-        horizon,
-    } = ctx;
-    let horizon = *horizon;
+    cancelled: &AtomicBool,
+) -> std::result::Result<Recovered, Failure> {
     let started = Instant::now();
     // Tests hold a restore here (`restore-hold=1*sleep(5000)`) to watch /readyz.
     failpoints::error("restore-hold");
-    let c = match c {
-        Some(c) => c,
-        None => consumer.watermarks(partition)?.0,
+    if failpoints::error("restore-transient") {
+        return Err(Failure::Transient(
+            "reading the committed offset",
+            Box::new(kafka::Error::Other(
+                "injected by failpoint restore-transient".into(),
+            )),
+        ));
+    }
+    let committed = ctx
+        .consumer
+        .committed(&[partition])
+        .map_err(transient("reading the committed offset"))?
+        .get(&partition)
+        .copied()
+        .flatten();
+    let (log_start, _) = ctx
+        .consumer
+        .watermarks(partition)
+        .map_err(transient("reading the input's watermarks"))?;
+    // Lets tests make one restore slow enough to be overtaken by a newer one.
+    failpoints::error(&format!("restore-delay-{partition}"));
+    let Some(c) = committed else {
+        // An unreadable checkpoint is an error even here: never silently reset.
+        ctx.store.load::<Aggregate>(&ctx.ns, partition)?;
+        // The group never committed: nothing is counted yet, and the group
+        // consumer starts at the log start (`auto.offset.reset=earliest`).
+        return Ok(Recovered {
+            committed_offset: log_start,
+            aggregate: Aggregate::default(),
+            path: RestorePath::Rebuild,
+            records: 0,
+            secs: started.elapsed().as_secs_f64(),
+        });
     };
-    let k = store.load::<Aggregate>(ns, partition)?;
-    let (path, mut aggregate, from) = match k {
-        Some(cp) if cp.next_offset == c => (RestorePath::Resume, cp.state, None),
-        Some(cp) if cp.next_offset < c => (RestorePath::Replay, cp.state, Some(cp.next_offset)),
-        _ => (
-            RestorePath::Rebuild,
-            Aggregate::default(),
-            Some(consumer.watermarks(partition)?.0),
-        ),
-    };
+    let start = choose_start(ctx, partition, c)?;
+    if start.path == RestorePath::Resume {
+        return Ok(recovered(start, c, 0, started));
+    }
+    let Start {
+        path,
+        from,
+        mut aggregate,
+    } = start;
+    let mut replay_from = from;
+    if from < log_start {
+        let e = RestoreError::BelowLogStart {
+            partition,
+            start: from,
+            log_start,
+            committed: c,
+            uncountable: log_start - from,
+        };
+        if !ctx.options.allow_inexact {
+            // The snapshot committed with `C` always exists (compaction keeps the
+            // latest per key), but a read_committed reader cannot see past another
+            // producer's open transaction (a killed instance's, until it restarts
+            // or the transaction times out): retry before refusing.
+            return Err(Failure::Unsettled(Box::new(e)));
+        }
+        tracing::warn!(
+            partition,
+            uncounted = log_start - from,
+            "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
+        );
+        aggregate.uncounted += (log_start - from) as u64;
+        replay_from = log_start;
+    }
     let mut records = 0u64;
-    if let Some(from) = from {
+    if replay_from < c && !cancelled.load(Ordering::Relaxed) {
         tracing::info!(
             partition,
             path = path.as_str(),
-            from,
+            from = replay_from,
             to = c,
             "replaying into aggregates (producing nothing)"
         );
-        let reader = TopicReader::new(conn, &process_cfg.input_topic)?;
+        let reader = TopicReader::new(&ctx.conn, &ctx.process.input_topic)
+            .map_err(transient("creating an input reader"))?;
         let mut last_log = Instant::now();
-        let total = (c - from).max(0) as u64;
-        reader.read(&[(partition, kafka::StartAt::Offset(from), Some(c))], |r| {
-            aggregate.apply(&process(&r.record, process_cfg), horizon);
-            records += 1;
-            if records % 1024 == 0 {
-                emit(RestoreProgress {
-                    partition,
-                    done: (r.record.offset + 1 - from).max(0) as u64,
-                    total,
-                });
-            }
-            if last_log.elapsed() > Duration::from_secs(5) {
-                tracing::info!(
-                    partition,
-                    records,
-                    secs = started.elapsed().as_secs_f64(),
-                    "restoring"
-                );
-                last_log = Instant::now();
-            }
-        })?;
-        store.checkpoint(
-            ns,
-            &[Checkpoint {
-                partition,
-                next_offset: c,
-                state: aggregate.clone(),
-            }],
-        )?;
+        let total = (c - replay_from).max(0) as u64;
+        let mut replayed = aggregate.clone();
+        reader
+            .read(
+                &[(partition, kafka::StartAt::Offset(replay_from), Some(c))],
+                |r| {
+                    replayed.apply(&process(&r.record, &ctx.process), ctx.horizon);
+                    records += 1;
+                    if records % 1024 == 0 {
+                        emit(RestoreProgress {
+                            partition,
+                            done: (r.record.offset + 1 - replay_from).max(0) as u64,
+                            total,
+                        });
+                    }
+                    if last_log.elapsed() >= PROGRESS_EVERY {
+                        let secs = started.elapsed().as_secs_f64();
+                        tracing::info!(
+                            partition,
+                            records,
+                            to_go = c - r.record.offset - 1,
+                            rate = (records as f64 / secs).round(),
+                            secs,
+                            "restoring"
+                        );
+                        last_log = Instant::now();
+                    }
+                },
+            )
+            .map_err(transient("replaying the input"))?;
+        aggregate = replayed;
     }
-    Ok(Restored {
-        epoch,
-        partition,
+    if cancelled.load(Ordering::Relaxed) {
+        // Nobody accepts this result; don't write a checkpoint for a partition
+        // that may be someone else's by now.
+        return Ok(recovered_from(path, aggregate, c, records, started));
+    }
+    // The restored state is exact at `C` (or marked inexact): checkpoint it so a
+    // restart of this host resumes without reading anything.
+    ctx.store.checkpoint(
+        &ctx.ns,
+        &[Checkpoint {
+            partition,
+            next_offset: c,
+            state: aggregate.clone(),
+            fingerprint: ctx.fingerprint.encode(),
+        }],
+    )?;
+    Ok(recovered_from(path, aggregate, c, records, started))
+}
+
+fn recovered(s: Start, c: i64, records: u64, started: Instant) -> Recovered {
+    recovered_from(s.path, s.aggregate, c, records, started)
+}
+
+fn recovered_from(
+    path: RestorePath,
+    aggregate: Aggregate,
+    c: i64,
+    records: u64,
+    started: Instant,
+) -> Recovered {
+    Recovered {
         committed_offset: c,
         aggregate,
         path,
         records,
         secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Picks the start with the least to replay among the local checkpoint and the
+/// latest snapshot, both checked against the configuration fingerprint.
+fn choose_start(
+    ctx: &RestoreContext,
+    partition: i32,
+    c: i64,
+) -> std::result::Result<Start, Failure> {
+    let rebuild = Start {
+        path: RestorePath::Rebuild,
+        from: 0,
+        aggregate: Aggregate::default(),
+    };
+    let k = ctx.store.load::<Aggregate>(&ctx.ns, partition)?;
+    let k = match k {
+        Some(cp) => {
+            match check_fingerprint(ctx, partition, "local checkpoint", Some(&cp.fingerprint))? {
+                true => Some(cp),
+                false => return Ok(rebuild),
+            }
+        }
+        None => None,
+    };
+    if let Some(cp) = &k {
+        if cp.next_offset == c {
+            return Ok(Start {
+                path: RestorePath::Resume,
+                from: c,
+                aggregate: cp.state.clone(),
+            });
+        }
+    }
+    // `K > C` (the group's offsets were reset by `tally replay`): the checkpoint
+    // counts records the group will process again; unusable.
+    let k = k.filter(|cp| cp.next_offset < c);
+    let s = latest_snapshot(ctx, partition, c).map_err(transient("reading the insights topic"))?;
+    let s = match s {
+        Some(s) => {
+            let fp = s.fingerprint.as_ref().map(Fingerprint::encode);
+            match check_fingerprint(ctx, partition, "latest snapshot", fp.as_ref())? {
+                true => Some(s),
+                false => return Ok(rebuild),
+            }
+        }
+        None => None,
+    };
+    Ok(match (k, s) {
+        (Some(k), Some(s)) if s.next_offset > k.next_offset => snapshot_start(s),
+        (Some(k), _) => Start {
+            path: RestorePath::Replay,
+            from: k.next_offset,
+            aggregate: k.state,
+        },
+        (None, Some(s)) => snapshot_start(s),
+        (None, None) => rebuild,
     })
+}
+
+fn snapshot_start(s: Snapshot) -> Start {
+    Start {
+        path: RestorePath::Snapshot,
+        from: s.next_offset,
+        aggregate: s.aggregate,
+    }
+}
+
+/// `true`: usable. `false`: written under another configuration and the operator
+/// asked to rebuild. A snapshot written before fingerprints existed (`None`) is
+/// accepted with a warning: nothing says it differs.
+fn check_fingerprint(
+    ctx: &RestoreContext,
+    partition: i32,
+    source_name: &'static str,
+    stored: Option<&String>,
+) -> std::result::Result<bool, Failure> {
+    let Some(stored) = stored else {
+        tracing::warn!(
+            partition,
+            "{source_name} carries no configuration fingerprint (written by an older tally); assuming the current configuration"
+        );
+        return Ok(true);
+    };
+    let changes = match Fingerprint::decode(stored) {
+        Some(f) => f.changes(&ctx.fingerprint),
+        None => vec![format!("unreadable fingerprint {stored:?}")],
+    };
+    if changes.is_empty() {
+        return Ok(true);
+    }
+    if ctx.options.rebuild_on_config_change {
+        tracing::warn!(partition, source_name, changes = %changes.join("; "), "configuration changed; rebuilding the aggregates under the new one (--rebuild-on-config-change)");
+        return Ok(false);
+    }
+    Err(RestoreError::ConfigChanged {
+        partition,
+        source_name,
+        changes: changes.join("; "),
+    }
+    .into())
+}
+
+/// The latest committed snapshot of input partition `partition` covering at most
+/// `c` (the largest `S <= c`), read from the tail of the same-numbered insights
+/// partition (co-partitioned: only that partition's snapshots live there). Reads
+/// a small window before the end and widens it until it holds the snapshot
+/// committed with `c` itself or reaches the log start: aborted transactions
+/// leave invisible records at the tail, and after a `tally replay` the latest
+/// snapshots lie past `C`.
+fn latest_snapshot(
+    ctx: &RestoreContext,
+    partition: i32,
+    c: i64,
+) -> kafka::Result<Option<Snapshot>> {
+    let reader = TopicReader::new(&ctx.conn, &ctx.insights_topic)?;
+    let (low, high) = reader.watermarks(partition)?;
+    // Each committed snapshot takes two offsets (the record and the commit
+    // marker): the last 16 offsets hold the latest few snapshots.
+    let mut window = 16;
+    loop {
+        let from = low.max(high - window);
+        let mut values = Vec::new();
+        reader.read(&[(partition, kafka::StartAt::Offset(from), None)], |r| {
+            if let Some(v) = r.record.value {
+                values.push(v);
+            }
+        })?;
+        // Newest first, stopping at the one committed with `c` (snapshots are
+        // large: parsing the whole window would cost more than reading it).
+        let mut best: Option<Snapshot> = None;
+        for v in values.iter().rev() {
+            let Ok(s) = serde_json::from_slice::<Snapshot>(v) else {
+                continue;
+            };
+            if s.topic != ctx.process.input_topic || s.partition != partition || s.next_offset > c {
+                continue;
+            }
+            let exact = s.next_offset == c;
+            if best.as_ref().is_none_or(|b| s.next_offset > b.next_offset) {
+                best = Some(s);
+            }
+            if exact {
+                break;
+            }
+        }
+        if best.as_ref().is_some_and(|b| b.next_offset == c) || from <= low {
+            return Ok(best);
+        }
+        window *= 8;
+    }
 }

@@ -5,6 +5,10 @@
 //! Both are written in one synced RocksDB `WriteBatch`, so a checkpoint is never
 //! half-written: after a crash either the old or the new (state, offset) pair is read.
 //!
+//! Every checkpoint also carries the caller's configuration fingerprint (opaque to
+//! this crate): the caller refuses a checkpoint written under another configuration
+//! instead of mixing two meanings in one aggregate.
+//!
 //! Checkpoints are namespaced by consumer group and input topic, so two pipelines
 //! sharing a state directory never read each other's state. Values carry an envelope
 //! with two versions: this crate's envelope format and the caller's body schema
@@ -22,7 +26,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Version of the envelope written around every checkpoint body.
-pub const ENVELOPE_VERSION: u32 = 1;
+/// 2: the header carries the configuration fingerprint.
+pub const ENVELOPE_VERSION: u32 = 2;
 
 const KEY_PREFIX: &[u8] = b"ckpt\0";
 
@@ -148,6 +153,8 @@ pub struct Checkpoint<T> {
     /// Exclusive: `state` aggregates exactly the records with offset `< next_offset`.
     pub next_offset: i64,
     pub state: T,
+    /// The configuration `state` was computed under (the caller's encoding).
+    pub fingerprint: String,
 }
 
 /// One stored checkpoint as listed by [`StateStore::list_all`].
@@ -163,6 +170,15 @@ struct Header {
     envelope: u32,
     body: u32,
     next_offset: i64,
+    fingerprint: String,
+}
+
+/// The leading fields every envelope version starts with: read first, so a
+/// checkpoint of another version is reported as such, not as corrupt.
+#[derive(serde::Deserialize)]
+struct Versions {
+    envelope: u32,
+    body: u32,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -347,19 +363,21 @@ fn decode<T: DeserializeOwned + Versioned>(
         partition,
         reason,
     };
-    let (header, used): (Header, usize) =
+    let (versions, _): (Versions, usize) =
         bincode::serde::decode_from_slice(bytes, config()).map_err(|e| corrupt(e.to_string()))?;
-    if header.envelope != ENVELOPE_VERSION || header.body != T::VERSION {
+    if versions.envelope != ENVELOPE_VERSION || versions.body != T::VERSION {
         return Err(StateError::UnknownVersion {
             dir: dir.to_path_buf(),
             namespace: ns.to_string(),
             partition,
-            found_envelope: header.envelope,
-            found_body: header.body,
+            found_envelope: versions.envelope,
+            found_body: versions.body,
             expected_envelope: ENVELOPE_VERSION,
             expected_body: T::VERSION,
         });
     }
+    let (header, used): (Header, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| corrupt(e.to_string()))?;
     let (state, body_len): (T, usize) = bincode::serde::decode_from_slice(&bytes[used..], config())
         .map_err(|e| corrupt(e.to_string()))?;
     if used + body_len != bytes.len() {
@@ -372,6 +390,7 @@ fn decode<T: DeserializeOwned + Versioned>(
         partition,
         next_offset: header.next_offset,
         state,
+        fingerprint: header.fingerprint,
     })
 }
 
@@ -380,6 +399,7 @@ fn encode<T: Serialize + Versioned>(cp: &Checkpoint<T>) -> Result<Vec<u8>> {
         envelope: ENVELOPE_VERSION,
         body: T::VERSION,
         next_offset: cp.next_offset,
+        fingerprint: cp.fingerprint.clone(),
     };
     let wrap = |source| StateError::Encode {
         partition: cp.partition,
@@ -440,11 +460,13 @@ mod tests {
                 partition: 0,
                 next_offset: 10,
                 state: body(10),
+                fingerprint: "f1".into(),
             },
             Checkpoint {
                 partition: 3,
                 next_offset: 7,
                 state: body(5),
+                fingerprint: "f1".into(),
             },
         ];
         store.checkpoint(&ns(), &cps).unwrap();
@@ -470,6 +492,7 @@ mod tests {
                     partition: 0,
                     next_offset: 1,
                     state: body(1),
+                    fingerprint: "f1".into(),
                 }],
             )
             .unwrap();
@@ -503,6 +526,7 @@ mod tests {
                     partition: 2,
                     next_offset: 1,
                     state: BodyV8 { total: 1 },
+                    fingerprint: "f1".into(),
                 }],
             )
             .unwrap();
@@ -529,7 +553,7 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         store
             .db
-            .put(ns().key(4), b"\x01\x07garbage-garbage")
+            .put(ns().key(4), b"\x02\x07garbage-garbage")
             .unwrap();
         let err = store.load::<Body>(&ns(), 4).unwrap_err();
         assert!(
@@ -550,6 +574,7 @@ mod tests {
                         partition: 0,
                         next_offset: 1,
                         state: body(1),
+                        fingerprint: "f1".into(),
                     }],
                 )
                 .unwrap();
@@ -568,8 +593,9 @@ mod tests {
 
         #[test]
         fn encoding_round_trips(total in any::<u64>(), next in any::<i64>(),
-                                counts in proptest::collection::btree_map(".{0,8}", any::<u64>(), 0..8)) {
-            let cp = Checkpoint { partition: 1, next_offset: next, state: Body { counts, total } };
+                                counts in proptest::collection::btree_map(".{0,8}", any::<u64>(), 0..8),
+                                fp in ".{0,40}") {
+            let cp = Checkpoint { partition: 1, next_offset: next, state: Body { counts, total }, fingerprint: fp };
             let bytes = encode(&cp).unwrap();
             prop_assert_eq!(decode::<Body>(Path::new("/x"), &ns(), 1, &bytes).unwrap(), cp);
         }

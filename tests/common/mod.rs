@@ -42,13 +42,21 @@ pub fn client_config() -> ClientConfig {
 }
 
 pub fn create_topic(name: &str, partitions: i32) {
+    create_topic_with(name, partitions, &[]);
+}
+
+/// Creates a topic with extra topic configuration (e.g. `cleanup.policy`).
+pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-        .set("max.message.bytes", "2097152");
+    let topic = config.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "2097152"),
+        |t, (k, v)| t.set(k, v),
+    );
     let res = rt
         .block_on(admin.create_topics(
             [&topic],
@@ -259,9 +267,11 @@ impl Names {
             insights: unique(&format!("{test}-ins")),
             group: unique(&format!("{test}-group")),
         };
-        for t in [&n.input, &n.output, &n.dlq, &n.insights] {
+        for t in [&n.input, &n.output, &n.dlq] {
             create_topic(t, partitions);
         }
+        // Co-partitioned and compacted: `tally run` refuses anything else.
+        create_topic_with(&n.insights, partitions, &[("cleanup.policy", "compact")]);
         n
     }
 
@@ -548,21 +558,6 @@ pub fn tally_on(bootstrap: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
-
-/// `tally insights --json` for the pipeline.
-pub fn insights_json(names: &Names) -> serde_json::Value {
-    let (code, out, err) = tally(&[
-        "insights".into(),
-        "--json".into(),
-        "--insights-topic".into(),
-        names.insights.clone(),
-        "--input-topic".into(),
-        names.input.clone(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// `tally verify --json` for the pipeline; returns its exit code and summary.
 pub fn verify(names: &Names) -> (i32, serde_json::Value) {
     let mut args = vec![
@@ -646,4 +641,68 @@ impl Drop for PrivateBroker {
                 .env("BROKER_DIR", self.dir.path())
                 .status();
     }
+}
+
+/// `tally insights --json` for the pipeline.
+pub fn insights(names: &Names) -> serde_json::Value {
+    let (code, out, err) = tally(&[
+        "insights".into(),
+        "--json".into(),
+        "--insights-topic".into(),
+        names.insights.clone(),
+        "--input-topic".into(),
+        names.input.clone(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+pub fn counts(v: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, c)| (k.clone(), c.as_u64().unwrap()))
+        .collect()
+}
+
+/// Insight totals equal what the test counted from the input it produced.
+pub fn assert_insights_match(names: &Names, input: &Input) {
+    let v = insights(names);
+    let a = &v["aggregate"];
+    assert_eq!(a["processed"], input.valid(), "{v:#}");
+    assert_eq!(a["dead_lettered"], input.malformed, "{v:#}");
+    assert_eq!(counts(&a["by_device_type"]), input.by_device_type, "{v:#}");
+    assert_eq!(counts(&a["by_app_version"]), input.by_app_version, "{v:#}");
+    assert_eq!(counts(&a["by_locale"]), input.by_locale, "{v:#}");
+    let minutes: u64 =
+        counts(&a["per_minute"]).values().sum::<u64>() + a["older_than_horizon"].as_u64().unwrap();
+    assert_eq!(minutes, input.valid(), "{v:#}");
+}
+
+/// Deletes the records of `topic` partition `partition` below `offset`, as
+/// retention does (one partition per request: the local broker's limit).
+pub fn delete_records_below(topic: &str, partition: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    let res = rt
+        .block_on(admin.delete_records(&tpl, &AdminOptions::new().operation_timeout(Some(TIMEOUT))))
+        .expect("delete_records request");
+    for e in res.elements() {
+        e.error()
+            .unwrap_or_else(|err| panic!("delete records of {topic}/{partition}: {err}"));
+    }
+}
+
+/// `(low, high)` watermarks of a partition.
+pub fn watermarks(topic: &str, partition: i32) -> (i64, i64) {
+    let consumer: BaseConsumer = client_config().create().unwrap();
+    consumer
+        .fetch_watermarks(topic, partition, TIMEOUT)
+        .expect("watermarks")
 }

@@ -1,0 +1,293 @@
+//! State that outlives the input's retention (DESIGN.md guarantee 5): a new host
+//! restores from the latest snapshot in the insights topic, refuses when the
+//! records it would need were deleted, and ignores restores overtaken by newer ones.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn sum_of(v: &serde_json::Value) -> u64 {
+    ["processed", "dead_lettered", "filtered"]
+        .iter()
+        .map(|k| v[k].as_u64().unwrap())
+        .sum()
+}
+
+/// The scenario of issue 11: a processed 6,000 records and left; retention deleted
+/// all but the last 100 records of each partition; 3,000 more arrived; b, a new
+/// host with an empty state directory, took over. Its insights must count all
+/// 9,000 records, not only the ones still in the input.
+#[test]
+fn new_host_after_retention_restores_from_snapshots() {
+    let names = Names::create("retain", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = produce_generated(&names.input, 6_000, 41, 0.05);
+    let mut a = TallyProc::start(&names, "retain-a", &dir.path().join("a"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut a]);
+    assert_eq!(a.terminate(), Some(0), "{}", a.log());
+
+    let committed = committed_offsets(&names.group, &names.input);
+    for p in 0..3 {
+        let c = committed[&p];
+        delete_records_below(&names.input, p, c - 100);
+        assert_eq!(
+            watermarks(&names.input, p).0,
+            c - 100,
+            "retention trimmed {p}"
+        );
+    }
+    all.merge(&produce_generated(&names.input, 3_000, 42, 0.05));
+
+    let mut b = TallyProc::start(&names, "retain-b", &dir.path().join("b"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 9_000, LONG, &mut [&mut b]);
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
+    let log = b.log();
+    assert_eq!(
+        log.matches("path=\"snapshot\"").count(),
+        3,
+        "every partition restored from its snapshot:\n{log}"
+    );
+    assert_eq!(log.matches("partition restored").count(), 3, "{log}");
+    assert_insights_match(&names, &all);
+    assert_eq!(insights(&names)["aggregate"]["uncounted"], 0);
+    // Outputs of the deleted input records cannot be compared; nothing else is off.
+    let (code, s) = verify(&names);
+    assert_eq!(code, 0, "{s:#}");
+    for k in ["missing", "duplicates", "mismatched", "stray"] {
+        assert_eq!(s[k], 0, "{k}: {s:#}");
+    }
+    assert_eq!(
+        s["processed"].as_u64().unwrap() + s["dead_lettered"].as_u64().unwrap(),
+        9_000 - s["below_log_start"].as_u64().unwrap(),
+        "{s:#}"
+    );
+}
+
+/// The group's offsets moved past the latest snapshot (`tally replay --to` a time
+/// after the last record) and retention then deleted part of `[S, C)`: a new host
+/// cannot count those records, so it refuses; with `--allow-inexact-restore` it
+/// runs and reports exactly how many records it could not count.
+#[test]
+fn refuses_when_the_records_after_the_snapshot_are_gone() {
+    let names = Names::create("refuse", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let first = produce_generated(&names.input, 2_000, 43, 0.0);
+    let mut a = TallyProc::start(&names, "refuse-a", &dir.path().join("a"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut a]);
+    assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    let snapshots = committed_offsets(&names.group, &names.input);
+
+    produce_generated(&names.input, 1_000, 44, 0.0);
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (code, out, err) = tally(&[
+        "replay".into(),
+        "--group".into(),
+        names.group.clone(),
+        "--input-topic".into(),
+        names.input.clone(),
+        "--to".into(),
+        future,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let committed = committed_offsets(&names.group, &names.input);
+    let mut deleted = 0;
+    for p in 0..2 {
+        let (s, c) = (snapshots[&p], committed[&p]);
+        assert!(c - s > 100, "partition {p}: [S, C) = [{s}, {c})");
+        delete_records_below(&names.input, p, c - 50);
+        deleted += c - 50 - s;
+    }
+
+    let mut b = TallyProc::start(&names, "refuse-b", &dir.path().join("b"), &[], &[]);
+    assert_eq!(b.wait(LONG), Some(1), "{}", b.log());
+    let log = b.log();
+    assert!(
+        log.contains("deleted by retention") && log.contains("--allow-inexact-restore"),
+        "{log}"
+    );
+    let named = (0..2).any(|p| {
+        log.contains(&format!(
+            "partition {p}: the aggregates cover offsets below {} but the input's log start is now {}",
+            snapshots[&p],
+            committed[&p] - 50
+        ))
+    });
+    assert!(named, "names partition and offsets:\n{log}");
+
+    let mut inexact = TallyProc::start(
+        &names,
+        "refuse-b",
+        &dir.path().join("b"),
+        &["--allow-inexact-restore"],
+        &[],
+    );
+    // New records, so it commits new snapshots.
+    let more = produce_generated(&names.input, 200, 45, 0.0);
+    let total = committed.values().sum::<i64>() + 200;
+    wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut inexact]);
+    assert_eq!(inexact.terminate(), Some(0), "{}", inexact.log());
+    assert!(
+        inexact.log().contains("RESTORE IS INEXACT"),
+        "{}",
+        inexact.log()
+    );
+    let a = insights(&names)["aggregate"].clone();
+    assert_eq!(a["uncounted"], deleted, "{a:#}");
+    // Everything else is counted: the first run, the 50 + 50 replayed records
+    // still in the input, and the new ones.
+    assert_eq!(sum_of(&a), first.total + 100 + more.total, "{a:#}");
+}
+
+/// Issue 9, item 3: a restore overtaken by a newer one must not be accepted. The
+/// first restore of partition 1 stalls 8 s after reading the committed offset
+/// (then 0); meanwhile a fatal commit replaces the producer (new restores, fast),
+/// 30 commits take partition 1 past 0, and a second fatal commit starts a third restore
+/// that stalls 20 s. The first restore's result then arrives while partition 1
+/// is restoring again: accepting it would rewind partition 1 to offset 0 and
+/// write its records a second time.
+#[test]
+fn stale_restore_is_ignored_after_producer_replacements() {
+    let names = Names::create("stale", 2);
+    let input = produce_generated(&names.input, 6_000, 46, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(
+        &names,
+        "stale-1",
+        &dir.path().join("state"),
+        &["--max-batch-records", "100"],
+        &[(
+            "FAILPOINTS",
+            "restore-delay-1=1*sleep(8000)->1*off->sleep(20000);commit-fatal=1*return->30*off->1*return->off",
+        )],
+    );
+    wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    assert_eq!(
+        log.matches("replacing it and recovering every partition")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert_verified(&names, input.valid(), input.malformed);
+    assert_insights_match(&names, &input);
+    assert!(log.contains("stale restore result ignored"), "{log}");
+}
+
+/// Issue 9, item 5: a seek before librdkafka started the partition's fetcher
+/// (`__STATE`) is retried, never fatal.
+#[test]
+fn seek_before_the_fetcher_started_is_retried() {
+    retried_restore("seek", "seek-not-ready=3*return", 0);
+}
+
+/// Issue 9, item 6: transient restore errors are retried with backoff.
+#[test]
+fn transient_restore_errors_are_retried() {
+    retried_restore("transient", "restore-transient=2*return", 2);
+}
+
+fn retried_restore(test: &str, failpoints: &str, restore_failures: usize) {
+    let names = Names::create(test, 2);
+    let input = produce_generated(&names.input, 2_000, 47, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(
+        &names,
+        &format!("{test}-1"),
+        &dir.path().join("state"),
+        &[],
+        &[("FAILPOINTS", failpoints)],
+    );
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    assert_eq!(
+        log.matches("restore failed").count(),
+        restore_failures,
+        "{log}"
+    );
+    assert_eq!(log.matches("partition restored").count(), 2, "{log}");
+    assert_verified(&names, input.valid(), input.malformed);
+}
+
+/// Checkpoints and snapshots carry the configuration they were computed under:
+/// restarting with another horizon is refused, naming what changed, until the
+/// operator asks for a rebuild under the new configuration.
+#[test]
+fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
+    let names = Names::create("fprint", 2);
+    let input = produce_generated(&names.input, 1_000, 48, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut a = TallyProc::start(&names, "fprint-1", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 1_000, LONG, &mut [&mut a]);
+    assert_eq!(a.terminate(), Some(0), "{}", a.log());
+
+    let changed = ["--minute-horizon", "60"];
+    let mut refused = TallyProc::start(&names, "fprint-1", &state, &changed, &[]);
+    assert_eq!(refused.wait(LONG), Some(1), "{}", refused.log());
+    let log = refused.log();
+    assert!(
+        log.contains("--minute-horizon: 1440 -> 60") && log.contains("--rebuild-on-config-change"),
+        "{log}"
+    );
+    // A new host (no checkpoint) finds the same mismatch in the snapshots.
+    let mut new_host = TallyProc::start(&names, "fprint-1", &dir.path().join("b"), &changed, &[]);
+    assert_eq!(new_host.wait(LONG), Some(1), "{}", new_host.log());
+    assert!(
+        new_host
+            .log()
+            .contains("latest snapshot was written under another configuration"),
+        "{}",
+        new_host.log()
+    );
+
+    let rebuild: Vec<&str> = changed
+        .iter()
+        .copied()
+        .chain(["--rebuild-on-config-change"])
+        .collect();
+    let mut rebuilt = TallyProc::start(&names, "fprint-1", &state, &rebuild, &[]);
+    let more = produce_generated(&names.input, 100, 49, 0.05);
+    wait_for_committed(&names.group, &names.input, 1_100, LONG, &mut [&mut rebuilt]);
+    assert_eq!(rebuilt.terminate(), Some(0), "{}", rebuilt.log());
+    assert_eq!(
+        // The `partition restored` lines (the replay's start line has no next_offset).
+        rebuilt
+            .log()
+            .matches("path=\"rebuild\" next_offset")
+            .count(),
+        2,
+        "{}",
+        rebuilt.log()
+    );
+    let mut all = input;
+    all.merge(&more);
+    assert_insights_match(&names, &all);
+}
+
+/// `tally run` refuses an insights topic that cannot serve restores: not
+/// co-partitioned with the input, or not compacted.
+#[test]
+fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
+    let names = Names::create("insck", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let wide = unique("insck-wide");
+    create_topic_with(&wide, 3, &[("cleanup.policy", "compact")]);
+    for (insights, expect) in [
+        (&wide, "has 3 partitions but the input"),
+        (&names.output, "cleanup.policy=delete"),
+    ] {
+        let bad = Names {
+            insights: insights.clone(),
+            ..names.clone()
+        };
+        let mut run = TallyProc::start(&bad, "insck-1", &dir.path().join("s"), &[], &[]);
+        assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
+        assert!(run.log().contains(expect), "{}", run.log());
+    }
+}
