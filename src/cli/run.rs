@@ -196,13 +196,6 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
-    // State is restored from the insights topic: refuse to run on one that cannot serve.
-    tally::kafka::check_insights_topic(
-        &cfg.connection,
-        &a.topics.input_topic,
-        &a.topics.insights_topic,
-    )
-    .await?;
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.
     let shutdown = shutdown_flag();
     // Up before the broker is reached: liveness answers and readiness says why not.
@@ -222,6 +215,15 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if !wait_for_cluster(&a.kafka, &shutdown).await? {
         return Ok(());
     }
+    // State is restored from the insights topic: refuse to run on one that
+    // cannot serve (checked once the cluster answers, so an unreachable cluster
+    // is waited for, not reported as a missing topic).
+    tally::kafka::check_insights_topic(
+        &cfg.connection,
+        &a.topics.input_topic,
+        &a.topics.insights_topic,
+    )
+    .await?;
     let pipeline = Pipeline::start(cfg).await?;
     pipeline.run(shutdown).await?;
     Ok(())
