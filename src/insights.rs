@@ -146,9 +146,13 @@ pub struct Latest {
 }
 
 impl Latest {
-    pub fn offer(&mut self, topic: &str, value: &[u8]) {
+    /// `from_partition`: the insights partition the record was read from. Only
+    /// the same-numbered one holds a partition's snapshots (co-partitioned):
+    /// a copy elsewhere was placed by an older tally, by key hash, and is never
+    /// compacted away by the newer snapshots, so it must not win by read order.
+    pub fn offer(&mut self, topic: &str, from_partition: i32, value: &[u8]) {
         if let Ok(s) = serde_json::from_slice::<Snapshot>(value) {
-            if s.topic == topic {
+            if s.topic == topic && s.partition == from_partition {
                 self.by_partition.insert(s.partition, s);
             }
         }
@@ -330,11 +334,14 @@ mod tests {
         let r1 = snapshot_record("t", 0, 5, &Aggregate::default(), &f);
         let r2 = snapshot_record("t", 0, 9, &a, &f);
         let other = snapshot_record("u", 1, 1, &a, &f);
+        let misplaced = snapshot_record("t", 0, 99, &Aggregate::default(), &f);
         assert_eq!(r2.destination, Destination::Insights { partition: 0 });
         let mut l = Latest::default();
         for r in [&r1, &r2, &other] {
-            l.offer("t", &r.value);
+            l.offer("t", 0, &r.value);
         }
+        // Read from insights partition 3: an old-layout copy, not partition 0's.
+        l.offer("t", 3, &misplaced.value);
         assert_eq!(l.by_partition.len(), 1);
         assert_eq!(l.by_partition[&0].next_offset, 9);
         assert_eq!(l.merged(Horizon::default()), a);

@@ -53,7 +53,7 @@ pub async fn run(a: InsightsArgs) -> anyhow::Result<()> {
         reader.read(&ranges, |r| {
             bar.inc(1);
             if let Some(v) = &r.record.value {
-                latest.offer(&input, v);
+                latest.offer(&input, r.record.partition, v);
             }
         })?;
         bar.finish_and_clear();

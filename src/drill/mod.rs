@@ -515,7 +515,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     let mut latest = Latest::default();
     reader.read(&ranges, |rec| {
         if let Some(v) = &rec.record.value {
-            latest.offer(&drill.names.input, v);
+            latest.offer(&drill.names.input, rec.record.partition, v);
         }
     })?;
     let agg = latest.merged(Horizon::default());

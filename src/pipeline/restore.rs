@@ -381,7 +381,33 @@ fn restore_partition(
     };
     let start = choose_start(ctx, partition, c)?;
     if start.path == RestorePath::Resume {
-        return Ok(recovered(start, c, 0, started));
+        if c >= log_start {
+            return Ok(recovered(start, c, 0, started));
+        }
+        // Exact at `C`, but retention deleted `[C, log start)` while nobody
+        // consumed this partition: those records can be neither processed nor
+        // counted, and the group consumer would jump over them silently.
+        let e = RestoreError::BelowLogStart {
+            partition,
+            start: c,
+            log_start,
+            committed: c,
+            uncountable: log_start - c,
+        };
+        if !ctx.options.allow_inexact {
+            return Err(e.into());
+        }
+        tracing::warn!(
+            partition,
+            uncounted = log_start - c,
+            "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
+        );
+        let Start {
+            path, aggregate, ..
+        } = start;
+        let mut aggregate = aggregate;
+        aggregate.uncounted += (log_start - c) as u64;
+        return Ok(recovered_from(path, aggregate, log_start, 0, started));
     }
     let Start {
         path,
@@ -496,60 +522,79 @@ fn recovered_from(
 }
 
 /// Picks the start with the least to replay among the local checkpoint and the
-/// latest snapshot, both checked against the configuration fingerprint.
+/// latest snapshot that were written under the current configuration. A source
+/// written under another configuration counts as absent, so the other one still
+/// serves; only when no usable source is left does a configuration change stop
+/// the restore (or, when the operator asked for it, rebuild from offset 0).
 fn choose_start(
     ctx: &RestoreContext,
     partition: i32,
     c: i64,
 ) -> std::result::Result<Start, Failure> {
+    // `K > C` (the group's offsets were reset by `tally replay`): the checkpoint
+    // counts records the group will process again; unusable.
+    let k = ctx
+        .store
+        .load::<Aggregate>(&ctx.ns, partition)?
+        .filter(|cp| cp.next_offset <= c);
+    let mut candidates: Vec<(&'static str, Vec<String>, Start)> = Vec::new();
+    if let Some(cp) = k {
+        let changes =
+            fingerprint_changes(ctx, partition, "local checkpoint", Some(&cp.fingerprint));
+        let exact = cp.next_offset == c && changes.is_empty();
+        candidates.push((
+            "local checkpoint",
+            changes,
+            Start {
+                path: if cp.next_offset == c {
+                    RestorePath::Resume
+                } else {
+                    RestorePath::Replay
+                },
+                from: cp.next_offset,
+                aggregate: cp.state,
+            },
+        ));
+        if exact {
+            // Nothing to replay and nothing better to find in the insights topic.
+            return Ok(candidates.pop().expect("just pushed").2);
+        }
+    }
+    if let Some(s) =
+        latest_snapshot(ctx, partition, c).map_err(transient("reading the insights topic"))?
+    {
+        let fp = s.fingerprint.as_ref().map(Fingerprint::encode);
+        let changes = fingerprint_changes(ctx, partition, "latest snapshot", fp.as_ref());
+        candidates.push(("latest snapshot", changes, snapshot_start(s)));
+    }
+    // The most recent start first (least to replay); the checkpoint first on a
+    // tie (the sort is stable), since it needs no topic read to be trusted.
+    candidates.sort_by_key(|(_, _, s)| std::cmp::Reverse(s.from));
+    let mut changed = None;
+    for (source_name, changes, start) in candidates {
+        if changes.is_empty() {
+            return Ok(start);
+        }
+        changed.get_or_insert((source_name, changes));
+    }
     let rebuild = Start {
         path: RestorePath::Rebuild,
         from: 0,
         aggregate: Aggregate::default(),
     };
-    let k = ctx.store.load::<Aggregate>(&ctx.ns, partition)?;
-    let k = match k {
-        Some(cp) => {
-            match check_fingerprint(ctx, partition, "local checkpoint", Some(&cp.fingerprint))? {
-                true => Some(cp),
-                false => return Ok(rebuild),
-            }
+    match changed {
+        None => Ok(rebuild),
+        Some((source_name, changes)) if ctx.options.rebuild_on_config_change => {
+            tracing::warn!(partition, source_name, changes = %changes.join("; "), "configuration changed; rebuilding the aggregates under the new one (--rebuild-on-config-change)");
+            Ok(rebuild)
         }
-        None => None,
-    };
-    if let Some(cp) = &k {
-        if cp.next_offset == c {
-            return Ok(Start {
-                path: RestorePath::Resume,
-                from: c,
-                aggregate: cp.state.clone(),
-            });
+        Some((source_name, changes)) => Err(RestoreError::ConfigChanged {
+            partition,
+            source_name,
+            changes: changes.join("; "),
         }
+        .into()),
     }
-    // `K > C` (the group's offsets were reset by `tally replay`): the checkpoint
-    // counts records the group will process again; unusable.
-    let k = k.filter(|cp| cp.next_offset < c);
-    let s = latest_snapshot(ctx, partition, c).map_err(transient("reading the insights topic"))?;
-    let s = match s {
-        Some(s) => {
-            let fp = s.fingerprint.as_ref().map(Fingerprint::encode);
-            match check_fingerprint(ctx, partition, "latest snapshot", fp.as_ref())? {
-                true => Some(s),
-                false => return Ok(rebuild),
-            }
-        }
-        None => None,
-    };
-    Ok(match (k, s) {
-        (Some(k), Some(s)) if s.next_offset > k.next_offset => snapshot_start(s),
-        (Some(k), _) => Start {
-            path: RestorePath::Replay,
-            from: k.next_offset,
-            aggregate: k.state,
-        },
-        (None, Some(s)) => snapshot_start(s),
-        (None, None) => rebuild,
-    })
 }
 
 fn snapshot_start(s: Snapshot) -> Start {
@@ -560,39 +605,26 @@ fn snapshot_start(s: Snapshot) -> Start {
     }
 }
 
-/// `true`: usable. `false`: written under another configuration and the operator
-/// asked to rebuild. A snapshot written before fingerprints existed (`None`) is
-/// accepted with a warning: nothing says it differs.
-fn check_fingerprint(
+/// What differs between the configuration a source was written under and the
+/// current one (empty: usable). A snapshot written before fingerprints existed
+/// (`None`) is accepted with a warning: nothing says it differs.
+fn fingerprint_changes(
     ctx: &RestoreContext,
     partition: i32,
     source_name: &'static str,
     stored: Option<&String>,
-) -> std::result::Result<bool, Failure> {
+) -> Vec<String> {
     let Some(stored) = stored else {
         tracing::warn!(
             partition,
             "{source_name} carries no configuration fingerprint (written by an older tally); assuming the current configuration"
         );
-        return Ok(true);
+        return Vec::new();
     };
-    let changes = match Fingerprint::decode(stored) {
+    match Fingerprint::decode(stored) {
         Some(f) => f.changes(&ctx.fingerprint),
         None => vec![format!("unreadable fingerprint {stored:?}")],
-    };
-    if changes.is_empty() {
-        return Ok(true);
     }
-    if ctx.options.rebuild_on_config_change {
-        tracing::warn!(partition, source_name, changes = %changes.join("; "), "configuration changed; rebuilding the aggregates under the new one (--rebuild-on-config-change)");
-        return Ok(false);
-    }
-    Err(RestoreError::ConfigChanged {
-        partition,
-        source_name,
-        changes: changes.join("; "),
-    }
-    .into())
 }
 
 /// The latest committed snapshot of input partition `partition` covering at most
