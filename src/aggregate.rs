@@ -156,6 +156,7 @@ mod tests {
                 min_app_version: Some("1.1".parse().unwrap()),
                 allowed_device_types: None,
             },
+            output_limits: crate::event::OutputLimits::default(),
         };
         let rec = InputRecord {
             partition: 0,

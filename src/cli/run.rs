@@ -49,6 +49,13 @@ pub struct RunArgs {
     /// Consumer session timeout in milliseconds (at least 6000).
     #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub session_timeout: Duration,
+    /// Dead-letter a record as `poison` once it is at the head of this many
+    /// consecutive aborts caused by records the broker refused.
+    #[arg(long, env = "TALLY_POISON_ABORTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub poison_aborts: u32,
+    /// A polled batch stops growing at this many bytes of keys and values.
+    #[arg(long, env = "TALLY_MAX_BATCH_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = parse_positive)]
+    pub max_batch_bytes: usize,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
@@ -78,9 +85,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         blocking(move || StateStore::destroy(dir)).await?;
         tracing::info!(dir = %a.state_dir.display(), "local state deleted (--reset-state); it is rebuilt from Kafka");
     }
+    let process = a.process.resolve(&connection, &a.topics).await;
     let cfg = PipelineConfig {
         connection,
-        process: a.process.config(&a.topics.input_topic),
+        process,
         member: MemberConfig {
             group: a.group_id.clone(),
             instance_id: a.instance_id.clone(),
@@ -95,6 +103,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         horizon: a.horizon(),
         state_dir: a.state_dir.clone(),
         progress_interval: Duration::from_secs(a.progress_secs),
+        poison_aborts: a.poison_aborts,
+        max_batch_bytes: a.max_batch_bytes,
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.

@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::aggregate::Horizon;
-use crate::event::{Filters, Limits, ProcessConfig};
+use crate::event::{Filters, Limits, OutputLimits, ProcessConfig};
 use crate::generate::{Generator, Recount};
 use crate::insights::Latest;
 use crate::kafka::{self, Connection, GroupAdmin, OutputTopics, PlainProducer, TopicReader};
@@ -441,10 +441,25 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     }
 
     // Guarantee 1: every input record exactly once in output or DLQ.
+    let [output_max, dlq_max] = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kafka::max_message_bytes(
+            &conn,
+            &[&drill.names.output, &drill.names.dlq],
+        ))?[..]
+    else {
+        bail!("describing two topics gave another number of results");
+    };
+    let defaults = OutputLimits::default();
     let cfg = ProcessConfig {
         input_topic: drill.names.input.clone(),
         limits: Limits::default(),
         filters: Filters::default(),
+        output_limits: OutputLimits {
+            processed_max_bytes: output_max.unwrap_or(defaults.processed_max_bytes),
+            dlq_max_bytes: dlq_max.unwrap_or(defaults.dlq_max_bytes),
+        },
     };
     let summary = crate::verify::verify(
         &conn,

@@ -18,6 +18,7 @@
 //! revocation waits until the loop has closed the transaction.
 
 mod cycle;
+mod poison;
 mod rebalance;
 mod restore;
 
@@ -52,6 +53,11 @@ pub struct PipelineConfig {
     pub horizon: Horizon,
     pub state_dir: PathBuf,
     pub progress_interval: Duration,
+    /// A record at the head of this many consecutive aborts with record-level
+    /// failures is dead-lettered as `poison` (see `poison`).
+    pub poison_aborts: u32,
+    /// A polled batch stops growing at this many bytes of keys and values.
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +150,10 @@ pub struct Pipeline {
     hold_commits_until: Option<Instant>,
     /// When the transactional producer was last replaced (see `replace_producer`).
     producer_replacements: Vec<Instant>,
+    /// Records to dead-letter on their next attempt, and abort streaks.
+    poison: poison::Poison,
+    /// Records librdkafka refused synchronously in the open transaction.
+    refused: Vec<kafka::RecordFailure>,
     last_iteration: Instant,
 }
 
@@ -174,6 +184,7 @@ impl Pipeline {
             .map_err(|e| txn_fatal(&cfg, e))?;
         consumer.subscribe()?;
         let (restored_tx, restored_rx) = unbounded_channel();
+        let cfg_poison = cfg.poison_aborts;
         Ok(Pipeline {
             ns: Namespace::new(&cfg.member.group, &cfg.process.input_topic),
             cfg,
@@ -188,6 +199,8 @@ impl Pipeline {
             stats: Stats::default(),
             hold_commits_until: None,
             producer_replacements: Vec::new(),
+            poison: poison::Poison::new(cfg_poison),
+            refused: Vec::new(),
             last_iteration: Instant::now(),
         })
     }
@@ -227,7 +240,9 @@ impl Pipeline {
                 }
             };
             let consumer = self.consumer.clone();
-            let mut poll = tokio::task::spawn_blocking(move || consumer.poll_batch(room, budget));
+            let max_bytes = self.cfg.max_batch_bytes;
+            let mut poll =
+                tokio::task::spawn_blocking(move || consumer.poll_batch(room, max_bytes, budget));
             let polled = loop {
                 tokio::select! {
                     res = &mut poll => break res.expect("poll task panicked"),

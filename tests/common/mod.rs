@@ -42,13 +42,19 @@ pub fn client_config() -> ClientConfig {
 }
 
 pub fn create_topic(name: &str, partitions: i32) {
+    create_topic_with_limit(name, partitions, 2_097_152);
+}
+
+/// Like [`create_topic`], with the topic's `max.message.bytes`.
+pub fn create_topic_with_limit(name: &str, partitions: i32, max_message_bytes: usize) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let limit = max_message_bytes.to_string();
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-        .set("max.message.bytes", "2097152");
+        .set("max.message.bytes", &limit);
     let res = rt
         .block_on(admin.create_topics(
             [&topic],
@@ -82,7 +88,8 @@ pub fn create_topic(name: &str, partitions: i32) {
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
     client_config()
         .set("enable.idempotence", "true")
-        .set("message.max.bytes", "2000000")
+        // Large enough for the oversized records of tests/dlq.rs (topics that allow 8 MiB).
+        .set("message.max.bytes", "10000000")
         .create()
         .expect("producer")
 }
@@ -252,6 +259,15 @@ pub struct Names {
 impl Names {
     /// Fresh names, with all four topics created (`partitions` each).
     pub fn create(test: &str, partitions: i32) -> Names {
+        Names::create_with_input_limit(test, partitions, 2_097_152)
+    }
+
+    /// Like [`Names::create`], with the input topic's `max.message.bytes`.
+    pub fn create_with_input_limit(
+        test: &str,
+        partitions: i32,
+        input_max_message_bytes: usize,
+    ) -> Names {
         let n = Names {
             input: unique(&format!("{test}-in")),
             output: unique(&format!("{test}-out")),
@@ -259,7 +275,8 @@ impl Names {
             insights: unique(&format!("{test}-ins")),
             group: unique(&format!("{test}-group")),
         };
-        for t in [&n.input, &n.output, &n.dlq, &n.insights] {
+        create_topic_with_limit(&n.input, partitions, input_max_message_bytes);
+        for t in [&n.output, &n.dlq, &n.insights] {
             create_topic(t, partitions);
         }
         n
