@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Per-minute traffic older than this many minutes (behind the latest event) is rolled up.
     #[arg(long, env = "TALLY_MINUTE_HORIZON", default_value_t = 1440, value_parser = clap::value_parser!(u32).range(1..))]
     pub minute_horizon: u32,
+    /// Values kept per breakdown (device type, app version, locale): the first K in
+    /// shortlex order (shorter, then bytewise); the rest are counted as "other" (an empty key).
+    #[arg(long, env = "TALLY_TOP_K", default_value_t = 1000, value_parser = parse_positive)]
+    pub top_k: usize,
     /// Consumer session timeout in milliseconds (at least 6000).
     #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub session_timeout: Duration,
@@ -65,6 +69,7 @@ impl RunArgs {
     pub fn horizon(&self) -> Horizon {
         Horizon {
             minutes: i64::from(self.minute_horizon),
+            top_k: self.top_k,
         }
     }
 }
