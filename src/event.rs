@@ -631,6 +631,13 @@ fn cap_message(message: &str, max: usize) -> Vec<u8> {
     format!("{}{MARK}", &message[..end]).into_bytes()
 }
 
+/// The bytes of key and value a DLQ entry can carry whole (larger: truncated).
+pub fn dlq_room(cfg: &ProcessConfig) -> usize {
+    cfg.output_limits
+        .dlq_max_bytes
+        .saturating_sub(RECORD_OVERHEAD + dlq_header_reserve(cfg))
+}
+
 /// How much of a key and a value a DLQ entry keeps within `room` bytes: both whole
 /// when they fit; otherwise the key keeps at least half the room (or all it needs)
 /// and the value the rest.
@@ -660,10 +667,7 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
     hs.extend(source_headers(cfg, rec.partition, rec.offset));
     let mut key = rec.key;
     let mut value = rec.value.unwrap_or_default();
-    let room = cfg
-        .output_limits
-        .dlq_max_bytes
-        .saturating_sub(RECORD_OVERHEAD + dlq_header_reserve(cfg));
+    let room = dlq_room(cfg);
     let key_len = key.as_ref().map_or(0, Vec::len);
     let (key_keep, value_keep) = dlq_fit(key_len, value.len(), room);
     let mut truncated = Vec::new();

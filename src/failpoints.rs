@@ -5,7 +5,9 @@
 //! Points: `after-produce`, `before-commit`, `after-commit-before-checkpoint`
 //! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
 //! `commit-error` (the commit fails with an abortable error) and `commit-fatal`
-//! (it fails as if the producer hit a fatal, non-fencing error).
+//! (it fails as if the producer hit a fatal, non-fencing error),
+//! `topic-limits-unreadable` (the output topics' `max.message.bytes` cannot be
+//! read: the fallback flags apply, so the broker can be made to refuse a record).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.

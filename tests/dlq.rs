@@ -76,3 +76,85 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
         }
     }
 }
+
+/// `tally verify` with extra flags; asserts it passes with these outcome counts.
+fn assert_verified_with(names: &Names, extra: &[&str], processed: u64, dead_lettered: u64) {
+    let mut args = vec![
+        "verify".to_string(),
+        "--json".into(),
+        "--group-id".into(),
+        names.group.clone(),
+    ];
+    args.extend(names.topic_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (code, out, err) = tally(&args);
+    let s: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify output ({e}): {out}\n{err}"));
+    assert_eq!(code, 0, "verify failed: {s:#}");
+    assert_eq!(s["processed"], processed, "{s:#}");
+    assert_eq!(s["dead_lettered"], dead_lettered, "{s:#}");
+    for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
+        assert_eq!(s[k], 0, "{k}: {s:#}");
+    }
+}
+
+#[test]
+fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
+    // tally cannot read the topics' limits and believes the output takes 8 MiB:
+    // the broker (2 MiB output topic) refuses the 3 MB processed record after
+    // it was sent. That record alone is dead-lettered, as `unproducible`.
+    let names = Names::create_with_input_limit("refused", 2, 8 * MIB);
+    let first = produce_generated(&names.input, 1_000, 33, 0.0);
+    let mut event: serde_json::Value = serde_json::from_slice(
+        &tally::generate::Generator::new(34, chrono::Utc::now().timestamp() - 60, 0.0, false)
+            .next_record()
+            .value
+            .unwrap(),
+    )
+    .unwrap();
+    event["padding"] = serde_json::json!("p".repeat(3_000_000));
+    let big = event.to_string().into_bytes();
+    produce(&names.input, Some(1), &[(Some(b"refused".to_vec()), Some(big.clone()))]);
+    let second = produce_generated(&names.input, 1_000, 35, 0.0);
+    let total = (first.total + second.total + 1) as i64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(
+        &names,
+        "refused-1",
+        &dir.path().join("state"),
+        &[
+            "--max-value-bytes",
+            "8388608",
+            "--output-max-message-bytes",
+            "8388608",
+            "--dlq-max-message-bytes",
+            "2097152",
+        ],
+        &[("FAILPOINTS", "topic-limits-unreadable=return")],
+    );
+    wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    // One abort for the refusal; librdkafka may need one more to bump the
+    // producer epoch over the sequence number the refused record used
+    // (OUT_OF_ORDER_SEQUENCE_NUMBER on the next transaction). Never more.
+    let aborts = log.matches("transaction aborted").count();
+    assert!((1..=2).contains(&aborts), "{aborts} aborts: {log}");
+    assert_eq!(log.matches("record cannot be produced").count(), 1, "{log}");
+
+    // verify reads the real limits: it predicts `unproducible` for the record.
+    assert_verified_with(
+        &names,
+        &["--max-value-bytes", "8388608"],
+        first.valid() + second.valid(),
+        1,
+    );
+    let dlq = read_all(&names.dlq);
+    assert_eq!(dlq.len(), 1, "{:?}", dlq.iter().map(|r| &r.headers).collect::<Vec<_>>());
+    let h = &dlq[0].headers;
+    assert_eq!(h["tally.reason"], "unproducible", "{h:?}");
+    assert_eq!(h["tally.truncated"], "value", "{h:?}");
+    assert_eq!(h["tally.original.size"], big.len().to_string(), "{h:?}");
+    assert_eq!(h["tally.original.sha256"], hex_sha256(&big), "{h:?}");
+}

@@ -189,6 +189,7 @@ impl ProcessArgs {
         let mut cfg = self.config(&topics.input_topic);
         let names = [topics.output_topic.as_str(), topics.dlq_topic.as_str()];
         let read = match kafka::max_message_bytes(conn, &names).await {
+            Ok(_) if tally::failpoints::error("topic-limits-unreadable") => vec![None, None],
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the topics' max.message.bytes; using the flags");
