@@ -103,7 +103,8 @@ fn cap(map: &mut BTreeMap<String, u64>, k: usize) {
 /// Counts one value into a capped breakdown: O(k) when the value is new and the
 /// breakdown is full, O(log k) otherwise.
 fn bump_capped(map: &mut BTreeMap<String, u64>, key: &str, k: usize) {
-    if key == OTHER || map.contains_key(key) || map.len() - usize::from(map.contains_key(OTHER)) < k {
+    if key == OTHER || map.contains_key(key) || map.len() - usize::from(map.contains_key(OTHER)) < k
+    {
         bump(map, key, 1);
         return;
     }

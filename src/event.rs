@@ -1092,7 +1092,11 @@ mod tests {
         assert_eq!(output.value, value);
         assert_eq!(header(&output, headers::TRUNCATED), None);
         let message = header(&output, headers::MESSAGE).unwrap();
-        assert!(message.len() <= MAX_MESSAGE_HEADER_BYTES, "{}", message.len());
+        assert!(
+            message.len() <= MAX_MESSAGE_HEADER_BYTES,
+            "{}",
+            message.len()
+        );
         assert!(message.ends_with(b"(cut)"));
     }
 

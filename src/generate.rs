@@ -385,12 +385,19 @@ mod tests {
         let sizes: Vec<Option<usize>> = (0..40)
             .map(|_| {
                 let r = g.next_record();
-                r.malformed
-                    .map(|_| r.value.as_ref().map_or(0, Vec::len))
+                r.malformed.map(|_| r.value.as_ref().map_or(0, Vec::len))
             })
             .collect();
         let mut want = vec![None; 40];
-        for (at, len) in [(10, 300_000), (11, 300_000), (20, 1 << 20), (21, 1 << 20), (22, 1 << 20), (30, 300_000), (31, 300_000)] {
+        for (at, len) in [
+            (10, 300_000),
+            (11, 300_000),
+            (20, 1 << 20),
+            (21, 1 << 20),
+            (22, 1 << 20),
+            (30, 300_000),
+            (31, 300_000),
+        ] {
             want[at] = Some(len);
         }
         assert_eq!(sizes, want);

@@ -135,7 +135,9 @@ pub fn verify(
         let coord = (r.record.partition, r.record.offset);
         let outcome = process(&r.record, cfg);
         let dl = match &outcome {
-            Outcome::DeadLetter { output, .. } => content_hash(output.key.as_deref(), &output.value),
+            Outcome::DeadLetter { output, .. } => {
+                content_hash(output.key.as_deref(), &output.value)
+            }
             _ => {
                 let any = crate::event::Rejection {
                     reason: Reason::Poison,

@@ -37,7 +37,11 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
         (2, b"big-1.5mb".to_vec(), junk(1_500_000, 3)),
     ];
     for (p, k, v) in &big {
-        produce(&names.input, Some(*p), &[(Some(k.clone()), Some(v.clone()))]);
+        produce(
+            &names.input,
+            Some(*p),
+            &[(Some(k.clone()), Some(v.clone()))],
+        );
     }
     let second = produce_generated(&names.input, 3_000, 32, 0.05);
     let total = (first.total + second.total + 3) as i64;
@@ -114,7 +118,11 @@ fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
     .unwrap();
     event["padding"] = serde_json::json!("p".repeat(3_000_000));
     let big = event.to_string().into_bytes();
-    produce(&names.input, Some(1), &[(Some(b"refused".to_vec()), Some(big.clone()))]);
+    produce(
+        &names.input,
+        Some(1),
+        &[(Some(b"refused".to_vec()), Some(big.clone()))],
+    );
     let second = produce_generated(&names.input, 1_000, 35, 0.0);
     let total = (first.total + second.total + 1) as i64;
 
@@ -151,7 +159,12 @@ fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
         1,
     );
     let dlq = read_all(&names.dlq);
-    assert_eq!(dlq.len(), 1, "{:?}", dlq.iter().map(|r| &r.headers).collect::<Vec<_>>());
+    assert_eq!(
+        dlq.len(),
+        1,
+        "{:?}",
+        dlq.iter().map(|r| &r.headers).collect::<Vec<_>>()
+    );
     let h = &dlq[0].headers;
     assert_eq!(h["tally.reason"], "unproducible", "{h:?}");
     assert_eq!(h["tally.truncated"], "value", "{h:?}");

@@ -201,16 +201,27 @@ impl ProcessArgs {
                 &mut cfg.output_limits.processed_max_bytes,
                 "--output-max-message-bytes",
             ),
-            (&mut cfg.output_limits.dlq_max_bytes, "--dlq-max-message-bytes"),
+            (
+                &mut cfg.output_limits.dlq_max_bytes,
+                "--dlq-max-message-bytes",
+            ),
         ]) {
             match got {
                 Some(n) => *slot = *n,
                 None => {
-                    tracing::warn!(topic = name, fallback = *slot, "max.message.bytes of the topic not readable; using {flag}")
+                    tracing::warn!(
+                        topic = name,
+                        fallback = *slot,
+                        "max.message.bytes of the topic not readable; using {flag}"
+                    )
                 }
             }
         }
-        tracing::info!(output = cfg.output_limits.processed_max_bytes, dlq = cfg.output_limits.dlq_max_bytes, "output size limits");
+        tracing::info!(
+            output = cfg.output_limits.processed_max_bytes,
+            dlq = cfg.output_limits.dlq_max_bytes,
+            "output size limits"
+        );
         cfg
     }
 

@@ -199,7 +199,12 @@ impl GroupConsumer {
     /// holds owned copies: a count alone would let 5,000 records of 1 MiB through),
     /// for at most `budget`. Serves rebalance callbacks, so it runs on a blocking
     /// thread; returns early after a rebalance so the loop sees the new epoch promptly.
-    pub fn poll_batch(&self, max: usize, max_bytes: usize, budget: Duration) -> Result<Vec<Polled>> {
+    pub fn poll_batch(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        budget: Duration,
+    ) -> Result<Vec<Polled>> {
         let deadline = Instant::now() + budget;
         let start_epoch = self.consumer.context().epoch.load(Ordering::SeqCst);
         let mut out = Vec::new();

@@ -18,8 +18,7 @@ pub mod producer;
 pub mod reader;
 
 pub use admin::{
-    GroupAdmin, GroupDescription, TopicSpec, create_topics, max_message_bytes,
-    pipeline_topic_specs,
+    GroupAdmin, GroupDescription, TopicSpec, create_topics, max_message_bytes, pipeline_topic_specs,
 };
 pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};

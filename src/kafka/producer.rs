@@ -61,8 +61,13 @@ fn is_retriable(e: &KafkaError) -> bool {
 /// arrives asynchronously, can be blamed on its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
-    Input { partition: i32, offset: i64 },
-    Snapshot { partition: i32 },
+    Input {
+        partition: i32,
+        offset: i64,
+    },
+    Snapshot {
+        partition: i32,
+    },
     /// Not produced by the pipeline (the generator's plain producer).
     Unknown,
 }

@@ -107,7 +107,10 @@ impl Poison {
             return;
         };
         for &(partition, head) in heads {
-            let s = self.streaks.entry(partition).or_insert(Streak { head, aborts: 0 });
+            let s = self
+                .streaks
+                .entry(partition)
+                .or_insert(Streak { head, aborts: 0 });
             if s.head != head {
                 *s = Streak { head, aborts: 0 };
             }
