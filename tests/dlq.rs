@@ -81,27 +81,6 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
     }
 }
 
-/// `tally verify` with extra flags; asserts it passes with these outcome counts.
-fn assert_verified_with(names: &Names, extra: &[&str], processed: u64, dead_lettered: u64) {
-    let mut args = vec![
-        "verify".to_string(),
-        "--json".into(),
-        "--group-id".into(),
-        names.group.clone(),
-    ];
-    args.extend(names.topic_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let (code, out, err) = tally(&args);
-    let s: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify output ({e}): {out}\n{err}"));
-    assert_eq!(code, 0, "verify failed: {s:#}");
-    assert_eq!(s["processed"], processed, "{s:#}");
-    assert_eq!(s["dead_lettered"], dead_lettered, "{s:#}");
-    for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
-        assert_eq!(s[k], 0, "{k}: {s:#}");
-    }
-}
-
 #[test]
 fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
     // tally cannot read the topics' limits and believes the output takes 8 MiB:

@@ -470,6 +470,11 @@ pub fn tally(args: &[String]) -> (i32, String, String) {
 
 /// `tally verify --json` for the pipeline; returns its exit code and summary.
 pub fn verify(names: &Names) -> (i32, serde_json::Value) {
+    verify_with(names, &[])
+}
+
+/// Like [`verify`], with extra flags (e.g. the limits the run was given).
+pub fn verify_with(names: &Names, extra: &[&str]) -> (i32, serde_json::Value) {
     let mut args = vec![
         "verify".to_string(),
         "--json".into(),
@@ -477,6 +482,7 @@ pub fn verify(names: &Names) -> (i32, serde_json::Value) {
         names.group.clone(),
     ];
     args.extend(names.topic_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
     let (code, out, err) = tally(&args);
     let summary =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify output ({e}): {out}\n{err}"));
@@ -485,7 +491,12 @@ pub fn verify(names: &Names) -> (i32, serde_json::Value) {
 
 /// Asserts verify passes with exactly these outcome counts.
 pub fn assert_verified(names: &Names, processed: u64, dead_lettered: u64) {
-    let (code, s) = verify(names);
+    assert_verified_with(names, &[], processed, dead_lettered);
+}
+
+/// Like [`assert_verified`], with extra flags for `tally verify`.
+pub fn assert_verified_with(names: &Names, extra: &[&str], processed: u64, dead_lettered: u64) {
+    let (code, s) = verify_with(names, extra);
     assert_eq!(code, 0, "verify failed: {s:#}");
     assert_eq!(s["processed"], processed, "{s:#}");
     assert_eq!(s["dead_lettered"], dead_lettered, "{s:#}");
