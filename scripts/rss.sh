@@ -10,6 +10,11 @@
 #
 #   scripts/rss.sh [EVENTS] [PARTITIONS]
 #
+# TALLY_BIN=path measures that binary instead of building the release one;
+# RSS_RUN_ARGS (e.g. "-X fetch.max.bytes=1048576") is added to `tally run`;
+# RSS_SCENARIOS (default "normal huge") picks the scenarios; RSS_RATE=N produces
+# the events at N/s while tally runs (a live stream) instead of as a backlog;
+# RSS_RUN_BIN runs another `tally` binary (e.g. an older build) for `tally run`.
 # Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +22,13 @@ events=${1:-50000}
 partitions=${2:-6}
 
 scripts/setup.sh
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
-cargo build --release --bin tally >&2
-tally=$CARGO_TARGET_DIR/release/tally
+if [ -n "${TALLY_BIN:-}" ]; then
+  tally=$TALLY_BIN
+else
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
+  cargo build --release --bin tally >&2
+  tally=$CARGO_TARGET_DIR/release/tally
+fi
 
 run_pid=
 work=$(mktemp -d "${TMPDIR:-/tmp}/tally-rss.XXXXXX")
@@ -39,10 +48,15 @@ measure() {
   local id="rss-$name-$(date +%s)"
   local topics=(--input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" --insights-topic "$id-ins")
   "$tally" create-topics "${topics[@]}" --partitions "$partitions" > /dev/null
-  echo "rss: $name: producing $events events" >&2
-  "$tally" generate --topic "$id-in" --count "$events" --invalid-ratio 0.05 --seed 7 "$@" >&2
-  "$tally" run "${topics[@]}" --group-id "$id" --instance-id "$id-1" --state-dir "$work/state-$name" \
-    --progress-secs 60 2> "$work/run-$name.log" &
+  echo "rss: $name: producing $events events (rate ${RSS_RATE:-backlog})" >&2
+  local gen=("$tally" generate --topic "$id-in" --count "$events" --invalid-ratio 0.05 --seed 7 "$@")
+  if [ -n "${RSS_RATE:-}" ]; then
+    "${gen[@]}" --rate "$RSS_RATE" >&2 &
+  else
+    "${gen[@]}" >&2
+  fi
+  "${RSS_RUN_BIN:-$tally}" run "${topics[@]}" --group-id "$id" --instance-id "$id-1" --state-dir "$work/state-$name" \
+    --progress-secs 60 ${RSS_RUN_ARGS:-} 2> "$work/run-$name.log" &
   run_pid=$!
   "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null &
   local lag_pid=$!
@@ -58,6 +72,10 @@ measure() {
   awk -v n="$name" -v p="$peak" -v r="$rss" 'BEGIN { printf "%-7s peak (VmHWM) %6.1f MiB   at the end (VmRSS) %6.1f MiB\n", n, p/1024, r/1024 }'
 }
 
-measure normal --huge false
-measure huge --huge true --oversize 1048576x20 --oversize-every 2000
+for s in ${RSS_SCENARIOS:-normal huge}; do
+  case $s in
+    normal) measure normal --huge false ;;
+    huge) measure huge --huge true --oversize 1048576x20 --oversize-every 2000 ;;
+  esac
+done
 echo "targets: huge peak < 128 MiB; normal < 64 MiB"
