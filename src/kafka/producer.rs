@@ -82,6 +82,9 @@ pub struct RecordFailure {
 
 /// Errors the broker (or librdkafka) returns for one record's content; anything
 /// else (timeouts, purges on abort, coordinator trouble) concerns the transaction.
+/// The broker reports a size error for every record of a batch: `batch.size`
+/// ([`PRODUCER_BATCH_BYTES`]) keeps batches of several records under any topic
+/// limit above it, so such an error names the one record of its batch.
 fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
@@ -90,7 +93,6 @@ fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::PolicyViolation
-            | RDKafkaErrorCode::MessageBatchTooLarge
             | RDKafkaErrorCode::InvalidTimestamp
     )
 }
@@ -168,6 +170,9 @@ pub enum SendError {
     },
 }
 
+/// `batch.size` of the transactional producer (256 KiB).
+pub const PRODUCER_BATCH_BYTES: &str = "262144";
+
 /// Ceiling of the transactional producer's local queue, in KiB (16 MiB: eight
 /// full-size 2 MiB DLQ entries, or tens of thousands of processed records).
 pub const PRODUCER_QUEUE_KBYTES: &str = "16384";
@@ -212,7 +217,7 @@ impl TxnProducer {
             // A topic's limit applies to a whole record batch: small batches stay
             // under any sane limit even when they hold many small records (a batch
             // still takes one record larger than this alone).
-            ("batch.size", "262144"),
+            ("batch.size", PRODUCER_BATCH_BYTES),
             // Produced-but-unacknowledged data has a ceiling (librdkafka's default
             // is 1 GiB); `send` waits on QueueFull.
             ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
