@@ -100,9 +100,20 @@ fn cap(map: &mut BTreeMap<String, u64>, k: usize) {
     *map.entry(OTHER.to_string()).or_default() += other;
 }
 
+/// Values longer than this are counted under [`OTHER`] at once: with fewer than
+/// `top_k` distinct values, a few 200 KiB device types would otherwise be kept and
+/// could outgrow the insights topic's record limit. A rule on the value alone, so
+/// order independence is kept.
+pub const MAX_VALUE_BYTES: usize = 256;
+
 /// Counts one value into a capped breakdown: O(k) when the value is new and the
 /// breakdown is full, O(log k) otherwise.
 fn bump_capped(map: &mut BTreeMap<String, u64>, key: &str, k: usize) {
+    let key = if key.len() > MAX_VALUE_BYTES {
+        OTHER
+    } else {
+        key
+    };
     if key == OTHER || map.contains_key(key) || map.len() - usize::from(map.contains_key(OTHER)) < k
     {
         bump(map, key, 1);
@@ -212,7 +223,8 @@ mod tests {
 
     fn outcome(kind: u8, device: u8, minute: i64) -> Outcome {
         // Enough distinct values that small `top_k`s fold some of them.
-        let device_type = ["android", "iOS", "web", "tv", "watch-os"][device as usize % 5];
+        let long = "d".repeat(MAX_VALUE_BYTES + 1);
+        let device_type = ["android", "iOS", "web", "tv", long.as_str()][device as usize % 5];
         let locale = ["en_US", "de_DE", "fr_FR", "x", "yy_ZZZ"][device as usize % 5];
         let value = match kind % 4 {
             0 => None,
@@ -335,14 +347,16 @@ mod tests {
                 (&capped.by_app_version, &exact.by_app_version),
                 (&capped.by_locale, &exact.by_locale),
             ] {
-                let mut values: Vec<&String> = all.keys().collect();
+                // Over-long values are "other" whatever the cap.
+                let mut values: Vec<&String> = all.keys().filter(|v| v.as_str() != OTHER).collect();
                 values.sort_by(|a, b| shortlex(a, b));
                 let kept: BTreeMap<String, u64> = values
                     .iter()
                     .take(top_k)
                     .map(|v| ((*v).clone(), all[*v]))
                     .collect();
-                let folded: u64 = values.iter().skip(top_k).map(|v| all[*v]).sum();
+                let folded: u64 = values.iter().skip(top_k).map(|v| all[*v]).sum::<u64>()
+                    + all.get(OTHER).copied().unwrap_or(0);
                 let mut want = kept;
                 if folded > 0 {
                     want.insert(OTHER.to_string(), folded);
