@@ -6,6 +6,11 @@
 //! horizon: a minute more than `horizon_minutes` before the latest minute seen is
 //! folded into `older_than_horizon`. Because "latest minute seen" is itself a
 //! function of the multiset, the roll-up keeps that property.
+//!
+//! The device-type, app-version and locale breakdowns are bounded the same way:
+//! each keeps at most `top_k` values and folds the rest into [`OTHER`]. Which
+//! values are kept is decided by the values alone (see [`cap`]), never by counts
+//! or arrival order, so the bound keeps the aggregate mergeable.
 
 use std::collections::BTreeMap;
 
@@ -42,15 +47,96 @@ impl state::Versioned for Aggregate {
     const VERSION: u32 = 2;
 }
 
-/// How many minutes of per-minute traffic are kept in detail.
+/// How much detail an aggregate keeps: minutes of per-minute traffic, and values
+/// per breakdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Horizon {
     pub minutes: i64,
+    /// Values kept per breakdown (device type, app version, locale); the rest are
+    /// counted under [`OTHER`].
+    pub top_k: usize,
 }
 
 impl Default for Horizon {
     fn default() -> Self {
-        Horizon { minutes: 24 * 60 }
+        Horizon {
+            minutes: 24 * 60,
+            top_k: 1000,
+        }
+    }
+}
+
+/// The breakdown key that counts every value past the first `top_k`. Empty: no
+/// real value can be empty (validation rejects blank fields), so it never
+/// collides with one.
+pub const OTHER: &str = "";
+
+/// Shortlex order (shorter first, then bytewise): the order in which breakdown
+/// values earn a place. Short canonical values ("iOS", "en_US", "2.3.0") come
+/// before long junk, so a flood of garbage values folds into `other` instead of
+/// pushing the real ones out.
+fn shortlex(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// Keeps the `k` shortlex-smallest values of `map`, folding the others' counts into
+/// [`OTHER`].
+///
+/// Why membership by the values' order and not by count ("top K by count"): a
+/// count-based cut applied after each record or merge depends on what has been
+/// seen so far, so two batch splits of the same records could keep different
+/// values and disagree forever. With a fixed total order on values, the kept set
+/// is always "the `k` smallest distinct values seen": a value among the `k`
+/// smallest of the whole multiset is among the `k` smallest of every part of it,
+/// so it is never folded anywhere and its count stays exact; every other value is
+/// folded at the latest when the parts are merged. Any split, order or merge tree
+/// therefore gives the same aggregate (the property tests check it).
+fn cap(map: &mut BTreeMap<String, u64>, k: usize) {
+    let real = map.len() - usize::from(map.contains_key(OTHER));
+    if real <= k {
+        return;
+    }
+    let mut keys: Vec<&String> = map.keys().filter(|v| v.as_str() != OTHER).collect();
+    keys.sort_by(|a, b| shortlex(a, b));
+    let folded: Vec<String> = keys[k..].iter().map(|v| (*v).clone()).collect();
+    let mut other = 0;
+    for v in folded {
+        other += map.remove(&v).unwrap_or(0);
+    }
+    *map.entry(OTHER.to_string()).or_default() += other;
+}
+
+/// Values longer than this are counted under [`OTHER`] at once: with fewer than
+/// `top_k` distinct values, a few 200 KiB device types would otherwise be kept and
+/// could outgrow the insights topic's record limit. A rule on the value alone, so
+/// order independence is kept.
+pub const MAX_VALUE_BYTES: usize = 256;
+
+/// Counts one value into a capped breakdown: O(k) when the value is new and the
+/// breakdown is full, O(log k) otherwise.
+fn bump_capped(map: &mut BTreeMap<String, u64>, key: &str, k: usize) {
+    let key = if key.len() > MAX_VALUE_BYTES {
+        OTHER
+    } else {
+        key
+    };
+    if key == OTHER || map.contains_key(key) || map.len() - usize::from(map.contains_key(OTHER)) < k
+    {
+        bump(map, key, 1);
+        return;
+    }
+    let largest = map
+        .keys()
+        .filter(|v| v.as_str() != OTHER)
+        .max_by(|a, b| shortlex(a, b))
+        .cloned();
+    match largest {
+        Some(l) if shortlex(key, &l).is_lt() => {
+            let n = map.remove(&l).unwrap_or(0);
+            bump(map, OTHER, n);
+            bump(map, key, 1);
+        }
+        _ => bump(map, OTHER, 1),
     }
 }
 
@@ -82,9 +168,10 @@ impl Aggregate {
 
     fn apply_processed(&mut self, e: &LoginEvent, horizon: Horizon) {
         self.processed += 1;
-        bump(&mut self.by_device_type, &e.device_type, 1);
-        bump(&mut self.by_app_version, &e.app_version.to_string(), 1);
-        bump(&mut self.by_locale, &e.locale, 1);
+        let k = horizon.top_k;
+        bump_capped(&mut self.by_device_type, &e.device_type, k);
+        bump_capped(&mut self.by_app_version, &e.app_version.to_string(), k);
+        bump_capped(&mut self.by_locale, &e.locale, k);
         *self
             .per_minute
             .entry(e.timestamp.div_euclid(60) * 60)
@@ -105,6 +192,7 @@ impl Aggregate {
             for (k, v) in theirs {
                 bump(mine, k, *v);
             }
+            cap(mine, horizon.top_k);
         }
         for (m, v) in &other.per_minute {
             *self.per_minute.entry(*m).or_default() += v;
@@ -141,13 +229,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn outcome(kind: u8, device: u8, minute: i64) -> Outcome {
-        let device_type = ["android", "iOS"][device as usize % 2];
-        let locale = ["en_US", "de_DE", "fr_FR"][device as usize % 3];
+        // Enough distinct values that small `top_k`s fold some of them.
+        let long = "d".repeat(MAX_VALUE_BYTES + 1);
+        let device_type = ["android", "iOS", "web", "tv", long.as_str()][device as usize % 5];
+        let locale = ["en_US", "de_DE", "fr_FR", "x", "yy_ZZZ"][device as usize % 5];
         let value = match kind % 4 {
             0 => None,
             _ => Some(
                 serde_json::json!({
-                    "user_id": "u", "app_version": format!("1.{}", device % 3),
+                    "user_id": "u", "app_version": format!("1.{}", device % 7),
                     "device_type": device_type,
                     "ip": "10.0.0.1", "locale": locale,
                     "device_id": "d", "timestamp": 1_700_000_000 + minute * 60 + 7,
@@ -163,6 +253,7 @@ mod tests {
                 min_app_version: Some("1.1".parse().unwrap()),
                 allowed_device_types: None,
             },
+            output_limits: crate::event::OutputLimits::default(),
         };
         let rec = InputRecord {
             partition: 0,
@@ -189,7 +280,10 @@ mod tests {
 
     #[test]
     fn rolls_up_old_minutes() {
-        let h = Horizon { minutes: 10 };
+        let h = Horizon {
+            minutes: 10,
+            ..Horizon::default()
+        };
         let a = fold(
             &[
                 outcome(1, 0, 0),
@@ -219,9 +313,9 @@ mod tests {
         #[test]
         fn any_split_and_order_gives_the_same_aggregate(
             outcomes in arb_outcomes(), split in any::<prop::sample::Index>(),
-            seed in any::<u64>(), horizon in 1..100i64,
+            seed in any::<u64>(), horizon in 1..100i64, top_k in 1..8usize,
         ) {
-            let h = Horizon { minutes: horizon };
+            let h = Horizon { minutes: horizon, top_k };
             let whole = fold(&outcomes, h);
             let at = split.index(outcomes.len() + 1);
             let mut left = fold(&outcomes[..at], h);
@@ -241,6 +335,42 @@ mod tests {
             other_way.merge(&fold(&outcomes[..at], h), h);
             prop_assert_eq!(&other_way, &whole);
             prop_assert_eq!(whole.total(), outcomes.len() as u64);
+            // A merge tree of single records, merged right to left, too.
+            let mut tree = Aggregate::default();
+            for o in outcomes.iter().rev() {
+                tree.merge(&fold(std::slice::from_ref(o), h), h);
+            }
+            prop_assert_eq!(&tree, &whole);
+        }
+
+        #[test]
+        fn breakdowns_keep_exactly_the_k_shortlex_smallest_values(
+            outcomes in arb_outcomes(), top_k in 1..8usize,
+        ) {
+            let capped = fold(&outcomes, Horizon { minutes: 1000, top_k });
+            let exact = fold(&outcomes, Horizon { minutes: 1000, top_k: usize::MAX });
+            for (got, all) in [
+                (&capped.by_device_type, &exact.by_device_type),
+                (&capped.by_app_version, &exact.by_app_version),
+                (&capped.by_locale, &exact.by_locale),
+            ] {
+                // Over-long values are "other" whatever the cap.
+                let mut values: Vec<&String> = all.keys().filter(|v| v.as_str() != OTHER).collect();
+                values.sort_by(|a, b| shortlex(a, b));
+                let kept: BTreeMap<String, u64> = values
+                    .iter()
+                    .take(top_k)
+                    .map(|v| ((*v).clone(), all[*v]))
+                    .collect();
+                let folded: u64 = values.iter().skip(top_k).map(|v| all[*v]).sum::<u64>()
+                    + all.get(OTHER).copied().unwrap_or(0);
+                let mut want = kept;
+                if folded > 0 {
+                    want.insert(OTHER.to_string(), folded);
+                }
+                prop_assert_eq!(got, &want);
+                prop_assert_eq!(got.values().sum::<u64>(), capped.processed);
+            }
         }
     }
 }

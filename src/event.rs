@@ -33,10 +33,15 @@ pub enum Reason {
     FutureTimestamp,
     BadIp,
     BadAppVersion,
+    /// The output could not be written: larger than the output topic accepts, or
+    /// refused by the broker for this record alone (size, invalid record, policy).
+    Unproducible,
+    /// At the head of too many consecutive aborted transactions (see `--poison-aborts`).
+    Poison,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::NullValue,
         Reason::EmptyValue,
         Reason::TooLarge,
@@ -52,7 +57,15 @@ impl Reason {
         Reason::FutureTimestamp,
         Reason::BadIp,
         Reason::BadAppVersion,
+        Reason::Unproducible,
+        Reason::Poison,
     ];
+
+    /// Reasons decided while producing, not by [`process`] alone: `tally verify`
+    /// cannot predict them and accepts such an entry in place of any outcome.
+    pub fn decided_at_runtime(self) -> bool {
+        matches!(self, Reason::Unproducible | Reason::Poison)
+    }
 
     pub fn code(self) -> &'static str {
         match self {
@@ -71,6 +84,8 @@ impl Reason {
             Reason::FutureTimestamp => "future_timestamp",
             Reason::BadIp => "bad_ip",
             Reason::BadAppVersion => "bad_app_version",
+            Reason::Unproducible => "unproducible",
+            Reason::Poison => "poison",
         }
     }
 
@@ -190,12 +205,35 @@ pub struct Filters {
     pub allowed_device_types: Option<BTreeSet<String>>,
 }
 
+/// The largest record each output topic accepts (its `max.message.bytes`, read
+/// from the topic at start). The DLQ entry and the processed record are decided
+/// against them here, so the broker never sees a record it would refuse and the
+/// decision stays a pure function `tally verify` can repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    pub processed_max_bytes: usize,
+    pub dlq_max_bytes: usize,
+}
+
+/// Kafka's broker default `message.max.bytes` (1 MiB plus batch overhead).
+pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits {
+            processed_max_bytes: KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+            dlq_max_bytes: KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
 /// Everything `process` depends on besides the record itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessConfig {
     pub input_topic: String,
     pub limits: Limits,
     pub filters: Filters,
+    pub output_limits: OutputLimits,
 }
 
 /// A validated user-login event.
@@ -491,9 +529,26 @@ impl Outcome {
             Outcome::Filtered { .. } => None,
         }
     }
+
+    /// Moves the output out (leaving an empty record of the same destination), so
+    /// the pipeline hands it to the producer without copying the payload.
+    pub fn take_output(&mut self) -> Option<OutputRecord> {
+        match self {
+            Outcome::Processed { output, .. } | Outcome::DeadLetter { output, .. } => {
+                let empty = OutputRecord {
+                    destination: output.destination,
+                    key: None,
+                    value: Vec::new(),
+                    headers: Vec::new(),
+                };
+                Some(std::mem::replace(output, empty))
+            }
+            Outcome::Filtered { .. } => None,
+        }
+    }
 }
 
-fn source_headers(cfg: &ProcessConfig, rec: &InputRecord) -> Vec<(String, Vec<u8>)> {
+fn source_headers(cfg: &ProcessConfig, partition: i32, offset: i64) -> Vec<(String, Vec<u8>)> {
     vec![
         (
             headers::SOURCE_TOPIC.into(),
@@ -501,18 +556,176 @@ fn source_headers(cfg: &ProcessConfig, rec: &InputRecord) -> Vec<(String, Vec<u8
         ),
         (
             headers::SOURCE_PARTITION.into(),
-            rec.partition.to_string().into_bytes(),
+            partition.to_string().into_bytes(),
         ),
         (
             headers::SOURCE_OFFSET.into(),
-            rec.offset.to_string().into_bytes(),
+            offset.to_string().into_bytes(),
         ),
     ]
 }
 
+/// Room kept below a topic's `max.message.bytes` for what Kafka adds to a record
+/// (record-batch header of 61 bytes, per-record varints and attributes) and for
+/// librdkafka's own, more pessimistic size estimate.
+pub const RECORD_OVERHEAD: usize = 1024;
+
+/// The `tally.message` header is cut to this many bytes: messages quote parts of
+/// the input (a 1 MiB "ip" string would otherwise come back as a 1 MiB header).
+pub const MAX_MESSAGE_HEADER_BYTES: usize = 512;
+
+/// Per header: its two length varints and attributes, at most.
+const HEADER_OVERHEAD: usize = 10;
+
+/// The bytes a record takes against a topic's `max.message.bytes`.
+pub fn record_size(key: Option<&[u8]>, value: &[u8], hs: &[(String, Vec<u8>)]) -> usize {
+    RECORD_OVERHEAD
+        + key.map_or(0, <[u8]>::len)
+        + value.len()
+        + hs.iter()
+            .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+            .sum::<usize>()
+}
+
+/// The most a DLQ entry's headers can take. Reserved in full whatever the actual
+/// message, so how much of a value is kept depends only on the record and the
+/// configuration: `tally verify` and the poison path truncate identically.
+fn dlq_header_reserve(cfg: &ProcessConfig) -> usize {
+    let values = [
+        (headers::REASON, 32),
+        (headers::MESSAGE, MAX_MESSAGE_HEADER_BYTES),
+        (headers::SOURCE_TOPIC, cfg.input_topic.len()),
+        (headers::SOURCE_PARTITION, 11),
+        (headers::SOURCE_OFFSET, 20),
+        (headers::TRUNCATED, 9),
+        (headers::ORIGINAL_SIZE, 20),
+        (headers::ORIGINAL_SHA256, 64),
+        (headers::ORIGINAL_KEY_SIZE, 20),
+        (headers::ORIGINAL_KEY_SHA256, 64),
+    ];
+    values
+        .iter()
+        .map(|(name, v)| name.len() + v + HEADER_OVERHEAD)
+        .sum()
+}
+
+fn sha256_hex(bytes: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        out.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    out
+}
+
+/// Cuts `message` to at most `max` bytes on a character boundary, marking the cut.
+fn cap_message(message: &str, max: usize) -> Vec<u8> {
+    if message.len() <= max {
+        return message.as_bytes().to_vec();
+    }
+    const MARK: &str = "... (cut)";
+    let mut end = max.saturating_sub(MARK.len());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &message[..end]).into_bytes()
+}
+
+/// The bytes of key and value a DLQ entry can carry whole (larger: truncated).
+pub fn dlq_room(cfg: &ProcessConfig) -> usize {
+    cfg.output_limits
+        .dlq_max_bytes
+        .saturating_sub(RECORD_OVERHEAD + dlq_header_reserve(cfg))
+}
+
+/// How much of a key and a value a DLQ entry keeps within `room` bytes: both whole
+/// when they fit; otherwise the key keeps at least half the room (or all it needs)
+/// and the value the rest.
+pub fn dlq_fit(key_len: usize, value_len: usize, room: usize) -> (usize, usize) {
+    if key_len + value_len <= room {
+        return (key_len, value_len);
+    }
+    let key_keep = key_len.min((room / 2).max(room.saturating_sub(value_len)));
+    (key_keep, value_len.min(room - key_keep))
+}
+
+/// The DLQ entry of an input record: its original key and bytes, unchanged when
+/// they fit the DLQ topic; otherwise truncated copies, and headers saying what
+/// was truncated with the original size and SHA-256 of each (guarantee 3).
+/// Takes the record by value: a 1 MiB payload is moved, never copied.
+pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig) -> OutputRecord {
+    let mut hs = vec![
+        (
+            headers::REASON.into(),
+            rejection.reason.code().as_bytes().to_vec(),
+        ),
+        (
+            headers::MESSAGE.into(),
+            cap_message(&rejection.message, MAX_MESSAGE_HEADER_BYTES),
+        ),
+    ];
+    hs.extend(source_headers(cfg, rec.partition, rec.offset));
+    let mut key = rec.key;
+    let mut value = rec.value.unwrap_or_default();
+    let room = dlq_room(cfg);
+    let key_len = key.as_ref().map_or(0, Vec::len);
+    let (key_keep, value_keep) = dlq_fit(key_len, value.len(), room);
+    let mut truncated = Vec::new();
+    if let Some(k) = key.as_mut().filter(|_| key_keep < key_len) {
+        truncated.push("key");
+        hs.push((
+            headers::ORIGINAL_KEY_SIZE.into(),
+            key_len.to_string().into_bytes(),
+        ));
+        hs.push((headers::ORIGINAL_KEY_SHA256.into(), sha256_hex(k)));
+        k.truncate(key_keep);
+    }
+    if key_keep == 0 && key_len > 0 {
+        key = None;
+    }
+    if value_keep < value.len() {
+        truncated.push("value");
+        hs.push((
+            headers::ORIGINAL_SIZE.into(),
+            value.len().to_string().into_bytes(),
+        ));
+        hs.push((headers::ORIGINAL_SHA256.into(), sha256_hex(&value)));
+        value.truncate(value_keep);
+        value.shrink_to_fit();
+    }
+    if !truncated.is_empty() {
+        hs.push((headers::TRUNCATED.into(), truncated.join(",").into_bytes()));
+    }
+    OutputRecord {
+        destination: Destination::DeadLetter,
+        key,
+        value,
+        headers: hs,
+    }
+}
+
+/// A DLQ entry with nothing of the key or value, only the headers (the original
+/// sizes and SHA-256): the last resort for a record whose full DLQ entry was
+/// refused too. Its key and value are always `None` and empty.
+pub fn dead_letter_stripped(
+    rec: InputRecord,
+    rejection: &Rejection,
+    cfg: &ProcessConfig,
+) -> OutputRecord {
+    let mut none_fits = cfg.clone();
+    none_fits.output_limits.dlq_max_bytes = 0;
+    dead_letter(rec, rejection, &none_fits)
+}
+
 /// The one decision for a record: processed (with its output), filtered, or dead-lettered.
 pub fn process(rec: &InputRecord, cfg: &ProcessConfig) -> Outcome {
-    match validate(rec.value.as_deref(), rec.timestamp_ms, &cfg.limits) {
+    process_owned(rec.clone(), cfg)
+}
+
+/// [`process`] taking the record by value, so a dead-lettered payload is moved
+/// into its DLQ entry instead of copied (the pipeline's path).
+pub fn process_owned(rec: InputRecord, cfg: &ProcessConfig) -> Outcome {
+    let rejection = match validate(rec.value.as_deref(), rec.timestamp_ms, &cfg.limits) {
         Ok(event) => {
             if let Some(why) = cfg.filters.check(&event) {
                 return Outcome::Filtered { event, why };
@@ -522,31 +735,24 @@ pub fn process(rec: &InputRecord, cfg: &ProcessConfig) -> Outcome {
                 destination: Destination::Processed,
                 key: Some(event.user_id.clone().into_bytes()),
                 value,
-                headers: source_headers(cfg, rec),
+                headers: source_headers(cfg, rec.partition, rec.offset),
             };
-            Outcome::Processed { event, output }
-        }
-        Err(rejection) => {
-            let mut hs = vec![
-                (
-                    headers::REASON.into(),
-                    rejection.reason.code().as_bytes().to_vec(),
+            let size = record_size(output.key.as_deref(), &output.value, &output.headers);
+            let limit = cfg.output_limits.processed_max_bytes;
+            if size <= limit {
+                return Outcome::Processed { event, output };
+            }
+            Rejection {
+                reason: Reason::Unproducible,
+                message: format!(
+                    "the processed record would take {size} bytes, the output topic accepts {limit} (max.message.bytes)"
                 ),
-                (
-                    headers::MESSAGE.into(),
-                    rejection.message.as_bytes().to_vec(),
-                ),
-            ];
-            hs.extend(source_headers(cfg, rec));
-            let output = OutputRecord {
-                destination: Destination::DeadLetter,
-                key: rec.key.clone(),
-                value: rec.value.clone().unwrap_or_default(),
-                headers: hs,
-            };
-            Outcome::DeadLetter { rejection, output }
+            }
         }
-    }
+        Err(rejection) => rejection,
+    };
+    let output = dead_letter(rec, &rejection, cfg);
+    Outcome::DeadLetter { rejection, output }
 }
 
 #[cfg(test)]
@@ -688,7 +894,12 @@ mod tests {
             assert_eq!(check(value.as_deref()).err(), Some(want), "{name}");
             seen.insert(want);
         }
-        assert_eq!(seen.len(), Reason::ALL.len(), "every reason has a case");
+        let runtime = Reason::ALL.iter().filter(|r| r.decided_at_runtime());
+        assert_eq!(
+            seen.len() + runtime.count(),
+            Reason::ALL.len(),
+            "every validation reason has a case"
+        );
     }
 
     #[test]
@@ -785,6 +996,7 @@ mod tests {
             input_topic: "user-login".into(),
             limits: Limits::default(),
             filters: Filters::default(),
+            output_limits: OutputLimits::default(),
         };
         let rec = InputRecord {
             partition: 1,
@@ -804,6 +1016,142 @@ mod tests {
         assert_eq!(h[headers::REASON], b"missing_field");
         assert_eq!(h[headers::SOURCE_OFFSET], b"9");
         assert_eq!(h[headers::SOURCE_PARTITION], b"1");
+    }
+
+    fn cfg_with_dlq_limit(dlq_max_bytes: usize) -> ProcessConfig {
+        ProcessConfig {
+            input_topic: "user-login".into(),
+            limits: Limits::default(),
+            filters: Filters::default(),
+            output_limits: OutputLimits {
+                processed_max_bytes: KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+                dlq_max_bytes,
+            },
+        }
+    }
+
+    fn rejected(key: Option<Vec<u8>>, value: Vec<u8>) -> InputRecord {
+        InputRecord {
+            partition: 2,
+            offset: 7,
+            key,
+            value: Some(value),
+            timestamp_ms: Some(NOW_MS),
+        }
+    }
+
+    fn header<'a>(out: &'a OutputRecord, name: &str) -> Option<&'a [u8]> {
+        out.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn oversized_value_is_truncated_with_size_and_hash() {
+        let limit = 2 * 1024 * 1024;
+        let cfg = cfg_with_dlq_limit(limit);
+        let value: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let rec = rejected(Some(b"k".to_vec()), value.clone());
+        let Outcome::DeadLetter { output, rejection } = process(&rec, &cfg) else {
+            panic!("a 3 MB value is rejected")
+        };
+        assert_eq!(rejection.reason, Reason::TooLarge);
+        assert!(record_size(output.key.as_deref(), &output.value, &output.headers) <= limit);
+        assert_eq!(output.value, value[..output.value.len()]);
+        assert_eq!(output.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(header(&output, headers::TRUNCATED), Some(&b"value"[..]));
+        assert_eq!(
+            header(&output, headers::ORIGINAL_SIZE),
+            Some(&b"3000000"[..])
+        );
+        assert_eq!(
+            header(&output, headers::ORIGINAL_SHA256),
+            Some(sha256_hex(&value).as_slice())
+        );
+        assert_eq!(header(&output, headers::ORIGINAL_KEY_SIZE), None);
+    }
+
+    #[test]
+    fn sha256_is_lowercase_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_vec()
+        );
+    }
+
+    #[test]
+    fn value_that_fits_is_unchanged_and_huge_messages_are_cut() {
+        let cfg = cfg_with_dlq_limit(2 * 1024 * 1024);
+        let value = with("ip", json!("9".repeat(100_000)));
+        let rec = rejected(None, value.clone());
+        let Outcome::DeadLetter { output, rejection } = process(&rec, &cfg) else {
+            panic!("a bad ip is rejected")
+        };
+        assert_eq!(rejection.reason, Reason::BadIp);
+        assert_eq!(output.value, value);
+        assert_eq!(header(&output, headers::TRUNCATED), None);
+        let message = header(&output, headers::MESSAGE).unwrap();
+        assert!(
+            message.len() <= MAX_MESSAGE_HEADER_BYTES,
+            "{}",
+            message.len()
+        );
+        assert!(message.ends_with(b"(cut)"));
+    }
+
+    #[test]
+    fn processed_record_over_the_output_limit_is_unproducible() {
+        let mut cfg = cfg_with_dlq_limit(2 * 1024 * 1024);
+        cfg.limits.max_value_bytes = 4 * 1024 * 1024;
+        cfg.output_limits.processed_max_bytes = 64 * 1024;
+        let value = with("note", json!("n".repeat(100_000)));
+        let rec = rejected(Some(b"u".to_vec()), value.clone());
+        let Outcome::DeadLetter { output, rejection } = process(&rec, &cfg) else {
+            panic!("too large for the output topic")
+        };
+        assert_eq!(rejection.reason, Reason::Unproducible);
+        assert_eq!(output.value, value, "the DLQ takes it whole");
+        let small = rejected(Some(b"u".to_vec()), good().to_string().into_bytes());
+        assert!(matches!(process(&small, &cfg), Outcome::Processed { .. }));
+    }
+
+    proptest! {
+        #[test]
+        fn dlq_entries_always_fit_and_keep_a_prefix(
+            key_len in 0usize..20_000, value_len in 0usize..40_000,
+            spare in 0usize..30_000, tombstone in any::<bool>(),
+        ) {
+            // Any limit that leaves room for the headers: the entry fits it.
+            let cfg = cfg_with_dlq_limit(RECORD_OVERHEAD + dlq_header_reserve(&cfg_with_dlq_limit(0)) + spare);
+            let key: Vec<u8> = (0..key_len).map(|i| (i % 7) as u8).collect();
+            let value: Vec<u8> = (0..value_len).map(|i| (i % 13) as u8).collect();
+            let mut rec = rejected((key_len > 0).then(|| key.clone()), value.clone());
+            if tombstone {
+                rec.value = None;
+            }
+            let rejection = Rejection { reason: Reason::Poison, message: "m".repeat(5000) };
+            let out = dead_letter(rec.clone(), &rejection, &cfg);
+            let limit = cfg.output_limits.dlq_max_bytes;
+            prop_assert!(record_size(out.key.as_deref(), &out.value, &out.headers) <= limit);
+            let original = rec.value.clone().unwrap_or_default();
+            prop_assert_eq!(&out.value[..], &original[..out.value.len()]);
+            let out_key = out.key.clone().unwrap_or_default();
+            prop_assert_eq!(&out_key[..], &key[..out_key.len()]);
+            let cut_value = out.value.len() < original.len();
+            let cut_key = out_key.len() < key_len;
+            prop_assert_eq!(header(&out, headers::TRUNCATED).is_some(), cut_value || cut_key);
+            prop_assert_eq!(header(&out, headers::ORIGINAL_SIZE).is_some(), cut_value);
+            prop_assert_eq!(header(&out, headers::ORIGINAL_KEY_SHA256).is_some(), cut_key);
+            if cut_value {
+                let sha = sha256_hex(&original);
+                prop_assert_eq!(header(&out, headers::ORIGINAL_SHA256), Some(sha.as_slice()));
+            }
+            // Whatever the rejection, the same bytes: verify can predict them.
+            let other = Rejection { reason: Reason::TooLarge, message: String::new() };
+            let again = dead_letter(rec, &other, &cfg);
+            prop_assert_eq!((&again.key, &again.value), (&out.key, &out.value));
+        }
     }
 
     fn arb_record() -> impl Strategy<Value = InputRecord> {
@@ -854,6 +1202,7 @@ mod tests {
                 input_topic: "user-login".into(),
                 limits: Limits::default(),
                 filters: Filters { min_app_version: Some("5.0".parse().unwrap()), allowed_device_types: None },
+                output_limits: OutputLimits::default(),
             };
             let a = process(&rec, &cfg);
             let b = process(&rec.clone(), &cfg.clone());

@@ -19,6 +19,8 @@
 //! overtake it), `restore-transient` (a restore attempt fails with a transient
 //! error) and `seek-not-ready` (a seek fails with `__STATE`, as before
 //! librdkafka started the partition's fetcher).
+//! `topic-limits-unreadable` (the output topics' `max.message.bytes` cannot be
+//! read: the fallback flags apply, so the broker can be made to refuse a record).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.

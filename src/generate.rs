@@ -25,6 +25,9 @@ pub enum Malformed {
     NotAnObject,
     FutureTimestamp,
     BadAppVersion,
+    /// A junk value of a chosen size (see [`Oversize`]): over the DLQ's limit,
+    /// over the broker's default message size, exactly at a limit.
+    Oversize,
 }
 
 impl Malformed {
@@ -121,6 +124,45 @@ impl Recount {
     }
 }
 
+/// Junk records of chosen sizes mixed in at fixed positions: from record
+/// `every` on, every `every`-th record starts a run of junk values, the k-th run
+/// being `runs[k % runs.len()]` = (size in bytes, records): e.g. one record over
+/// the DLQ's limit, or a burst of twenty 1 MiB records. They are rejected as
+/// `too_large` (or `invalid_json` below that limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversize {
+    pub runs: Vec<(usize, u64)>,
+    pub every: u64,
+}
+
+impl Oversize {
+    /// The size of record `n`, if it is one of the junk records.
+    fn size_of(&self, n: u64) -> Option<usize> {
+        if self.runs.is_empty() || self.every == 0 || n < self.every {
+            return None;
+        }
+        let (slot, within) = (n / self.every, n % self.every);
+        let (len, run) = self.runs[(slot - 1) as usize % self.runs.len()];
+        (within < run).then_some(len)
+    }
+}
+
+/// Parses `SIZE` or `SIZExCOUNT` (e.g. `1048576x20`), as `--oversize` takes it.
+pub fn parse_run(s: &str) -> Result<(usize, u64), String> {
+    let (size, count) = s.split_once('x').unwrap_or((s, "1"));
+    match (size.trim().parse(), count.trim().parse()) {
+        (Ok(size), Ok(count)) if count > 0 => Ok((size, count)),
+        _ => Err(format!("{s:?} is not SIZE or SIZExCOUNT (e.g. 1048576x20)")),
+    }
+}
+
+/// A junk value of `len` bytes (letters; never JSON), varying with `n`.
+pub fn junk(len: usize, n: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| b'a' + ((i as u64).wrapping_mul(7).wrapping_add(n) % 26) as u8)
+        .collect()
+}
+
 #[derive(Debug)]
 pub struct Generator {
     rng: ChaCha8Rng,
@@ -130,6 +172,7 @@ pub struct Generator {
     kinds: Vec<Malformed>,
     n: u64,
     per_minute: u64,
+    oversize: Option<Oversize>,
 }
 
 fn uuid_for(seed: u64, salt: u64, id: u64) -> String {
@@ -155,6 +198,7 @@ impl Generator {
             kinds,
             n: 0,
             per_minute: 1000,
+            oversize: None,
         }
     }
 
@@ -203,10 +247,24 @@ impl Generator {
         self
     }
 
+    /// Mixes junk records of chosen sizes in (see [`Oversize`]).
+    pub fn with_oversize(mut self, oversize: Oversize) -> Self {
+        self.oversize = Some(oversize);
+        self
+    }
+
     /// The next record.
     pub fn next_record(&mut self) -> Generated {
+        let n = self.n;
         let mut event = self.valid_event();
         self.n += 1;
+        if let Some(len) = self.oversize.as_ref().and_then(|o| o.size_of(n)) {
+            return Generated {
+                key: format!("oversize-{n}").into_bytes(),
+                value: Some(junk(len, n)),
+                malformed: Some(Malformed::Oversize),
+            };
+        }
         let key = event["user_id"]
             .as_str()
             .unwrap_or_default()
@@ -270,6 +328,7 @@ impl Generator {
                     event["app_version"] = json!("latest");
                     bytes(&event)
                 }
+                Malformed::Oversize => unreachable!("never drawn at random"),
             },
         };
         Generated {
@@ -314,5 +373,39 @@ mod tests {
             }
         }
         assert_eq!(kinds.len(), Malformed::ALL.len());
+    }
+
+    #[test]
+    fn oversize_records_come_at_their_positions_with_their_sizes() {
+        let o = Oversize {
+            runs: vec![(300_000, 2), (1 << 20, 3)],
+            every: 10,
+        };
+        let mut g = Generator::new(5, 1_700_000_000, 0.0, false).with_oversize(o);
+        let sizes: Vec<Option<usize>> = (0..40)
+            .map(|_| {
+                let r = g.next_record();
+                r.malformed.map(|_| r.value.as_ref().map_or(0, Vec::len))
+            })
+            .collect();
+        let mut want = vec![None; 40];
+        for (at, len) in [
+            (10, 300_000),
+            (11, 300_000),
+            (20, 1 << 20),
+            (21, 1 << 20),
+            (22, 1 << 20),
+            (30, 300_000),
+            (31, 300_000),
+        ] {
+            want[at] = Some(len);
+        }
+        assert_eq!(sizes, want);
+        assert_eq!(parse_run("1048576x20"), Ok((1 << 20, 20)));
+        assert_eq!(parse_run("3000000"), Ok((3_000_000, 1)));
+        assert!(parse_run("3x0").is_err());
+        let r = junk(300_000, 1);
+        let res = validate(Some(&r), Some(1_700_000_000_000), &Limits::default());
+        assert_eq!(res.unwrap_err().reason, crate::event::Reason::TooLarge);
     }
 }

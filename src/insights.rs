@@ -25,6 +25,9 @@ use tally_state::Versioned;
 pub struct Fingerprint {
     pub schema: u32,
     pub horizon_minutes: i64,
+    /// Absent in fingerprints written before breakdowns were capped (no cap then).
+    #[serde(default)]
+    pub top_k: Option<usize>,
     pub max_value_bytes: usize,
     pub max_future_skew_secs: i64,
     pub min_app_version: Option<String>,
@@ -36,6 +39,7 @@ impl Fingerprint {
         Fingerprint {
             schema: Aggregate::VERSION,
             horizon_minutes: horizon.minutes,
+            top_k: Some(horizon.top_k),
             max_value_bytes: cfg.limits.max_value_bytes,
             max_future_skew_secs: cfg.limits.max_future_skew_secs,
             min_app_version: cfg.filters.min_app_version.as_ref().map(|v| v.to_string()),
@@ -74,6 +78,11 @@ impl Fingerprint {
             "--minute-horizon",
             self.horizon_minutes.to_string(),
             now.horizon_minutes.to_string(),
+        );
+        cmp(
+            "--top-k",
+            self.top_k.map_or("unlimited".into(), |k| k.to_string()),
+            now.top_k.map_or("unlimited".into(), |k| k.to_string()),
         );
         cmp(
             "--max-value-bytes",
@@ -364,6 +373,7 @@ mod tests {
             input_topic: "t".into(),
             limits: Default::default(),
             filters: Default::default(),
+            output_limits: Default::default(),
         }
     }
 
@@ -374,7 +384,13 @@ mod tests {
         assert_eq!(Fingerprint::decode(&before.encode()), Some(before.clone()));
         assert!(before.changes(&before).is_empty());
         cfg.filters.min_app_version = Some("2.0".parse().unwrap());
-        let after = Fingerprint::of(&cfg, Horizon { minutes: 60 });
+        let after = Fingerprint::of(
+            &cfg,
+            Horizon {
+                minutes: 60,
+                ..Horizon::default()
+            },
+        );
         let changes = before.changes(&after);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(

@@ -44,4 +44,12 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "tally.source.topic";
     pub const SOURCE_PARTITION: &str = "tally.source.partition";
     pub const SOURCE_OFFSET: &str = "tally.source.offset";
+    /// On a DLQ entry cut to fit the DLQ topic: what was cut (`value`, `key` or `key,value`).
+    pub const TRUNCATED: &str = "tally.truncated";
+    /// The original value's size in bytes and lowercase hex SHA-256 (only when cut).
+    pub const ORIGINAL_SIZE: &str = "tally.original.size";
+    pub const ORIGINAL_SHA256: &str = "tally.original.sha256";
+    /// The same for a cut key.
+    pub const ORIGINAL_KEY_SIZE: &str = "tally.original.key.size";
+    pub const ORIGINAL_KEY_SHA256: &str = "tally.original.key.sha256";
 }

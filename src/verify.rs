@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::event::{Outcome, ProcessConfig, process};
+use crate::event::{Outcome, ProcessConfig, Reason, dead_letter, process};
 use crate::kafka::{self, Connection, GroupAdmin, ReadRecord, TopicReader};
 use crate::model::{Destination, headers};
 
@@ -159,6 +159,9 @@ pub fn verify_with_progress(
     };
     let input = TopicReader::new(conn, &cfg.input_topic)?;
     let mut expected: HashMap<(i32, i64), Expect> = HashMap::new();
+    // The hash of each record's DLQ entry, for entries whose reason is decided
+    // while producing (`unproducible`, `poison`): valid in place of any outcome.
+    let mut as_dead_letter: HashMap<(i32, i64), u64> = HashMap::new();
     let mut ranges = Vec::new();
     let mut to_read = 0;
     let mut log_start: HashMap<i32, i64> = HashMap::new();
@@ -176,7 +179,23 @@ pub fn verify_with_progress(
     });
     input.read(&ranges, |r| {
         progress(Step::Record);
-        let e = match process(&r.record, cfg) {
+        let coord = (r.record.partition, r.record.offset);
+        let outcome = process(&r.record, cfg);
+        let dl = match &outcome {
+            Outcome::DeadLetter { output, .. } => {
+                content_hash(output.key.as_deref(), &output.value)
+            }
+            _ => {
+                let any = crate::event::Rejection {
+                    reason: Reason::Poison,
+                    message: String::new(),
+                };
+                let out = dead_letter(r.record.clone(), &any, cfg);
+                content_hash(out.key.as_deref(), &out.value)
+            }
+        };
+        as_dead_letter.insert(coord, dl);
+        let e = match outcome {
             Outcome::Filtered { .. } => Expect::Filtered,
             o => {
                 let out = o
@@ -198,6 +217,7 @@ pub fn verify_with_progress(
     // offsets just read may not be readable yet: while some are missing, read on
     // for a while before calling them missing.
     let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
+    let mut dead_lettered_at_runtime = Vec::new();
     let mut pending: Vec<OutputSource> = Vec::new();
     let mut next: HashMap<(usize, i32), i64> = HashMap::new();
     let deadline = Instant::now() + SETTLE;
@@ -282,6 +302,26 @@ pub fn verify_with_progress(
                     });
                     return;
                 }
+                let runtime = r
+                    .header(headers::REASON)
+                    .and_then(|c| std::str::from_utf8(c).ok())
+                    .and_then(Reason::from_code)
+                    .is_some_and(Reason::decided_at_runtime);
+                let got = content_hash(
+                    r.record.key.as_deref(),
+                    r.record.value.as_deref().unwrap_or_default(),
+                );
+                // A record dead-lettered while producing: its DLQ entry, or the
+                // headers-only last resort (no key, empty value).
+                if dest == Destination::DeadLetter
+                    && runtime
+                    && expected.contains_key(&coord)
+                    && (as_dead_letter.get(&coord) == Some(&got) || got == content_hash(None, &[]))
+                {
+                    summary.dead_lettered += 1;
+                    dead_lettered_at_runtime.push(coord);
+                    return;
+                }
                 match expected.get(&coord) {
                     Some(Expect::Output { dest: d, hash }) if *d == dest => {
                         if *hash
@@ -339,6 +379,10 @@ pub fn verify_with_progress(
                 ),
             }),
         }
+    }
+    // A filtered record dead-lettered as poison is no longer filtered.
+    for coord in dead_lettered_at_runtime {
+        expected.remove(&coord);
     }
     let mut missing: Vec<_> = expected
         .iter()

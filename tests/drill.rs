@@ -21,6 +21,9 @@ fn short_drill_passes() {
             "250",
             "--fault-interval",
             "2",
+            // Every size of junk record at least once in a minute.
+            "--oversize-every",
+            "2000",
         ])
         .arg("--tally-bin")
         .arg(common::tally_bin())

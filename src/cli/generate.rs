@@ -35,6 +35,14 @@ pub struct GenerateArgs {
     /// Include 1 MiB payloads among the malformed kinds.
     #[arg(long, env = "TALLY_GENERATE_HUGE", default_value_t = true, action = clap::ArgAction::Set)]
     pub huge: bool,
+    /// Runs of junk records, SIZE or SIZExCOUNT bytes (comma-separated, taken in
+    /// turn): e.g. 3000000 (over a 2 MiB DLQ), 1500000 (over the broker's default
+    /// message size; the input topic must allow it), 1048576x20 (a burst).
+    #[arg(long, env = "TALLY_GENERATE_OVERSIZE", value_delimiter = ',', value_parser = generate::parse_run)]
+    pub oversize: Vec<(usize, u64)>,
+    /// Every this many records, the next run of --oversize.
+    #[arg(long, env = "TALLY_GENERATE_OVERSIZE_EVERY", default_value_t = 1000)]
+    pub oversize_every: u64,
 }
 
 pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
@@ -49,6 +57,12 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
         let mut g = generate::Generator::new(a.seed, start_time, a.invalid_ratio, a.huge);
         if a.rate > 0.0 {
             g = g.with_events_per_minute((a.rate * 60.0) as u64);
+        }
+        if !a.oversize.is_empty() {
+            g = g.with_oversize(generate::Oversize {
+                runs: a.oversize.clone(),
+                every: a.oversize_every,
+            });
         }
         let started = Instant::now();
         let (mut n, mut bad) = (0u64, 0u64);

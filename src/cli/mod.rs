@@ -19,8 +19,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tally::event::{AppVersion, Filters, Limits, ProcessConfig};
-use tally::kafka::{Connection, OutputTopics};
+use tally::event::{
+    AppVersion, Filters, KAFKA_DEFAULT_MAX_MESSAGE_BYTES, Limits, OutputLimits, ProcessConfig,
+};
+use tally::kafka::{self, Connection, OutputTopics};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -226,9 +228,60 @@ pub struct ProcessArgs {
     /// Event times more than this many seconds after the Kafka record timestamp are rejected.
     #[arg(long, env = "TALLY_MAX_FUTURE_SKEW_SECS", default_value_t = 86_400)]
     pub max_future_skew_secs: u32,
+    /// The DLQ topic's max.message.bytes when it cannot be read from the broker
+    /// (read at start; larger DLQ entries are written truncated, with size and SHA-256).
+    #[arg(long, env = "TALLY_DLQ_MAX_MESSAGE_BYTES", default_value_t = KAFKA_DEFAULT_MAX_MESSAGE_BYTES, value_parser = parse_positive)]
+    pub dlq_max_message_bytes: usize,
+    /// The output topic's max.message.bytes when it cannot be read from the broker
+    /// (read at start; larger processed records go to the DLQ as unproducible).
+    #[arg(long, env = "TALLY_OUTPUT_MAX_MESSAGE_BYTES", default_value_t = KAFKA_DEFAULT_MAX_MESSAGE_BYTES, value_parser = parse_positive)]
+    pub output_max_message_bytes: usize,
 }
 
 impl ProcessArgs {
+    /// The configuration with the output and DLQ topics' size limits read from the
+    /// broker (the flags are the fallback). `run` and `verify` both resolve them
+    /// this way, so they truncate DLQ entries identically.
+    pub async fn resolve(&self, conn: &Connection, topics: &TopicArgs) -> ProcessConfig {
+        let mut cfg = self.config(&topics.input_topic);
+        let names = [topics.output_topic.as_str(), topics.dlq_topic.as_str()];
+        let read = match kafka::max_message_bytes(conn, &names).await {
+            Ok(_) if tally::failpoints::error("topic-limits-unreadable") => vec![None, None],
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the topics' max.message.bytes; using the flags");
+                vec![None, None]
+            }
+        };
+        for ((name, got), (slot, flag)) in names.iter().zip(&read).zip([
+            (
+                &mut cfg.output_limits.processed_max_bytes,
+                "--output-max-message-bytes",
+            ),
+            (
+                &mut cfg.output_limits.dlq_max_bytes,
+                "--dlq-max-message-bytes",
+            ),
+        ]) {
+            match got {
+                Some(n) => *slot = *n,
+                None => {
+                    tracing::warn!(
+                        topic = name,
+                        fallback = *slot,
+                        "max.message.bytes of the topic not readable; using {flag}"
+                    )
+                }
+            }
+        }
+        tracing::info!(
+            output = cfg.output_limits.processed_max_bytes,
+            dlq = cfg.output_limits.dlq_max_bytes,
+            "output size limits"
+        );
+        cfg
+    }
+
     pub fn config(&self, input_topic: &str) -> ProcessConfig {
         let allowed: BTreeSet<String> = self
             .allowed_device_types
@@ -245,6 +298,10 @@ impl ProcessArgs {
             filters: Filters {
                 min_app_version: self.min_app_version.clone(),
                 allowed_device_types: (!allowed.is_empty()).then_some(allowed),
+            },
+            output_limits: OutputLimits {
+                processed_max_bytes: self.output_max_message_bytes,
+                dlq_max_bytes: self.dlq_max_message_bytes,
             },
         }
     }

@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Per-minute traffic older than this many minutes (behind the latest event) is rolled up.
     #[arg(long, env = "TALLY_MINUTE_HORIZON", default_value_t = 1440, value_parser = clap::value_parser!(u32).range(1..))]
     pub minute_horizon: u32,
+    /// Values kept per breakdown (device type, app version, locale): the first K in
+    /// shortlex order (shorter, then bytewise); the rest are counted as "other" (an empty key).
+    #[arg(long, env = "TALLY_TOP_K", default_value_t = 1000, value_parser = parse_positive)]
+    pub top_k: usize,
     /// Consumer session timeout in milliseconds (at least 6000).
     #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub session_timeout: Duration,
@@ -78,6 +82,13 @@ pub struct RunArgs {
     /// under the new one instead of refusing to start.
     #[arg(long, env = "TALLY_REBUILD_ON_CONFIG_CHANGE")]
     pub rebuild_on_config_change: bool,
+    /// Dead-letter a record as `poison` once it is at the head of this many
+    /// consecutive aborts caused by records the broker refused.
+    #[arg(long, env = "TALLY_POISON_ABORTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub poison_aborts: u32,
+    /// A polled batch stops growing at this many bytes of keys and values.
+    #[arg(long, env = "TALLY_MAX_BATCH_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = parse_positive)]
+    pub max_batch_bytes: usize,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
@@ -152,6 +163,7 @@ impl RunArgs {
     pub fn horizon(&self) -> Horizon {
         Horizon {
             minutes: i64::from(self.minute_horizon),
+            top_k: self.top_k,
         }
     }
 }
@@ -172,9 +184,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         blocking(move || StateStore::destroy(dir)).await?;
         tracing::info!(dir = %a.state_dir.display(), "local state deleted (--reset-state); it is rebuilt from Kafka");
     }
+    let process = a.process.resolve(&connection, &a.topics).await;
     let cfg = PipelineConfig {
         connection,
-        process: a.process.config(&a.topics.input_topic),
+        process,
         member: MemberConfig {
             group: a.group_id.clone(),
             instance_id: a.instance_id.clone(),
@@ -194,6 +207,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             allow_inexact: a.allow_inexact_restore,
             rebuild_on_config_change: a.rebuild_on_config_change,
         },
+        poison_aborts: a.poison_aborts,
+        max_batch_bytes: a.max_batch_bytes,
     };
     tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
     // Installed before start-up, so a SIGTERM while joining still ends cleanly.

@@ -29,7 +29,7 @@ const EXIT_VIOLATIONS: i32 = 4;
 
 pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
-    let cfg = a.process.config(&a.topics.input_topic);
+    let cfg = a.process.resolve(&conn, &a.topics).await;
     let (group, out, dlq) = (
         a.group_id.clone(),
         a.topics.output_topic.clone(),

@@ -16,6 +16,21 @@ pub(super) struct Instance {
     pub(super) log: PathBuf,
     pub(super) child: Option<Child>,
     pub(super) starts: u32,
+    /// The largest VmHWM (peak resident set, KiB) seen of any of its processes.
+    pub(super) peak_rss_kib: u64,
+}
+
+/// A process's peak resident set size (`VmHWM` of /proc/PID/status), KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Instance {
@@ -86,7 +101,16 @@ impl Instance {
         self.child.as_ref().map(Child::id)
     }
 
-    pub(super) fn signal(&self, sig: &str) {
+    /// Reads the running process's peak RSS (sampled often, and before every
+    /// signal: a process's VmHWM is gone once it has exited).
+    pub(super) fn sample_rss(&mut self) {
+        if let Some(kib) = self.pid().and_then(peak_rss_kib) {
+            self.peak_rss_kib = self.peak_rss_kib.max(kib);
+        }
+    }
+
+    pub(super) fn signal(&mut self, sig: &str) {
+        self.sample_rss();
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
         }

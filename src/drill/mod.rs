@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::aggregate::Horizon;
-use crate::event::{Filters, Limits, ProcessConfig};
+use crate::event::{Filters, Limits, OutputLimits, ProcessConfig};
 use crate::generate::{Generator, Recount};
 use crate::insights::Latest;
 use crate::kafka::{self, Connection, GroupAdmin, OutputTopics, PlainProducer, TopicReader};
@@ -74,12 +74,43 @@ pub struct DrillArgs {
     /// The tally binary (default: the one beside this drill).
     #[arg(long, env = "DRILL_TALLY_BIN")]
     pub tally_bin: Option<PathBuf>,
+    /// Every this many events, a run of junk records of the next size: 3 MB (over
+    /// the 2 MiB DLQ), 1.5 MB (over the broker's default, the input allows 8 MiB),
+    /// exactly the DLQ's limit, the largest value the DLQ takes whole and one byte
+    /// more, a burst of ten 1 MiB records. 0: none. (The local test broker answers
+    /// a fetch with the whole log, ignoring fetch.max.bytes: past 1 GB of input a
+    /// reader cannot take the answer, so long drills keep the junk sparse.)
+    #[arg(long, env = "DRILL_OVERSIZE_EVERY", default_value_t = 10_000)]
+    pub oversize_every: u64,
     /// Seconds allowed for the group to drain after the faults.
     #[arg(long, env = "DRILL_DRAIN_TIMEOUT", default_value_t = 240)]
     pub drain_timeout: u64,
 }
 
 const SESSION_TIMEOUT_MS: u64 = 6000;
+const INPUT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The drill's runs of junk records (see `--oversize-every`) for a DLQ of `dlq_limit`.
+fn oversize_runs(input_topic: &str, dlq_limit: usize) -> Vec<(usize, u64)> {
+    let room = crate::event::dlq_room(&ProcessConfig {
+        input_topic: input_topic.to_string(),
+        limits: Limits::default(),
+        filters: Filters::default(),
+        output_limits: OutputLimits {
+            dlq_max_bytes: dlq_limit,
+            ..OutputLimits::default()
+        },
+    });
+    // Keys are "oversize-<n>": at most 16 bytes in a drill.
+    vec![
+        (3_000_000, 1),
+        (1_500_000, 1),
+        (dlq_limit, 1),
+        (room - 16, 1),
+        (room + 1, 1),
+        (1 << 20, 10),
+    ]
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +184,7 @@ impl Drill {
         let mut expected = None;
         while Instant::now() < end {
             for i in 0..self.instances.len() {
+                self.instances[i].sample_rss();
                 if let Some(code) = self.instances[i].exited() {
                     if Some(i) == expect_exit {
                         expected = Some(code);
@@ -329,7 +361,20 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         dead_letter: names.dlq.clone(),
         insights: names.insights.clone(),
     };
-    let specs = kafka::pipeline_topic_specs(&names.input, &outputs, args.partitions, 1);
+    let mut specs = kafka::pipeline_topic_specs(&names.input, &outputs, args.partitions, 1);
+    // The input allows more than the DLQ (2 MiB): records over the DLQ's limit
+    // and over the broker's default message size reach tally.
+    for (k, v) in &mut specs[0].config {
+        if k == "max.message.bytes" {
+            *v = INPUT_MAX_MESSAGE_BYTES.to_string();
+        }
+    }
+    let dlq_limit: usize = specs[2]
+        .config
+        .iter()
+        .find(|(k, _)| k == "max.message.bytes")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(OutputLimits::default().dlq_max_bytes);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -348,6 +393,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
             log: work.join(format!("instance-{i}.log")),
             child: None,
             starts: 0,
+            peak_rss_kib: 0,
         })
         .collect();
     let mut drill = Drill {
@@ -382,10 +428,15 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
             drill.args.events,
             drill.args.invalid_ratio,
         );
+        let oversize = crate::generate::Oversize {
+            runs: oversize_runs(&topic, dlq_limit),
+            every: drill.args.oversize_every,
+        };
         std::thread::spawn(move || -> anyhow::Result<()> {
             let producer = PlainProducer::new(&conn)?;
             let mut g = Generator::new(seed, chrono::Utc::now().timestamp(), ratio, true)
-                .with_events_per_minute((rate * 60.0) as u64);
+                .with_events_per_minute((rate * 60.0) as u64)
+                .with_oversize(oversize);
             let started = Instant::now();
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) && limit.is_none_or(|l| n < l) {
@@ -472,10 +523,25 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     }
 
     // Guarantee 1: every input record exactly once in output or DLQ.
+    let [output_max, dlq_max] = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kafka::max_message_bytes(
+            &conn,
+            &[&drill.names.output, &drill.names.dlq],
+        ))?[..]
+    else {
+        bail!("describing two topics gave another number of results");
+    };
+    let defaults = OutputLimits::default();
     let cfg = ProcessConfig {
         input_topic: drill.names.input.clone(),
         limits: Limits::default(),
         filters: Filters::default(),
+        output_limits: OutputLimits {
+            processed_max_bytes: output_max.unwrap_or(defaults.processed_max_bytes),
+            dlq_max_bytes: dlq_max.unwrap_or(defaults.dlq_max_bytes),
+        },
     };
     let summary = crate::verify::verify(
         &conn,
@@ -602,6 +668,10 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         }
     }
 
+    for inst in &drill.instances {
+        r.peak_rss_mib
+            .insert(inst.id.clone(), inst.peak_rss_kib as f64 / 1024.0);
+    }
     let passed = r.passed();
     std::fs::write(
         work.join("summary.json"),

@@ -28,6 +28,8 @@ pub struct Report {
     /// partition's recount; checkpoints ahead of Kafka or differing from it.
     pub snapshot_mismatches: Vec<String>,
     pub drain_secs: f64,
+    /// Peak resident set (VmHWM) per instance, MiB, over all its restarts.
+    pub peak_rss_mib: BTreeMap<String, f64>,
     pub verify: String,
 }
 
@@ -82,6 +84,14 @@ impl Report {
             println!("    {m}");
         }
         println!("  time to drain {:.1} s", self.drain_secs);
+        println!(
+            "  peak RSS (VmHWM): {}",
+            self.peak_rss_mib
+                .iter()
+                .map(|(id, mib)| format!("{id}={mib:.1} MiB"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         print!(
             "{}",
             self.verify

@@ -191,6 +191,35 @@ pub async fn delete_records(
     Ok(())
 }
 
+/// Each topic's `max.message.bytes` as the broker reports it (`None`: the topic or
+/// its configuration could not be read, e.g. DescribeConfigs is not authorised).
+pub async fn max_message_bytes(conn: &Connection, topics: &[&str]) -> Result<Vec<Option<usize>>> {
+    let admin: AdminClient<DefaultClientContext> = conn
+        .config(&[])
+        .create()
+        .map_err(ctx("creating admin client"))?;
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let results = admin
+        .describe_configs(
+            specs.iter(),
+            &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
+        )
+        .await
+        .map_err(ctx("describing topic configs"))?;
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.ok()?
+                .get("max.message.bytes")?
+                .value
+                .as_deref()?
+                .parse()
+                .ok()
+        })
+        .collect())
+}
+
 /// Group administration: state, committed offsets and offset resets.
 pub struct GroupAdmin {
     consumer: BaseConsumer,

@@ -15,13 +15,23 @@ use crate::model::InputRecord;
 /// How long one blocking Kafka call (commit, seek, metadata...) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Defaults of every consumer, for large records (1 MiB malformed payloads are
-/// expected input). Some brokers (the local test broker among them) answer a
-/// fetch with more than `fetch.max.bytes`; a generous receive limit keeps such an
-/// answer from being treated as a corrupt frame.
-const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
-    ("fetch.max.bytes", "52428800"),
-    ("max.partition.fetch.bytes", "2097152"),
+/// Defaults of every consumer: what librdkafka may hold of fetched but not yet
+/// processed data has a ceiling whatever the records' sizes (1 MiB malformed
+/// payloads are expected input; librdkafka's own default queue is 64 MiB).
+/// - `queued.max.messages.kbytes` 8 MiB: the prefetch queue, for all partitions
+///   of the consumer together;
+/// - `queued.min.messages` 10,000: prefetch stops earlier for small records;
+/// - `fetch.max.bytes` 4 MiB and `max.partition.fetch.bytes` 1 MiB per fetch
+///   response (a broker still returns a first record larger than these, so an
+///   oversized record never blocks a partition);
+/// - `receive.message.max.bytes`: some brokers (the local test broker among them)
+///   answer a fetch with more than `fetch.max.bytes`; a generous receive limit
+///   keeps such an answer from being treated as a corrupt frame.
+const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
+    ("queued.max.messages.kbytes", "8192"),
+    ("queued.min.messages", "10000"),
+    ("fetch.max.bytes", "4194304"),
+    ("max.partition.fetch.bytes", "1048576"),
     ("receive.message.max.bytes", "1000000000"),
 ];
 

@@ -215,14 +215,22 @@ impl GroupConsumer {
         tracing::warn!("leaving the group did not complete in {timeout:?}");
     }
 
-    /// Polls up to `max` records for at most `budget`. Serves rebalance callbacks,
-    /// so it runs on a blocking thread; returns early after a rebalance (or another
+    /// Polls up to `max` records, or `max_bytes` of keys and values (the batch
+    /// holds owned copies: a count alone would let 5,000 records of 1 MiB through),
+    /// for at most `budget`. Serves rebalance callbacks, so it runs on a blocking
+    /// thread; returns early after a rebalance (or another
     /// repositioning) so the loop sees the new generation promptly.
-    pub fn poll_batch(&self, max: usize, budget: Duration) -> Result<Vec<Polled>> {
+    pub fn poll_batch(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        budget: Duration,
+    ) -> Result<Vec<Polled>> {
         let deadline = Instant::now() + budget;
         let start = self.generation();
         let mut out = Vec::new();
-        while out.len() < max {
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < max_bytes {
             let left = deadline.saturating_duration_since(Instant::now());
             let polled = self.consumer.poll(if out.is_empty() {
                 left
@@ -232,10 +240,12 @@ impl GroupConsumer {
             });
             let generation = self.generation();
             match polled {
-                Some(Ok(m)) => out.push(Polled {
-                    generation,
-                    record: InputRecord::from(&m),
-                }),
+                Some(Ok(m)) => {
+                    let record = InputRecord::from(&m);
+                    bytes += record.key.as_ref().map_or(0, Vec::len)
+                        + record.value.as_ref().map_or(0, Vec::len);
+                    out.push(Polled { generation, record });
+                }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     let fatal = self.consumer.client().fatal_error();

@@ -19,10 +19,12 @@ pub mod reader;
 
 pub use admin::{
     GroupAdmin, GroupDescription, TopicSpec, check_insights_topic, create_topics, delete_records,
-    pipeline_topic_specs,
+    max_message_bytes, pipeline_topic_specs,
 };
 pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
 pub use copy::copy_at_least_once;
-pub use producer::{OutputTopics, PlainProducer, SendError, TxnError, TxnProducer};
+pub use producer::{
+    Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnProducer,
+};
 pub use reader::{ReadRecord, StartAt, TopicReader};

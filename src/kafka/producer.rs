@@ -1,6 +1,7 @@
 //! Producers: the transactional one of `tally run` (with its error
 //! classification) and a plain idempotent one (generator, benchmark baseline).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -60,22 +61,75 @@ fn is_retriable(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(rd) if rd.is_retriable())
 }
 
-/// Counts failed deliveries. A failed delivery makes the transaction's commit
-/// fail, so this is only for logging, and it logs the 1st, 2nd, 4th, 8th...
-/// failure: an abort purges thousands of queued records at once.
+/// Which input record (or partition snapshot) an output record was produced for;
+/// carried through librdkafka as the delivery opaque so a failed delivery, which
+/// arrives asynchronously, can be blamed on its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Input {
+        partition: i32,
+        offset: i64,
+    },
+    Snapshot {
+        partition: i32,
+    },
+    /// Not produced by the pipeline (the generator's plain producer).
+    Unknown,
+}
+
+/// A delivery that failed for a reason concerning that record alone (too large,
+/// invalid, refused by a topic policy): the record, not the transaction, is bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFailure {
+    pub origin: Origin,
+    pub error: String,
+}
+
+/// Errors the broker (or librdkafka) returns for one record's content; anything
+/// else (timeouts, purges on abort, coordinator trouble) concerns the transaction.
+/// The broker reports a size error for every record of a batch: `batch.size`
+/// ([`PRODUCER_BATCH_BYTES`]) keeps batches of several records under any topic
+/// limit above it, so such an error names the one record of its batch.
+fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::InvalidTimestamp
+    )
+}
+
+/// Collects failed deliveries that concern one record, for the pipeline to
+/// dead-letter on the transaction's retry. Other failures make the commit fail
+/// and are only logged: the 1st, 2nd, 4th, 8th... (an abort purges thousands of
+/// queued records at once).
 #[derive(Debug, Default)]
 pub struct DeliveryContext {
     failures: AtomicU64,
+    record_failures: Mutex<Vec<RecordFailure>>,
 }
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = Box<Origin>;
+    fn delivery(&self, result: &DeliveryResult<'_>, origin: Box<Origin>) {
         if let Err((e, m)) = result {
             let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
+            let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
+            if per_record && *origin != Origin::Unknown {
+                tracing::warn!(topic = m.topic(), origin = ?origin, error = %e, "record refused by the broker");
+                self.record_failures
+                    .lock()
+                    .expect("not poisoned")
+                    .push(RecordFailure {
+                        origin: *origin,
+                        error: format!("producing to {}: {e}", m.topic()),
+                    });
+            } else if n.is_power_of_two() {
                 tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, failures = n, "delivery failed");
             }
         }
@@ -105,6 +159,14 @@ impl OutputTopics {
 pub enum SendError {
     #[error("producer queue is full")]
     QueueFull(OutputRecord),
+    /// librdkafka refused this record alone (e.g. larger than `message.max.bytes`):
+    /// dead-letter it, the transaction is unaffected.
+    #[error("producing to {topic}: {source}")]
+    RecordRefused {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
     #[error("producing to {topic}: {source}")]
     Failed {
         topic: String,
@@ -112,6 +174,13 @@ pub enum SendError {
         source: KafkaError,
     },
 }
+
+/// `batch.size` of the transactional producer (256 KiB).
+pub const PRODUCER_BATCH_BYTES: &str = "262144";
+
+/// Ceiling of the transactional producer's local queue, in KiB (16 MiB: eight
+/// full-size 2 MiB DLQ entries, or tens of thousands of processed records).
+pub const PRODUCER_QUEUE_KBYTES: &str = "16384";
 
 pub struct TxnProducer {
     producer: ThreadedProducer<DeliveryContext>,
@@ -147,8 +216,17 @@ impl TxnProducer {
         let txn_timeout = TRANSACTION_TIMEOUT_MS.to_string();
         let mut config = conn.config(&[
             ("linger.ms", "5"),
-            // DLQ entries carry the original bytes, which may be large.
-            ("message.max.bytes", "2097152"),
+            // Each record is sized against its topic's own max.message.bytes by
+            // `event::process` (read at start), so librdkafka's client-wide limit
+            // only has to stay out of the way: the largest a request may be.
+            ("message.max.bytes", "1000000000"),
+            // A topic's limit applies to a whole record batch: small batches stay
+            // under any sane limit even when they hold many small records (a batch
+            // still takes one record larger than this alone).
+            ("batch.size", PRODUCER_BATCH_BYTES),
+            // Produced-but-unacknowledged data has a ceiling (librdkafka's default
+            // is 1 GiB); `send` waits on QueueFull.
+            ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
             ("transaction.timeout.ms", &txn_timeout),
         ]);
         config
@@ -190,12 +268,15 @@ impl TxnProducer {
         }
     }
 
-    /// Enqueues a record of the open transaction (non-blocking).
-    pub fn send(&self, rec: OutputRecord) -> Result<(), SendError> {
+    /// Enqueues a record of the open transaction (non-blocking). `origin` comes
+    /// back with a delivery failure that concerns this record (see
+    /// [`TxnProducer::take_record_failures`]).
+    pub fn send(&self, rec: OutputRecord, origin: Origin) -> Result<(), SendError> {
         let topic = self.topics.of(rec.destination);
-        let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-            .payload(rec.value.as_slice())
-            .headers(owned_headers(&rec.headers));
+        let mut br: BaseRecord<'_, [u8], [u8], Box<Origin>> =
+            BaseRecord::with_opaque_to(topic, Box::new(origin))
+                .payload(rec.value.as_slice())
+                .headers(owned_headers(&rec.headers));
         if let Some(k) = &rec.key {
             br = br.key(k.as_slice());
         }
@@ -207,11 +288,29 @@ impl TxnProducer {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(SendError::QueueFull(rec))
             }
+            Err((KafkaError::MessageProduction(code), _)) if concerns_the_record(code) => {
+                Err(SendError::RecordRefused {
+                    topic: topic.to_string(),
+                    source: KafkaError::MessageProduction(code),
+                })
+            }
             Err((source, _)) => Err(SendError::Failed {
                 topic: topic.to_string(),
                 source,
             }),
         }
+    }
+
+    /// Failed deliveries since the last call that concern one record each.
+    pub fn take_record_failures(&self) -> Vec<RecordFailure> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .record_failures
+                .lock()
+                .expect("not poisoned"),
+        )
     }
 
     /// Adds the consumer's next offsets (exclusive: last processed + 1) with its
@@ -290,7 +389,9 @@ impl std::fmt::Debug for PlainProducer {
 impl PlainProducer {
     /// An idempotent producer: retries never duplicate or reorder records.
     pub fn new(conn: &Connection) -> Result<Self> {
-        let mut config = conn.config(&[("linger.ms", "5"), ("message.max.bytes", "2097152")]);
+        // Large enough for generated records over the broker's default size
+        // (topics that allow more); the topic's own limit still applies.
+        let mut config = conn.config(&[("linger.ms", "5"), ("message.max.bytes", "16777216")]);
         config.set("enable.idempotence", "true");
         Ok(PlainProducer {
             producer: config
@@ -322,7 +423,8 @@ impl PlainProducer {
     ) -> Result<()> {
         let deadline = std::time::Instant::now() + CALL_TIMEOUT;
         loop {
-            let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            let mut br: BaseRecord<'_, [u8], [u8], Box<Origin>> =
+                BaseRecord::with_opaque_to(topic, Box::new(Origin::Unknown));
             if let Some(p) = partition {
                 br = br.partition(p);
             }

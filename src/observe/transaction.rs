@@ -8,7 +8,6 @@ use super::metrics::Metrics;
 use super::{InternalEvent, Telemetry, status};
 use crate::aggregate::Aggregate;
 use crate::event::Outcome;
-use crate::model::InputRecord;
 
 /// The loop went round once (liveness).
 #[derive(Debug)]
@@ -45,13 +44,14 @@ pub struct CycleTally {
 
 impl CycleTally {
     /// A record joined the open transaction with this outcome.
-    pub fn record(&mut self, rec: &InputRecord, outcome: &Outcome) {
+    /// `timestamp_ms`: the input record's Kafka timestamp (end-to-end latency).
+    pub fn record(&mut self, timestamp_ms: Option<i64>, outcome: &Outcome) {
         match outcome {
             Outcome::Processed { .. } => self.processed += 1,
             Outcome::Filtered { .. } => self.filtered += 1,
             Outcome::DeadLetter { rejection, .. } => self.dead_letter(rejection.reason.code()),
         }
-        if let Some(ts) = rec.timestamp_ms {
+        if let Some(ts) = timestamp_ms {
             self.timestamps_ms.push(ts);
         }
     }

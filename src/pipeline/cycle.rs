@@ -9,8 +9,8 @@ use tally_state::Checkpoint;
 
 use super::{Phase, Pipeline, PipelineError, Result, Txn, blocking, txn_fatal};
 use crate::aggregate::Aggregate;
-use crate::event::{Outcome, process};
-use crate::kafka::{self, SendError, TxnError, TxnProducer};
+use crate::event::{Outcome, dead_letter, dead_letter_stripped, process_owned};
+use crate::kafka::{self, Origin, SendError, TxnError, TxnProducer};
 use crate::model::OutputRecord;
 use crate::observe::{
     CheckpointWritten, CycleTally, ProducerReplaced, TransactionAborted, TransactionCommitted, emit,
@@ -50,12 +50,28 @@ impl Pipeline {
             self.stats.stale_dropped += 1;
             return Ok(());
         }
-        let outcome = process(&rec, &self.cfg.process);
         if !self.ensure_open().await? {
             return Ok(()); // the producer was replaced; partitions are being recovered
         }
-        if let Some(out) = outcome.output() {
-            if !self.send(out.clone()).await? {
+        let (partition, offset, timestamp_ms) = (rec.partition, rec.offset, rec.timestamp_ms);
+        // The record is moved through: its payload goes into the DLQ entry (if
+        // any) and on to librdkafka, which copies it; never cloned here.
+        let mut outcome = match self.poison.take(partition, offset) {
+            None => process_owned(rec, &self.cfg.process),
+            Some(doom) => {
+                let output = if doom.strip {
+                    dead_letter_stripped(rec, &doom.rejection, &self.cfg.process)
+                } else {
+                    dead_letter(rec, &doom.rejection, &self.cfg.process)
+                };
+                Outcome::DeadLetter {
+                    rejection: doom.rejection,
+                    output,
+                }
+            }
+        };
+        if let Some(out) = outcome.take_output() {
+            if !self.send(out, Origin::Input { partition, offset }).await? {
                 return Ok(()); // the transaction was aborted; this record comes again
             }
         }
@@ -65,17 +81,14 @@ impl Pipeline {
             Outcome::Filtered { .. } => self.stats.filtered += 1,
             Outcome::DeadLetter { rejection, .. } => {
                 self.stats.dead_lettered += 1;
-                tracing::debug!(partition = rec.partition, offset = rec.offset, reason = %rejection.reason, "dead-lettered");
+                tracing::debug!(partition, offset, reason = %rejection.reason, "dead-lettered");
             }
         }
-        self.cycle.record(&rec, &outcome);
+        self.cycle.record(timestamp_ms, &outcome);
         let horizon = self.cfg.horizon;
-        let st = self
-            .partitions
-            .get_mut(&rec.partition)
-            .expect("checked above");
+        let st = self.partitions.get_mut(&partition).expect("checked above");
         st.pending.apply(&outcome, horizon);
-        st.next_offset = rec.offset + 1;
+        st.next_offset = offset + 1;
         st.touched = true;
         if let Txn::Open { records, .. } = &mut self.txn {
             *records += 1;
@@ -103,7 +116,7 @@ impl Pipeline {
 
     /// Adds a record to the open transaction. `false`: producing failed and the
     /// transaction was aborted and rewound instead.
-    pub(super) async fn send(&mut self, mut rec: OutputRecord) -> Result<bool> {
+    pub(super) async fn send(&mut self, mut rec: OutputRecord, origin: Origin) -> Result<bool> {
         // A queue that stays full this long means the broker takes nothing (down,
         // unreachable or refusing): the transaction could not commit anyway.
         let deadline = Instant::now() + kafka::CALL_TIMEOUT;
@@ -111,7 +124,7 @@ impl Pipeline {
             let sent = if failpoints::error("queue-full") {
                 Err(SendError::QueueFull(rec))
             } else {
-                self.producer.send(rec)
+                self.producer.send(rec, origin)
             };
             match sent {
                 Ok(()) => return Ok(true),
@@ -121,6 +134,18 @@ impl Pipeline {
                     }
                     rec = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // librdkafka refused this record alone. The record was moved into
+                // the send, so it is dead-lettered on its next attempt, after the
+                // abort (see `poison`), like a refusal the broker reports later.
+                Err(e @ SendError::RecordRefused { .. }) => {
+                    tracing::warn!(error = %e, "record refused; aborting to dead-letter it");
+                    self.refused.push(kafka::RecordFailure {
+                        origin,
+                        error: e.to_string(),
+                    });
+                    self.abort_and_rewind("record refused").await?;
+                    return Ok(false);
                 }
                 // The transaction cannot commit without this record.
                 Err(e @ SendError::Failed { .. }) => {
@@ -150,20 +175,21 @@ impl Pipeline {
                 offsets.push((*p, st.next_offset));
                 let mut snap = st.committed.clone();
                 snap.merge(&st.pending, horizon);
-                snapshots.push(insights::snapshot_record(
+                let record = insights::snapshot_record(
                     &self.cfg.process.input_topic,
                     *p,
                     st.next_offset,
                     &snap,
                     &self.fingerprint,
-                ));
+                );
+                snapshots.push((*p, record));
             }
         }
-        for s in snapshots {
+        for (partition, s) in snapshots {
             self.stats.snapshots += 1;
             self.stats.snapshot_bytes +=
                 (s.value.len() + s.key.as_ref().map_or(0, Vec::len)) as u64;
-            if !self.send(s).await? {
+            if !self.send(s, Origin::Snapshot { partition }).await? {
                 return Ok(());
             }
         }
@@ -199,6 +225,8 @@ impl Pipeline {
             tally: std::mem::take(&mut self.cycle),
             commit: commit_started.elapsed(),
         });
+        let committed: Vec<i32> = offsets.iter().map(|(p, _)| *p).collect();
+        self.poison.on_commit(&committed);
         failpoints::crash("after-commit-before-checkpoint");
         let mut checkpoints = Vec::new();
         for (p, st) in self.partitions.iter_mut().filter(|(_, st)| st.touched) {
@@ -259,6 +287,7 @@ impl Pipeline {
         self.stats.aborted += 1;
         self.cycle = CycleTally::default();
         emit(TransactionAborted);
+        self.note_abort();
         // Every active partition, touched or not: librdkafka may have delivered
         // records past `C` that the loop now drops (the rest of the batch).
         let mut seeks = Vec::new();
@@ -279,6 +308,20 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Hands the aborted transaction's heads and record-level failures to the
+    /// poison rule (before the rewind clears which partitions were touched).
+    fn note_abort(&mut self) {
+        let heads: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .filter(|(_, st)| st.touched)
+            .map(|(p, st)| (*p, st.committed_offset))
+            .collect();
+        let mut failures = std::mem::take(&mut self.refused);
+        failures.extend(self.producer.take_record_failures());
+        self.poison.on_abort(&heads, failures);
     }
 
     /// A transactional producer in a fatal state (not fenced) cannot even abort.

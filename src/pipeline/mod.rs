@@ -19,6 +19,7 @@
 
 mod cycle;
 mod pause;
+mod poison;
 mod rebalance;
 mod restore;
 
@@ -58,6 +59,11 @@ pub struct PipelineConfig {
     /// How long the shutdown may take once a signal arrived (guarantee 4).
     pub shutdown_timeout: Duration,
     pub restore: RestoreOptions,
+    /// A record at the head of this many consecutive aborts with record-level
+    /// failures is dead-lettered as `poison` (see `poison`).
+    pub poison_aborts: u32,
+    /// A polled batch stops growing at this many bytes of keys and values.
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +190,10 @@ pub struct Pipeline {
     hold_commits_until: Option<Instant>,
     /// When the transactional producer was last replaced (see `replace_producer`).
     producer_replacements: Vec<Instant>,
+    /// Records to dead-letter on their next attempt, and abort streaks.
+    poison: poison::Poison,
+    /// Records librdkafka refused synchronously in the open transaction.
+    refused: Vec<kafka::RecordFailure>,
     /// When the loop last passed its top: the zombie guard looks for stops of the
     /// process since then.
     last_iteration: Instant,
@@ -222,6 +232,7 @@ impl Pipeline {
         consumer.subscribe()?;
         let (restored_tx, restored_rx) = unbounded_channel();
         let session_timeout = cfg.member.session_timeout;
+        let cfg_poison = cfg.poison_aborts;
         Ok(Pipeline {
             ns: Namespace::new(&cfg.member.group, &cfg.process.input_topic),
             fingerprint: Fingerprint::of(&cfg.process, cfg.horizon),
@@ -239,6 +250,8 @@ impl Pipeline {
             cycle: CycleTally::default(),
             hold_commits_until: None,
             producer_replacements: Vec::new(),
+            poison: poison::Poison::new(cfg_poison),
+            refused: Vec::new(),
             last_iteration: Instant::now(),
             pause_clock: pause::PauseClock::start(session_timeout),
             stage: "finishing the current batch",
@@ -327,7 +340,9 @@ impl Pipeline {
                 }
             };
             let consumer = self.consumer.clone();
-            let mut poll = tokio::task::spawn_blocking(move || consumer.poll_batch(room, budget));
+            let max_bytes = self.cfg.max_batch_bytes;
+            let mut poll =
+                tokio::task::spawn_blocking(move || consumer.poll_batch(room, max_bytes, budget));
             let polled = loop {
                 tokio::select! {
                     res = &mut poll => break res.expect("poll task panicked"),

@@ -45,18 +45,25 @@ pub fn create_topic(name: &str, partitions: i32) {
     create_topic_with(name, partitions, &[]);
 }
 
-/// Creates a topic with extra topic configuration (e.g. `cleanup.policy`).
+/// Like [`create_topic`], with the topic's `max.message.bytes`.
+pub fn create_topic_with_limit(name: &str, partitions: i32, max_message_bytes: usize) {
+    let limit = max_message_bytes.to_string();
+    create_topic_with(name, partitions, &[("max.message.bytes", &limit)]);
+}
+
+/// Creates a topic with extra topic configuration (e.g. `cleanup.policy`);
+/// `max.message.bytes` is 2 MiB unless the configuration names it.
 pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let topic = config.iter().fold(
-        NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-            .set("max.message.bytes", "2097152"),
-        |t, (k, v)| t.set(k, v),
-    );
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    if !config.iter().any(|(k, _)| *k == "max.message.bytes") {
+        topic = topic.set("max.message.bytes", "2097152");
+    }
+    let topic = config.iter().fold(topic, |t, (k, v)| t.set(k, v));
     let res = rt
         .block_on(admin.create_topics(
             [&topic],
@@ -90,7 +97,8 @@ pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
     client_config()
         .set("enable.idempotence", "true")
-        .set("message.max.bytes", "2000000")
+        // Large enough for the oversized records of tests/dlq.rs (topics that allow 8 MiB).
+        .set("message.max.bytes", "10000000")
         .create()
         .expect("producer")
 }
@@ -260,6 +268,15 @@ pub struct Names {
 impl Names {
     /// Fresh names, with all four topics created (`partitions` each).
     pub fn create(test: &str, partitions: i32) -> Names {
+        Names::create_with_input_limit(test, partitions, 2_097_152)
+    }
+
+    /// Like [`Names::create`], with the input topic's `max.message.bytes`.
+    pub fn create_with_input_limit(
+        test: &str,
+        partitions: i32,
+        input_max_message_bytes: usize,
+    ) -> Names {
         let n = Names {
             input: unique(&format!("{test}-in")),
             output: unique(&format!("{test}-out")),
@@ -267,7 +284,8 @@ impl Names {
             insights: unique(&format!("{test}-ins")),
             group: unique(&format!("{test}-group")),
         };
-        for t in [&n.input, &n.output, &n.dlq] {
+        create_topic_with_limit(&n.input, partitions, input_max_message_bytes);
+        for t in [&n.output, &n.dlq] {
             create_topic(t, partitions);
         }
         // Co-partitioned and compacted: `tally run` refuses anything else.
@@ -560,6 +578,11 @@ pub fn tally_on(bootstrap: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, 
 }
 /// `tally verify --json` for the pipeline; returns its exit code and summary.
 pub fn verify(names: &Names) -> (i32, serde_json::Value) {
+    verify_with(names, &[])
+}
+
+/// Like [`verify`], with extra flags (e.g. the limits the run was given).
+pub fn verify_with(names: &Names, extra: &[&str]) -> (i32, serde_json::Value) {
     let mut args = vec![
         "verify".to_string(),
         "--json".into(),
@@ -567,6 +590,7 @@ pub fn verify(names: &Names) -> (i32, serde_json::Value) {
         names.group.clone(),
     ];
     args.extend(names.topic_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
     let (code, out, err) = tally(&args);
     let summary =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify output ({e}): {out}\n{err}"));
@@ -575,7 +599,12 @@ pub fn verify(names: &Names) -> (i32, serde_json::Value) {
 
 /// Asserts verify passes with exactly these outcome counts.
 pub fn assert_verified(names: &Names, processed: u64, dead_lettered: u64) {
-    let (code, s) = verify(names);
+    assert_verified_with(names, &[], processed, dead_lettered);
+}
+
+/// Like [`assert_verified`], with extra flags for `tally verify`.
+pub fn assert_verified_with(names: &Names, extra: &[&str], processed: u64, dead_lettered: u64) {
+    let (code, s) = verify_with(names, extra);
     assert_eq!(code, 0, "verify failed: {s:#}");
     assert_eq!(s["processed"], processed, "{s:#}");
     assert_eq!(s["dead_lettered"], dead_lettered, "{s:#}");

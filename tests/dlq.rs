@@ -1,0 +1,152 @@
+//! Guarantee 3 against a broker: records the DLQ cannot take whole are written as
+//! truncated copies carrying the original size and SHA-256, and nothing loops.
+//! Each test has its own topics, group and instance ids.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+const LONG: Duration = Duration::from_secs(120);
+const MIB: usize = 1024 * 1024;
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A junk value of `len` bytes, different for each `seed`.
+fn junk(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| b'a' + ((i as u64 * 7 + u64::from(seed)) % 26) as u8)
+        .collect()
+}
+
+#[test]
+fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
+    // The input allows 8 MiB; the DLQ keeps the harness's 2 MiB.
+    let names = Names::create_with_input_limit("oversize", 3, 8 * MIB);
+    let first = produce_generated(&names.input, 3_000, 31, 0.05);
+    let big: Vec<(i32, Vec<u8>, Vec<u8>)> = vec![
+        (0, b"big-3mb".to_vec(), junk(3_000_000, 1)),
+        (1, b"big-2mib-minus-50".to_vec(), junk(2 * MIB - 50, 2)),
+        (2, b"big-1.5mb".to_vec(), junk(1_500_000, 3)),
+    ];
+    for (p, k, v) in &big {
+        produce(
+            &names.input,
+            Some(*p),
+            &[(Some(k.clone()), Some(v.clone()))],
+        );
+    }
+    let second = produce_generated(&names.input, 3_000, 32, 0.05);
+    let total = (first.total + second.total + 3) as i64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(&names, "oversize-1", &dir.path().join("state"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    assert_eq!(log.matches("transaction aborted").count(), 0, "{log}");
+
+    assert_verified(
+        &names,
+        first.valid() + second.valid(),
+        first.malformed + second.malformed + 3,
+    );
+    let dlq = read_all(&names.dlq);
+    for (_, key, value) in &big {
+        let entry = dlq
+            .iter()
+            .find(|r| r.key.as_deref() == Some(key.as_slice()))
+            .unwrap_or_else(|| panic!("no DLQ entry for {}", String::from_utf8_lossy(key)));
+        let h = &entry.headers;
+        assert_eq!(h["tally.reason"], "too_large", "{h:?}");
+        let stored = entry.value.as_deref().unwrap_or_default();
+        if value.len() >= 2 * MIB - 50 {
+            // Does not fit a 2 MiB DLQ with its headers: a truncated prefix.
+            assert_eq!(h["tally.truncated"], "value", "{h:?}");
+            assert_eq!(h["tally.original.size"], value.len().to_string(), "{h:?}");
+            assert_eq!(h["tally.original.sha256"], hex_sha256(value), "{h:?}");
+            assert!(stored.len() < 2 * MIB - 50, "{}", stored.len());
+            assert_eq!(stored, &value[..stored.len()]);
+        } else {
+            assert!(!h.contains_key("tally.truncated"), "{h:?}");
+            assert_eq!(stored, value.as_slice());
+        }
+    }
+}
+
+#[test]
+fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
+    // tally cannot read the topics' limits and believes the output takes 8 MiB:
+    // the broker (2 MiB output topic) refuses the 3 MB processed record after
+    // it was sent. That record alone is dead-lettered, as `unproducible`.
+    let names = Names::create_with_input_limit("refused", 2, 8 * MIB);
+    let first = produce_generated(&names.input, 1_000, 33, 0.0);
+    let mut event: serde_json::Value = serde_json::from_slice(
+        &tally::generate::Generator::new(34, chrono::Utc::now().timestamp() - 60, 0.0, false)
+            .next_record()
+            .value
+            .unwrap(),
+    )
+    .unwrap();
+    event["padding"] = serde_json::json!("p".repeat(3_000_000));
+    let big = event.to_string().into_bytes();
+    produce(
+        &names.input,
+        Some(1),
+        &[(Some(b"refused".to_vec()), Some(big.clone()))],
+    );
+    let second = produce_generated(&names.input, 1_000, 35, 0.0);
+    let total = (first.total + second.total + 1) as i64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(
+        &names,
+        "refused-1",
+        &dir.path().join("state"),
+        &[
+            "--max-value-bytes",
+            "8388608",
+            "--output-max-message-bytes",
+            "8388608",
+            "--dlq-max-message-bytes",
+            "2097152",
+        ],
+        &[("FAILPOINTS", "topic-limits-unreadable=return")],
+    );
+    wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
+    // One abort for the refusal; librdkafka may need one more to bump the
+    // producer epoch over the sequence number the refused record used
+    // (OUT_OF_ORDER_SEQUENCE_NUMBER on the next transaction). Never more.
+    let aborts = log.matches("transaction aborted").count();
+    assert!((1..=2).contains(&aborts), "{aborts} aborts: {log}");
+    assert_eq!(log.matches("record cannot be produced").count(), 1, "{log}");
+
+    // verify reads the real limits: it predicts `unproducible` for the record.
+    assert_verified_with(
+        &names,
+        &["--max-value-bytes", "8388608"],
+        first.valid() + second.valid(),
+        1,
+    );
+    let dlq = read_all(&names.dlq);
+    assert_eq!(
+        dlq.len(),
+        1,
+        "{:?}",
+        dlq.iter().map(|r| &r.headers).collect::<Vec<_>>()
+    );
+    let h = &dlq[0].headers;
+    assert_eq!(h["tally.reason"], "unproducible", "{h:?}");
+    assert_eq!(h["tally.truncated"], "value", "{h:?}");
+    assert_eq!(h["tally.original.size"], big.len().to_string(), "{h:?}");
+    assert_eq!(h["tally.original.sha256"], hex_sha256(&big), "{h:?}");
+}
