@@ -212,8 +212,21 @@ fn pct(n: u64, total: u64) -> f64 {
     }
 }
 
-fn top(map: &BTreeMap<String, u64>, n: usize) -> Vec<(&String, u64)> {
-    let mut v: Vec<(&String, u64)> = map.iter().map(|(k, c)| (k, *c)).collect();
+/// The `n` largest entries of a breakdown, largest first, for people to read:
+/// the capped breakdowns' catch-all key ([`crate::aggregate::OTHER`], the empty
+/// string) shows as `(other)`.
+fn top(map: &BTreeMap<String, u64>, n: usize) -> Vec<(&str, u64)> {
+    let mut v: Vec<(&str, u64)> = map
+        .iter()
+        .map(|(k, c)| {
+            let k = if k == crate::aggregate::OTHER {
+                "(other)"
+            } else {
+                k.as_str()
+            };
+            (k, *c)
+        })
+        .collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     v.truncate(n);
     v
@@ -356,6 +369,12 @@ mod tests {
         assert_eq!(l.merged(Horizon::default()), a);
         assert!(table(&a, 1, 5).contains("iOS"));
         assert!(one_line(&a).contains("iOS=100.0%"));
+        let capped = Aggregate {
+            processed: 2,
+            by_locale: [(crate::aggregate::OTHER.to_string(), 2)].into(),
+            ..Aggregate::default()
+        };
+        assert!(one_line(&capped).contains("locales[(other)=100.0%]"));
         let traffic = Aggregate {
             per_minute: [(0, 10), (60, 5), (120, 1)].into(),
             ..Aggregate::default()

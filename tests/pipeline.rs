@@ -323,15 +323,17 @@ fn shutdown_is_bounded_when_the_broker_dies() {
     run.signal_term();
     std::thread::sleep(Duration::from_millis(100));
     broker.kill9();
-    // 5 s of shutdown timeout, plus a margin for the process to exit.
-    let code = run.wait(Duration::from_secs(7));
+    // 5 s of shutdown timeout, plus a margin for the process to be scheduled
+    // and exit: the suite runs this beside other broker tests on 2 cores, where
+    // 1 s was seen not to be enough (6.6 s once, 5.0 s alone).
+    let code = run.wait(Duration::from_secs(9));
     let took = signalled.elapsed();
     let log = run.log();
     eprintln!(
         "shutdown with the broker killed: exit {code:?} after {took:?}; {}",
         log.lines().last().unwrap_or_default()
     );
-    assert!(took < Duration::from_secs(6), "took {took:?}: {log}");
+    assert!(took < Duration::from_secs(8), "took {took:?}: {log}");
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("shutdown did not finish within"), "{log}");
 }
@@ -379,4 +381,95 @@ fn commit_hold_is_honoured_by_the_shutdown() {
     wait_for_committed(&names.group, &names.input, 1_000, LONG, &mut [&mut second]);
     assert_eq!(second.terminate(), Some(0), "{}", second.log());
     assert_verified(&names, input.valid(), input.malformed);
+}
+
+/// A broker that freezes for 40 s mid-stream (SIGSTOP: no answer, no error) is an
+/// operating condition: tally waits, the group rebalances when the broker comes
+/// back, and every record still ends up exactly once. Needs a broker of its own.
+#[test]
+fn forty_second_broker_freeze_mid_stream_is_ridden_out_exactly() {
+    const EVENTS: u64 = 20_000;
+    let broker = PrivateBroker::start();
+    let names = Names {
+        input: unique("freeze-in"),
+        output: unique("freeze-out"),
+        dlq: unique("freeze-dlq"),
+        insights: unique("freeze-ins"),
+        group: unique("freeze-group"),
+    };
+    let topic_args = names.topic_args();
+    let mut args = vec!["create-topics", "--partitions", "2"];
+    args.extend(topic_args.iter().map(String::as_str));
+    let (code, _, err) = broker.tally(&args);
+    assert_eq!(code, 0, "{err}");
+    let count = EVENTS.to_string();
+    let (code, _, err) = broker.tally(&[
+        "generate",
+        "--topic",
+        &names.input,
+        "--count",
+        &count,
+        "--huge",
+        "false",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start_on(
+        &broker.bootstrap,
+        &names,
+        "freeze-1",
+        &dir.path().join("state"),
+        &["--max-batch-records", "200"],
+        &[],
+    );
+    let deadline = std::time::Instant::now() + LONG;
+    while !run.log().contains("partition restored") {
+        assert!(std::time::Instant::now() < deadline, "{}", run.log());
+        assert!(!run.exited(), "{}", run.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    broker.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(40));
+    broker.signal("-CONT");
+    let group_args = ["--group-id", names.group.as_str()];
+    let (code, out, err) = broker.tally(&[
+        "lag",
+        group_args[0],
+        group_args[1],
+        "--input-topic",
+        &names.input,
+        "--wait-for",
+        &count,
+        "--timeout",
+        "180",
+    ]);
+    assert_eq!(
+        code,
+        0,
+        "the group did not drain after the freeze: {out}{err}\n{}",
+        run.log()
+    );
+    assert!(
+        !run.exited(),
+        "tally exited during the freeze: {}",
+        run.log()
+    );
+    let mut args = vec!["verify", "--complete", "--json"];
+    args.extend(group_args);
+    args.extend(topic_args.iter().map(String::as_str));
+    let (code, out, err) = broker.tally(&args);
+    let summary: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(code, 0, "{summary:#}\n{err}");
+    assert_eq!(summary["duplicates"], 0, "{summary:#}");
+    assert_eq!(summary["missing"], 0, "{summary:#}");
+    assert_eq!(
+        summary["processed"].as_u64().unwrap()
+            + summary["dead_lettered"].as_u64().unwrap()
+            + summary["filtered"].as_u64().unwrap(),
+        EVENTS,
+        "{summary:#}"
+    );
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
 }

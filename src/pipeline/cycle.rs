@@ -90,6 +90,7 @@ impl Pipeline {
         st.pending.apply(&outcome, horizon);
         st.next_offset = offset + 1;
         st.touched = true;
+        st.head.get_or_insert(offset);
         if let Txn::Open { records, .. } = &mut self.txn {
             *records += 1;
         }
@@ -234,6 +235,7 @@ impl Pipeline {
             st.committed.merge(&pending, horizon);
             st.committed_offset = st.next_offset;
             st.touched = false;
+            st.head = None;
             checkpoints.push(Checkpoint {
                 partition: *p,
                 next_offset: st.committed_offset,
@@ -294,6 +296,7 @@ impl Pipeline {
         for (p, st) in &mut self.partitions {
             st.pending = Aggregate::default();
             st.touched = false;
+            st.head = None;
             if matches!(st.phase, Phase::Active) {
                 st.next_offset = st.committed_offset;
                 seeks.push((*p, st.committed_offset));
@@ -316,8 +319,7 @@ impl Pipeline {
         let heads: Vec<(i32, i64)> = self
             .partitions
             .iter()
-            .filter(|(_, st)| st.touched)
-            .map(|(p, st)| (*p, st.committed_offset))
+            .filter_map(|(p, st)| st.head.map(|h| (*p, h)))
             .collect();
         let mut failures = std::mem::take(&mut self.refused);
         failures.extend(self.producer.take_record_failures());
@@ -355,6 +357,10 @@ impl Pipeline {
         blocking(move || f.init())
             .await
             .map_err(|e| txn_fatal(&self.cfg, e))?;
+        // The transaction is gone as after an abort: its record failures and the
+        // verdicts it carried go back to the poison rule before the old producer
+        // (and the failures it collected) is dropped.
+        self.note_abort();
         let old = std::mem::replace(&mut self.producer, fresh);
         blocking(move || drop(old)).await;
         self.txn = Txn::Idle;
@@ -366,6 +372,7 @@ impl Pipeline {
             st.phase = Phase::Restoring;
             st.pending = Aggregate::default();
             st.touched = false;
+            st.head = None;
         }
         let all: Vec<i32> = self.partitions.keys().copied().collect();
         let c = self.consumer.clone();

@@ -141,6 +141,10 @@ struct PartitionState {
     /// Deltas of the open transaction, merged only after it commits.
     pending: Aggregate,
     touched: bool,
+    /// The first offset this partition processed in the open transaction: the
+    /// head the poison rule blames. Not `committed_offset`, which may hold no
+    /// record at all (a transaction marker of a transactional input producer).
+    head: Option<i64>,
     /// The latest restore started for this partition, while it is restoring.
     restore: Option<RestoreTicket>,
 }

@@ -48,6 +48,7 @@ impl Pipeline {
                             committed: Aggregate::default(),
                             pending: Aggregate::default(),
                             touched: false,
+                            head: None,
                             restore: None,
                         },
                     );

@@ -656,6 +656,17 @@ impl PrivateBroker {
         assert!(ok, "kill -9 of the broker (pid {pid}) failed");
     }
 
+    /// Sends `sig` (e.g. `-STOP`, `-CONT`) to this broker only, by its PID.
+    pub fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("broker pid file");
+        let ok = std::process::Command::new("kill")
+            .args([sig, pid.trim()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} of the broker (pid {pid}) failed");
+    }
+
     /// Runs a tally subcommand against this broker: (exit code, stdout, stderr).
     pub fn tally(&self, args: &[&str]) -> (i32, String, String) {
         tally_on(&self.bootstrap, args)
