@@ -276,28 +276,7 @@ fn zombie_paused_right_before_its_commit_does_not_commit_on_resume() {
 #[test]
 fn shutdown_is_bounded_when_the_broker_dies() {
     let broker = PrivateBroker::start();
-    let names = Names {
-        input: unique("sdown-in"),
-        output: unique("sdown-out"),
-        dlq: unique("sdown-dlq"),
-        insights: unique("sdown-ins"),
-        group: unique("sdown-group"),
-    };
-    let topic_args = names.topic_args();
-    let mut args = vec!["create-topics", "--partitions", "2"];
-    args.extend(topic_args.iter().map(String::as_str));
-    let (code, _, err) = broker.tally(&args);
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = broker.tally(&[
-        "generate",
-        "--topic",
-        &names.input,
-        "--count",
-        "20000",
-        "--huge",
-        "false",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let names = broker.pipeline("sdown", 20_000);
     let dir = tempfile::tempdir().unwrap();
     // Long cycles keep a transaction open; the shutdown's commit waits 1 s
     // (failpoint), so the broker is surely gone by then.
@@ -390,29 +369,9 @@ fn commit_hold_is_honoured_by_the_shutdown() {
 fn forty_second_broker_freeze_mid_stream_is_ridden_out_exactly() {
     const EVENTS: u64 = 20_000;
     let broker = PrivateBroker::start();
-    let names = Names {
-        input: unique("freeze-in"),
-        output: unique("freeze-out"),
-        dlq: unique("freeze-dlq"),
-        insights: unique("freeze-ins"),
-        group: unique("freeze-group"),
-    };
+    let names = broker.pipeline("freeze", EVENTS);
     let topic_args = names.topic_args();
-    let mut args = vec!["create-topics", "--partitions", "2"];
-    args.extend(topic_args.iter().map(String::as_str));
-    let (code, _, err) = broker.tally(&args);
-    assert_eq!(code, 0, "{err}");
     let count = EVENTS.to_string();
-    let (code, _, err) = broker.tally(&[
-        "generate",
-        "--topic",
-        &names.input,
-        "--count",
-        &count,
-        "--huge",
-        "false",
-    ]);
-    assert_eq!(code, 0, "{err}");
     let dir = tempfile::tempdir().unwrap();
     let mut run = TallyProc::start_on(
         &broker.bootstrap,

@@ -184,7 +184,38 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         blocking(move || StateStore::destroy(dir)).await?;
         tracing::info!(dir = %a.state_dir.display(), "local state deleted (--reset-state); it is rebuilt from Kafka");
     }
+    tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
+    // Installed before start-up, so a SIGTERM while joining still ends cleanly.
+    let shutdown = shutdown_flag();
+    // Up before the broker is reached: liveness answers and readiness says why not.
+    observe::http::serve(a.metrics_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics endpoint on {} (--metrics-addr; port 0 picks a free one)",
+                a.metrics_addr
+            )
+        })?;
+    observe::lag::spawn(
+        connection.clone(),
+        a.topics.input_topic.clone(),
+        LAG_REFRESH,
+    );
+    if !wait_for_cluster(&a.kafka, &shutdown).await? {
+        return Ok(());
+    }
+    // Everything below asks the cluster, so it comes after the wait: an
+    // unreachable cluster is waited for, not reported as a missing topic or an
+    // unreadable limit.
     let process = a.process.resolve(&connection, &a.topics).await;
+    // State is restored from the insights topic: refuse to run on one that
+    // cannot serve.
+    tally::kafka::check_insights_topic(
+        &connection,
+        &a.topics.input_topic,
+        &a.topics.insights_topic,
+    )
+    .await?;
     let cfg = PipelineConfig {
         connection,
         process,
@@ -210,35 +241,6 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         poison_aborts: a.poison_aborts,
         max_batch_bytes: a.max_batch_bytes,
     };
-    tracing::info!(group = %a.group_id, instance = %a.instance_id, input = %a.topics.input_topic, state_dir = %a.state_dir.display(), "starting");
-    // Installed before start-up, so a SIGTERM while joining still ends cleanly.
-    let shutdown = shutdown_flag();
-    // Up before the broker is reached: liveness answers and readiness says why not.
-    observe::http::serve(a.metrics_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the metrics endpoint on {} (--metrics-addr; port 0 picks a free one)",
-                a.metrics_addr
-            )
-        })?;
-    observe::lag::spawn(
-        cfg.connection.clone(),
-        a.topics.input_topic.clone(),
-        LAG_REFRESH,
-    );
-    if !wait_for_cluster(&a.kafka, &shutdown).await? {
-        return Ok(());
-    }
-    // State is restored from the insights topic: refuse to run on one that
-    // cannot serve (checked once the cluster answers, so an unreachable cluster
-    // is waited for, not reported as a missing topic).
-    tally::kafka::check_insights_topic(
-        &cfg.connection,
-        &a.topics.input_topic,
-        &a.topics.insights_topic,
-    )
-    .await?;
     let pipeline = Pipeline::start(cfg).await?;
     pipeline.run(shutdown).await?;
     Ok(())

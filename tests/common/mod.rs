@@ -656,6 +656,35 @@ impl PrivateBroker {
         assert!(ok, "kill -9 of the broker (pid {pid}) failed");
     }
 
+    /// Fresh names on this broker, the pipeline's topics created (2 partitions)
+    /// and `events` generated events (no 1 MiB payloads) in the input.
+    pub fn pipeline(&self, prefix: &str, events: u64) -> Names {
+        let names = Names {
+            input: unique(&format!("{prefix}-in")),
+            output: unique(&format!("{prefix}-out")),
+            dlq: unique(&format!("{prefix}-dlq")),
+            insights: unique(&format!("{prefix}-ins")),
+            group: unique(&format!("{prefix}-group")),
+        };
+        let topic_args = names.topic_args();
+        let mut args = vec!["create-topics", "--partitions", "2"];
+        args.extend(topic_args.iter().map(String::as_str));
+        let (code, _, err) = self.tally(&args);
+        assert_eq!(code, 0, "{err}");
+        let count = events.to_string();
+        let (code, _, err) = self.tally(&[
+            "generate",
+            "--topic",
+            &names.input,
+            "--count",
+            &count,
+            "--huge",
+            "false",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        names
+    }
+
     /// Sends `sig` (e.g. `-STOP`, `-CONT`) to this broker only, by its PID.
     pub fn signal(&self, sig: &str) {
         let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("broker pid file");
