@@ -13,16 +13,7 @@ events=${1:-200000}
 partitions=${2:-6}
 
 . scripts/lib.sh
-tally_release_bin
-
-run_pid=
-work=$(mktemp -d "${TMPDIR:-/tmp}/tally-bench.XXXXXX")
-stop_run() {
-  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-tally_traps stop_run
-tally_ensure_broker
+tally_bench_start bench
 
 id=bench-$(date +%s)
 topics=(--input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" --insights-topic "$id-ins")

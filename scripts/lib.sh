@@ -36,15 +36,27 @@ tally_traps() {
   trap 'exit 143' TERM
 }
 
-# Sets `tally` to the binary the benchmarks use: TALLY_BIN when set, else a
-# release build (CARGO_TARGET_DIR, default ~/.cache/tally-target).
-tally_release_bin() {
+# For the benchmark scripts (`bench.sh`, `restore-bench.sh`, `rss.sh`): installs
+# what is missing, sets `tally` to the binary they use (TALLY_BIN when set, else a
+# release build in CARGO_TARGET_DIR, default ~/.cache/tally-target), makes a work
+# directory `work` (named after `$1`), and a broker; on exit, failure or Ctrl+C
+# the `tally run` whose PID is in `run_pid` is stopped and `work` removed first.
+tally_bench_start() {
+  scripts/setup.sh
   if [ -n "${TALLY_BIN:-}" ]; then
     tally=$TALLY_BIN
-    return
+  else
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
+    cargo build --release --bin tally >&2
+    tally=$CARGO_TARGET_DIR/release/tally
   fi
-  scripts/setup.sh
-  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
-  cargo build --release --bin tally >&2
-  tally=$CARGO_TARGET_DIR/release/tally
+  run_pid=
+  work=$(mktemp -d "${TMPDIR:-/tmp}/tally-$1.XXXXXX")
+  tally_traps tally_bench_stop_run
+  tally_ensure_broker
+}
+
+tally_bench_stop_run() {
+  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
+  rm -rf "$work"
 }

@@ -23,16 +23,7 @@ events=${1:-1000000}
 partitions=${2:-6}
 
 . scripts/lib.sh
-tally_release_bin
-
-run_pid=
-work=$(mktemp -d "${TMPDIR:-/tmp}/tally-restore-bench.XXXXXX")
-stop_run() {
-  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-tally_traps stop_run
-tally_ensure_broker
+tally_bench_start restore-bench
 
 id=rbench-$(date +%s)
 topics=(--input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" --insights-topic "$id-ins")

@@ -21,24 +21,8 @@ cd "$(dirname "$0")/.."
 events=${1:-50000}
 partitions=${2:-6}
 
-scripts/setup.sh
-if [ -n "${TALLY_BIN:-}" ]; then
-  tally=$TALLY_BIN
-else
-  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
-  cargo build --release --bin tally >&2
-  tally=$CARGO_TARGET_DIR/release/tally
-fi
-
-run_pid=
-work=$(mktemp -d "${TMPDIR:-/tmp}/tally-rss.XXXXXX")
-stop_run() {
-  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
 . scripts/lib.sh
-tally_traps stop_run
-tally_ensure_broker
+tally_bench_start rss
 
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 
