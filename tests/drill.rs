@@ -36,8 +36,17 @@ fn short_drill_passes() {
     let summary: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(work.path().join("summary.json")).unwrap_or_default(),
     )
-    .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}\n{stderr}"));
-    assert!(out.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    .unwrap_or_else(|e| {
+        panic!(
+            "no summary ({e}):\n{stdout}\n{stderr}\n{}",
+            group_events(work.path())
+        )
+    });
+    assert!(
+        out.status.success(),
+        "drill failed:\n{stdout}\n{stderr}\n{}",
+        group_events(work.path())
+    );
     for k in ["duplicates", "losses", "mismatched", "stray"] {
         assert_eq!(summary[k], 0, "{k}: {summary:#}");
     }
@@ -62,4 +71,36 @@ fn short_drill_passes() {
             "{kind} applied: {summary:#}"
         );
     }
+}
+
+/// The group's story from each instance's log (the work dir is deleted with the
+/// test, and CI shows only what the test prints): starts, assignments,
+/// revocations, warnings and errors, the last lines of each.
+fn group_events(work: &std::path::Path) -> String {
+    let mut out = String::new();
+    for i in 0..3 {
+        let log =
+            std::fs::read_to_string(work.join(format!("instance-{i}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                [
+                    "=== drill",
+                    "partitions ",
+                    "stale",
+                    "WARN",
+                    "ERROR",
+                    "error:",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect();
+        out += &format!("--- instance-{i}.log (group events, last 60)\n");
+        for l in &lines[lines.len().saturating_sub(60)..] {
+            out += &l.chars().take(240).collect::<String>();
+            out.push('\n');
+        }
+    }
+    out
 }

@@ -10,6 +10,9 @@ use anyhow::Context;
 
 use super::{Names, SESSION_TIMEOUT_MS};
 
+/// Begins each run's part of an instance's log.
+const START_MARKER: &str = "=== drill: start #";
+
 pub(super) struct Instance {
     pub(super) id: String,
     pub(super) state_dir: PathBuf,
@@ -48,7 +51,7 @@ impl Instance {
         self.starts += 1;
         writeln!(
             log,
-            "=== drill: start #{} of {} (failpoints: {failpoints:?}) ===",
+            "{START_MARKER}{} of {} (failpoints: {failpoints:?}) ===",
             self.starts, self.id
         )?;
         let mut cmd = Command::new(tally);
@@ -86,7 +89,13 @@ impl Instance {
                 "--progress-secs",
                 "5",
             ])
-            .env("RUST_LOG", "info")
+            // `TALLY_DRILL_LOG` (a `RUST_LOG` filter) raises the instances' log
+            // level to investigate a failed drill, e.g. with `-X debug=cgrp`
+            // in `TALLY_KAFKA_PROPERTIES` and `librdkafka=debug` here.
+            .env(
+                "RUST_LOG",
+                std::env::var("TALLY_DRILL_LOG").unwrap_or_else(|_| "info".into()),
+            )
             // Several instances on one host: each endpoint on a free port.
             .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
             .stdout(Stdio::null())
@@ -139,6 +148,35 @@ impl Instance {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the running process answers `/readyz` with 200: in the group, its
+    /// producer initialised and every assigned partition restored. Its endpoint
+    /// binds a free port, which it logs after the latest start marker.
+    pub(super) fn ready(&self) -> bool {
+        const LISTENING: &str = "metrics endpoint listening addr=";
+        if self.child.is_none() {
+            return false;
+        }
+        let Ok(log) = std::fs::read_to_string(&self.log) else {
+            return false;
+        };
+        let this_run = log.rfind(START_MARKER).map_or(&log[..], |i| &log[i..]);
+        let Some(addr) = this_run
+            .find(LISTENING)
+            .and_then(|i| this_run[i + LISTENING.len()..].split_whitespace().next())
+        else {
+            return false;
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .get(format!("http://{addr}/readyz"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
     }
 
     /// `Some(code)` if the process ended by itself.

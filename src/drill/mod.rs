@@ -130,6 +130,9 @@ pub enum Fault {
     Retention,
 }
 
+/// How long a group may take to be ready again after a fault.
+const READY_LIMIT: Duration = Duration::from_secs(60);
+
 const CRASH_POINTS: [&str; 3] = [
     "after-produce",
     "before-commit",
@@ -204,6 +207,42 @@ impl Drill {
             std::thread::sleep(Duration::from_millis(200));
         }
         Ok(expected)
+    }
+
+    /// Waits until every running instance is ready (`/readyz`), at most
+    /// [`READY_LIMIT`]; a longer wait is reported as a stall. The zombie fault
+    /// waits for this because noida-db (the test broker) never answers a JoinGroup
+    /// that is parked while another member's session expires: that member hangs
+    /// for `max.poll.interval.ms`, and once it gives up the coordinator has handed
+    /// the same partitions to two members, whose commits it accepts (it does not
+    /// check generations). Apache Kafka does neither (DESIGN.md, the test broker).
+    fn await_ready_group(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let running = self.running();
+            if running.iter().all(|i| self.instances[*i].ready()) {
+                self.log(format!(
+                    "every instance ready after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                ));
+                return Ok(());
+            }
+            if start.elapsed() > READY_LIMIT {
+                let waiting: Vec<_> = running
+                    .iter()
+                    .filter(|i| !self.instances[**i].ready())
+                    .map(|i| self.instances[*i].id.clone())
+                    .collect();
+                let msg = format!(
+                    "not ready {} s after the last fault: {waiting:?}",
+                    READY_LIMIT.as_secs()
+                );
+                self.log(&msg);
+                self.report.stalls.push(msg);
+                return Ok(());
+            }
+            self.idle(Duration::from_millis(500), None)?;
+        }
     }
 
     fn running(&self) -> Vec<usize> {
@@ -300,6 +339,7 @@ impl Drill {
                 self.restart(i)?;
             }
             Fault::Zombie => {
+                self.await_ready_group()?;
                 let paused = SESSION_TIMEOUT_MS + self.rng.random_range(1_000..4_000);
                 self.log(format!(
                     "SIGSTOP {id} for {paused} ms (past the session timeout), then SIGCONT"

@@ -15,6 +15,8 @@ pub struct Report {
     pub restarts: u32,
     pub unexpected_exits: Vec<String>,
     pub zombie_outcomes: Vec<String>,
+    /// Times the group was not ready within the drill's limit after a fault.
+    pub stalls: Vec<String>,
     pub duplicates: u64,
     pub losses: u64,
     pub mismatched: u64,
@@ -42,6 +44,7 @@ impl Report {
             && self.aggregate_mismatches.is_empty()
             && self.snapshot_mismatches.is_empty()
             && self.unexpected_exits.is_empty()
+            && self.stalls.is_empty()
     }
 
     /// Prints the summary a person reads.
@@ -81,6 +84,10 @@ impl Report {
         }
         println!("  unexpected exits {}", self.unexpected_exits.len());
         for m in &self.unexpected_exits {
+            println!("    {m}");
+        }
+        println!("  stalls {}", self.stalls.len());
+        for m in &self.stalls {
             println!("    {m}");
         }
         println!("  time to drain {:.1} s", self.drain_secs);
