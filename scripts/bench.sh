@@ -1,48 +1,138 @@
 #!/usr/bin/env bash
-# Throughput benchmark (not a test): 200,000 generated events (5% malformed)
-# through `tally run` in exactly-once mode, and on the same broker in the same
-# run through a plain at-least-once copy loop (`tally copy`: no transactions, no
-# validation). Prints records/s for both.
+# Performance benchmark (not a test). For `tally run` (exactly once) at two commit
+# intervals and for the at-least-once baseline `tally copy` (no transactions, no
+# validation), on the same broker in one run, prints one table:
+#
+#   records/s      EVENTS generated events (5% malformed) already in the input,
+#                  from process start (joining the group included) to all committed
+#   CPU us/rec     the process's own CPU time (user + system) per record
+#   peak RSS       VmHWM of the process
+#   broker us/rec  the local broker's CPU time per record during that phase
+#                  ("-" when KAFKA_BOOTSTRAP names a broker we did not start)
+#   p50/p99 ms     end-to-end latency at RATE events/s: from the input record's
+#                  timestamp until a read_committed consumer sees the output
+#                  (`tally latency`), LATENCY_EVENTS events after the processor is ready
 #
 #   scripts/bench.sh [EVENTS] [PARTITIONS]
+#   env: RATE (2000), LATENCY_EVENTS (20000), INTERVALS ("100 1000" ms), TALLY_BIN
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}
 partitions=${2:-6}
+rate=${RATE:-2000}
+latency_events=${LATENCY_EVENTS:-20000}
+intervals=${INTERVALS:-100 1000}
 
 . scripts/lib.sh
 tally_bench_start bench
+broker_pid=
+[ -n "$tally_broker_dir" ] && broker_pid=$(cat "$tally_broker_dir/pid")
+tick=$(getconf CLK_TCK)
 
-id=bench-$(date +%s)
-topics=(--input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" --insights-topic "$id-ins")
-"$tally" create-topics "${topics[@]}" --partitions "$partitions" > /dev/null
-"$tally" create-topics --input-topic "$id-in" --output-topic "$id-copy" --dlq-topic "$id-dlq" \
-  --insights-topic "$id-ins" --partitions "$partitions" > /dev/null
-echo "bench: producing $events events to $id-in ($partitions partitions)" >&2
-"$tally" generate --topic "$id-in" --count "$events" --invalid-ratio 0.05 --huge false --seed 7 >&2
-
+# CPU seconds (user + system) of a live process.
+cpu_secs() { awk -v t="$tick" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
+broker_cpu() { if [ -n "$broker_pid" ]; then cpu_secs "$broker_pid"; else echo 0; fi; }
 now() { date +%s.%N; }
-rate() { python3 -c "import sys; n,a,b=int(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]); print(f'{n/(b-a):,.0f} records/s ({b-a:.2f} s)')" "$@"; }
 
-# Exactly once: from process start (includes joining the group) to the last commit.
-t0=$(now)
-"$tally" run "${topics[@]}" --group-id "$id-eos" --instance-id "$id-1" --state-dir "$work/state" \
-  --progress-secs 60 2> "$work/run.log" &
-run_pid=$!
-"$tally" lag --group-id "$id-eos" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null
-t1=$(now)
-kill -TERM "$run_pid"; wait "$run_pid"; run_pid=
-eos=$(rate "$events" "$t0" "$t1")
+# Topic names for one phase; the processed topic is "$1-out".
+topics_of() { echo --input-topic "$1-in" --output-topic "$1-out" --dlq-topic "$1-dlq" --insights-topic "$1-ins"; }
+fresh() { # name -> creates its topics
+  # shellcheck disable=SC2046
+  "$tally" create-topics $(topics_of "$1") --partitions "$partitions" > /dev/null
+}
 
-# At least once: the same input copied by a plain consumer/producer loop.
-t0=$(now)
-"$tally" copy --input-topic "$id-in" --output-topic "$id-copy" --group-id "$id-copy" --count "$events" > /dev/null
-t1=$(now)
-alo=$(rate "$events" "$t0" "$t1")
+# Starts the processor `$1` (run-<ms> or copy) on the topics of `$2` in the
+# background, under GNU time (its CPU and peak RSS land in $work/$2.time).
+start_processor() {
+  local kind=$1 id=$2 count=$3
+  # shellcheck disable=SC2046
+  if [ "$kind" = copy ]; then
+    /usr/bin/time -f '%U %S %M' -o "$work/$id.time" \
+      "$tally" copy $(topics_of "$id") --group-id "$id" --count "$count" > /dev/null 2> "$work/$id.log" &
+  else
+    /usr/bin/time -f '%U %S %M' -o "$work/$id.time" \
+      "$tally" run $(topics_of "$id") --group-id "$id" --instance-id "$id" \
+      --state-dir "$work/state-$id" --commit-interval "${kind#run-}" --progress-secs 60 \
+      --metrics-addr "127.0.0.1:$4" 2> "$work/$id.log" &
+  fi
+  proc_pid=$!
+}
 
-echo "exactly-once  tally run:  $eos"
-echo "at-least-once copy loop:  $alo"
-echo "bench: checking the exactly-once output" >&2
-"$tally" verify "${topics[@]}" --group-id "$id-eos" --complete >&2
+# Waits for the processor of phase `$1` to exit (SIGTERM for `tally run`).
+stop_processor() {
+  local kind=$1
+  [ "$kind" = copy ] || kill -TERM "$(pgrep -P "$proc_pid" -x tally)" 2>/dev/null || true
+  wait "$proc_pid" || true
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# One row of the table: throughput, CPU, RSS and broker CPU on a backlog, then
+# latency on a live stream.
+measure() {
+  local kind=$1 id port b0 b1 t0 t1 user sys rss
+  id=bench-$kind-$(date +%s)
+  fresh "$id"
+  # The backlog: the same seed, so every row reads the same records.
+  "$tally" generate --topic "$id-in" --count "$events" --invalid-ratio 0.05 --huge false --seed 7 > /dev/null 2>&1
+  port=$(free_port)
+  b0=$(broker_cpu); t0=$(now)
+  start_processor "$kind" "$id" "$events" "$port"
+  if [ "$kind" = copy ]; then
+    wait "$proc_pid"
+  else
+    "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null
+  fi
+  t1=$(now); b1=$(broker_cpu)
+  [ "$kind" = copy ] || stop_processor "$kind"
+  read -r user sys rss < "$work/$id.time"
+  if [ "$kind" != copy ]; then
+    # shellcheck disable=SC2046
+    "$tally" verify $(topics_of "$id") --group-id "$id" --complete > /dev/null 2>&1 \
+      || echo "bench: $kind: verify found a problem (rerun: tally verify $(topics_of "$id") --group-id $id)" >&2
+  fi
+
+  # Latency: a fresh input, the processor ready, then a steady stream.
+  local lid=$id-lat lat
+  fresh "$lid"
+  port=$(free_port)
+  start_processor "$kind" "$lid" "$latency_events" "$port"
+  if [ "$kind" = copy ]; then
+    sleep 6 # joined the group (no readiness endpoint)
+  else
+    for _ in $(seq 1 300); do
+      curl -fs "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && break
+      sleep 0.1
+    done
+  fi
+  # The first 2 s of the stream are skipped (the generator's first records wait for
+  # its connection); 90% of the events reach the output topic (5% are malformed).
+  local skip=$((rate * 2))
+  "$tally" latency --topic "$lid-out" --skip "$skip" --count "$((latency_events * 90 / 100 - skip))" > "$work/$lid.json" &
+  local probe=$!
+  sleep 1
+  "$tally" generate --topic "$lid-in" --count "$latency_events" --rate "$rate" --invalid-ratio 0.05 --huge false --seed 8 > /dev/null 2>&1
+  wait "$probe" || true
+  stop_processor "$kind"
+  lat=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%7d %7d" % (d["p50_ms"], d["p99_ms"]))' "$work/$lid.json" 2>/dev/null || echo "      -       -")
+
+  python3 - "$kind" "$events" "$t0" "$t1" "$user" "$sys" "$rss" "$b0" "$b1" "$broker_pid" "$lat" <<'EOF'
+import sys
+kind, n, t0, t1, user, sys_, rss, b0, b1, broker, lat = sys.argv[1:]
+n = int(n); wall = float(t1) - float(t0)
+cpu = float(user) + float(sys_)
+brk = f"{(float(b1) - float(b0)) / n * 1e6:9.1f}" if broker else f"{'-':>9}"
+print(f"{kind:<9} {n / wall:>10,.0f} {cpu / n * 1e6:>10.2f} {int(rss) / 1024:>9.1f} {brk} {lat}")
+EOF
+}
+
+echo "bench: $events events, $partitions partitions, latency at $rate events/s ($latency_events events)" >&2
+rows=()
+for ms in $intervals; do
+  rows+=("$(measure "run-$ms")")
+done
+rows+=("$(measure copy)")
+printf '%-9s %10s %10s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "brk us/rec" "p50 ms" "p99 ms"
+printf '%s\n' "${rows[@]}"

@@ -9,7 +9,8 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libclang-dev build-essential pkg-config libssl-dev zlib1g-dev prometheus; do
+# GNU time: the benchmarks' CPU time and peak RSS of a process.
+for pkg in libclang-dev build-essential pkg-config libssl-dev zlib1g-dev prometheus time; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 # python3 (any, e.g. pyenv's) is only needed to fetch the test broker with pip.

@@ -540,6 +540,7 @@ impl Outcome {
                     key: None,
                     value: Vec::new(),
                     headers: Vec::new(),
+                    timestamp_ms: None,
                 };
                 Some(std::mem::replace(output, empty))
             }
@@ -701,6 +702,7 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
         key,
         value,
         headers: hs,
+        timestamp_ms: rec.timestamp_ms,
     }
 }
 
@@ -736,6 +738,7 @@ pub fn process_owned(rec: InputRecord, cfg: &ProcessConfig) -> Outcome {
                 key: Some(event.user_id.clone().into_bytes()),
                 value,
                 headers: source_headers(cfg, rec.partition, rec.offset),
+                timestamp_ms: rec.timestamp_ms,
             };
             let size = record_size(output.key.as_deref(), &output.value, &output.headers);
             let limit = cfg.output_limits.processed_max_bytes;

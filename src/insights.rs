@@ -145,6 +145,7 @@ pub fn snapshot_record(
         key: Some(snapshot_key(topic, partition)),
         value: serde_json::to_vec(&snap).expect("snapshot serialises"),
         headers: Vec::new(),
+        timestamp_ms: None,
     }
 }
 

@@ -35,6 +35,11 @@ pub struct OutputRecord {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record timestamp to write, milliseconds since the epoch: an output or
+    /// DLQ entry carries its input record's (as Kafka Streams does), so time-based
+    /// lookups and end-to-end latency refer to when the event was written, not when
+    /// tally got to it. `None`: the producer's clock (snapshots).
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Header names tally writes.

@@ -9,6 +9,7 @@ pub mod create_topics;
 pub mod generate;
 pub mod insights;
 pub mod lag;
+pub mod latency;
 pub mod progress;
 pub mod replay;
 pub mod run;
@@ -66,6 +67,10 @@ pub enum Command {
     /// Benchmark baseline: copy input to output at least once (no transactions).
     #[command(hide = true)]
     Copy(copy::CopyArgs),
+    /// Benchmark probe: end-to-end latency of the records arriving on a topic, from
+    /// their timestamp to a read_committed consumer (p50/p99 as JSON).
+    #[command(hide = true)]
+    Latency(latency::LatencyArgs),
 }
 
 /// Runs the chosen subcommand; the result is the process's exit status.
@@ -78,6 +83,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::CreateTopics(a) => Some(&a.kafka),
         Command::Lag(a) => Some(&a.kafka),
         Command::Copy(a) => Some(&a.kafka),
+        Command::Latency(a) => Some(&a.kafka),
         // `run` waits for the cluster itself; `state` reads only the local store.
         Command::Run(_) | Command::State(_) => None,
     };
@@ -94,6 +100,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::CreateTopics(a) => create_topics::run(a).await.map(|()| 0),
         Command::Lag(a) => lag::run(a).await,
         Command::Copy(a) => copy::run(a).await.map(|()| 0),
+        Command::Latency(a) => latency::run(a).await,
     }
 }
 

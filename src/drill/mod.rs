@@ -487,7 +487,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
                 }
                 let r = g.next_record();
                 let p = (n % recount.lock().unwrap().len() as u64) as i32;
-                producer.send_to(&topic, Some(p), Some(&r.key), r.value.as_deref(), &[])?;
+                producer.send_to(&topic, Some(p), Some(&r.key), r.value.as_deref(), &[], None)?;
                 n += 1;
                 recount.lock().unwrap()[p as usize].add(&r);
             }

@@ -40,7 +40,16 @@ pub fn copy_at_least_once(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 idle_since = std::time::Instant::now();
-                producer.send(output, m.key(), m.payload(), &[])?;
+                // The input's timestamp, as `tally run` keeps it: end-to-end
+                // latency is measured the same way for both.
+                producer.send_to(
+                    output,
+                    None,
+                    m.key(),
+                    m.payload(),
+                    &[],
+                    m.timestamp().to_millis(),
+                )?;
                 n += 1;
                 since_commit += 1;
             }

@@ -283,6 +283,9 @@ impl TxnProducer {
         if let Destination::Insights { partition } = rec.destination {
             br = br.partition(partition);
         }
+        if let Some(ts) = rec.timestamp_ms {
+            br = br.timestamp(ts);
+        }
         match self.producer.send(br) {
             Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -409,10 +412,11 @@ impl PlainProducer {
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
     ) -> Result<()> {
-        self.send_to(topic, None, key, value, headers)
+        self.send_to(topic, None, key, value, headers, None)
     }
 
-    /// Like [`PlainProducer::send`], to a chosen partition (`None`: by key hash).
+    /// Like [`PlainProducer::send`], to a chosen partition (`None`: by key hash),
+    /// with a chosen timestamp (`None`: now).
     pub fn send_to(
         &self,
         topic: &str,
@@ -420,6 +424,7 @@ impl PlainProducer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
+        timestamp_ms: Option<i64>,
     ) -> Result<()> {
         let deadline = std::time::Instant::now() + CALL_TIMEOUT;
         loop {
@@ -436,6 +441,9 @@ impl PlainProducer {
             }
             if !headers.is_empty() {
                 br = br.headers(owned_headers(headers));
+            }
+            if let Some(ts) = timestamp_ms {
+                br = br.timestamp(ts);
             }
             match self.producer.send(br) {
                 Ok(()) => return Ok(()),

@@ -193,6 +193,42 @@ impl TopicReader {
         Ok(())
     }
 
+    /// Follows every partition from its current end (the last stable offset) and
+    /// calls `f` with each record newer than that, as soon as this read_committed
+    /// reader can see it, until `f` returns false or no record came for `idle`.
+    /// Returns whether `f` asked to stop (false: went idle).
+    pub fn follow(&self, idle: Duration, mut f: impl FnMut(ReadRecord) -> bool) -> Result<bool> {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.partitions()? {
+            tpl.add_partition_offset(&self.topic, p, Offset::End)
+                .expect("valid offset");
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(ctx(format!("assigning {}", self.topic)))?;
+        let mut last = Instant::now();
+        loop {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if last.elapsed() > idle {
+                        return Ok(false);
+                    }
+                }
+                Some(Err(e)) => return Err(ctx(format!("following {}", self.topic))(e)),
+                Some(Ok(m)) => {
+                    last = Instant::now();
+                    let go_on = f(ReadRecord {
+                        record: InputRecord::from(&m),
+                        headers: headers_of(&m),
+                    });
+                    if !go_on {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+
     fn position(&self, partition: i32) -> Result<i64> {
         let pos = self.consumer.position().map_err(ctx("reading position"))?;
         Ok(pos
