@@ -63,7 +63,7 @@ start_processor() {
 # Waits for the processor of phase `$1` to exit (SIGTERM for `tally run`).
 stop_processor() {
   local kind=$1
-  [ "$kind" = copy ] || kill -TERM "$(pgrep -P "$proc_pid" -x tally)" 2>/dev/null || true
+  [ "$kind" = copy ] || pkill -TERM -P "$proc_pid" 2>/dev/null || true
   wait "$proc_pid" || true
 }
 

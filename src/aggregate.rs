@@ -170,7 +170,7 @@ impl Aggregate {
         self.processed += 1;
         let k = horizon.top_k;
         bump_capped(&mut self.by_device_type, &e.device_type, k);
-        bump_capped(&mut self.by_app_version, &e.app_version.to_string(), k);
+        bump_capped(&mut self.by_app_version, e.app_version.as_str(), k);
         bump_capped(&mut self.by_locale, &e.locale, k);
         *self
             .per_minute
@@ -207,6 +207,14 @@ impl Aggregate {
             return;
         };
         let keep_from = latest - horizon.minutes * 60;
+        // The common case, checked first: `split_off` would move every bucket.
+        if self
+            .per_minute
+            .first_key_value()
+            .is_some_and(|(&first, _)| first >= keep_from)
+        {
+            return;
+        }
         let kept = self.per_minute.split_off(&keep_from);
         self.older_than_horizon += self.per_minute.values().sum::<u64>();
         self.per_minute = kept;

@@ -5,12 +5,13 @@
 //! for processed records, the same output bytes.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::model::{Destination, InputRecord, OutputRecord, headers};
@@ -123,9 +124,19 @@ pub struct AppVersion {
     text: String,
 }
 
-impl FromStr for AppVersion {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+impl AppVersion {
+    /// The version as written (what output and aggregates show).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// [`FromStr`] keeping the given string instead of copying it.
+    pub fn parse_owned(s: String) -> Result<Self, String> {
+        let parts = Self::parts(&s)?;
+        Ok(AppVersion { parts, text: s })
+    }
+
+    fn parts(s: &str) -> Result<Vec<u64>, String> {
         let numeric = s.split(['-', '+']).next().unwrap_or_default();
         let parts: Result<Vec<u64>, _> = numeric.split('.').map(str::parse::<u64>).collect();
         match parts {
@@ -133,15 +144,19 @@ impl FromStr for AppVersion {
                 if (1..=4).contains(&parts.len())
                     && numeric.chars().all(|c| c.is_ascii_digit() || c == '.') =>
             {
-                Ok(AppVersion {
-                    parts,
-                    text: s.to_string(),
-                })
+                Ok(parts)
             }
             _ => Err(format!(
                 "{s:?} is not a version like 2.13.1 (1 to 4 dot-separated numbers)"
             )),
         }
+    }
+}
+
+impl FromStr for AppVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse_owned(s.to_string())
     }
 }
 
@@ -287,6 +302,125 @@ pub fn validate(
         Ok(t) => t,
         Err(e) => return reject(Reason::InvalidUtf8, format!("value is not UTF-8: {e}")),
     };
+    let fields = match serde_json::from_str::<BTreeMap<&str, &RawValue>>(text) {
+        Ok(fields) => fields,
+        // Not an object, not JSON, or keys with escapes: the general path below,
+        // which also words every rejection.
+        Err(_) => return validate_value(text, record_timestamp_ms, limits),
+    };
+    let take = |field: &str| -> Option<Result<String, Rejection>> {
+        let raw = fields.get(field)?.get();
+        Some(match raw.as_bytes()[0] {
+            b'"' => match serde_json::from_str::<&str>(raw) {
+                Ok(s) => Ok(s.to_string()),
+                // Escapes: unescaped into an owned string.
+                Err(_) => serde_json::from_str::<String>(raw)
+                    .map_err(|e| Rejection {
+                        reason: Reason::InvalidJson,
+                        message: format!("value is not valid JSON: {e}"),
+                    }),
+            }
+            .and_then(|s| {
+                if s.trim().is_empty() {
+                    reject(Reason::EmptyField, format!("field {field:?} is empty"))
+                } else {
+                    Ok(s)
+                }
+            }),
+            first => reject(
+                Reason::WrongType,
+                format!(
+                    "field {field:?} must be a string, got a {}",
+                    raw_kind(first)
+                ),
+            ),
+        })
+    };
+    for field in REQUIRED {
+        match fields.get(field).map(|r| r.get()) {
+            None => {
+                return reject(
+                    Reason::MissingField,
+                    format!("required field {field:?} is missing"),
+                );
+            }
+            Some("null") => {
+                return reject(
+                    Reason::NullField,
+                    format!("required field {field:?} is null"),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    let present = "presence checked above";
+    let user_id = take("user_id").expect(present)?;
+    let app_version_text = take("app_version").expect(present)?;
+    let device_type = take("device_type").expect(present)?;
+    let ip_text = take("ip").expect(present)?;
+    let locale = take("locale").expect(present)?;
+    let device_id = take("device_id").expect(present)?;
+    let timestamp_raw = fields["timestamp"].get();
+    let timestamp = parse_timestamp(
+        serde_json::from_str(timestamp_raw).expect("a raw JSON value parses as a value"),
+    )?;
+    let mut extra = Map::new();
+    for (k, v) in &fields {
+        if !REQUIRED.contains(k) {
+            extra.insert(
+                (*k).to_string(),
+                serde_json::from_str(v.get()).expect("a raw JSON value parses as a value"),
+            );
+        }
+    }
+    finish(
+        Parsed {
+            user_id,
+            app_version_text,
+            device_type,
+            ip_text,
+            locale,
+            device_id,
+            timestamp,
+            extra,
+        },
+        record_timestamp_ms,
+        limits,
+    )
+}
+
+/// The fields of a record, read but not yet checked for meaning.
+struct Parsed {
+    user_id: String,
+    app_version_text: String,
+    device_type: String,
+    ip_text: String,
+    locale: String,
+    device_id: String,
+    timestamp: i64,
+    extra: Map<String, Value>,
+}
+
+/// The kind of a JSON value from its first byte (of a raw value, so valid JSON).
+fn raw_kind(first: u8) -> &'static str {
+    match first {
+        b'n' => "null",
+        b't' | b'f' => "boolean",
+        b'"' => "string",
+        b'[' => "array",
+        b'{' => "object",
+        _ => "number",
+    }
+}
+
+/// [`validate`] through a `serde_json::Value`: every value the fast path declines
+/// (malformed JSON, not an object, keys with escapes), with the same outcomes for
+/// the values both accept (a unit test and a property test compare them).
+fn validate_value(
+    text: &str,
+    record_timestamp_ms: Option<i64>,
+    limits: &Limits,
+) -> Result<LoginEvent, Rejection> {
     let json: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return reject(Reason::InvalidJson, format!("value is not valid JSON: {e}")),
@@ -337,7 +471,38 @@ pub fn validate(
     let locale = take_string("locale")?;
     let device_id = take_string("device_id")?;
     let timestamp = parse_timestamp(obj.remove("timestamp").expect("presence checked above"))?;
+    finish(
+        Parsed {
+            user_id,
+            app_version_text,
+            device_type,
+            ip_text,
+            locale,
+            device_id,
+            timestamp,
+            extra: obj,
+        },
+        record_timestamp_ms,
+        limits,
+    )
+}
 
+/// The checks of meaning, after the fields were read.
+fn finish(
+    p: Parsed,
+    record_timestamp_ms: Option<i64>,
+    limits: &Limits,
+) -> Result<LoginEvent, Rejection> {
+    let Parsed {
+        user_id,
+        app_version_text,
+        device_type,
+        ip_text,
+        locale,
+        device_id,
+        timestamp,
+        extra,
+    } = p;
     let latest = record_timestamp_ms
         .map(|ms| {
             ms.div_euclid(1000)
@@ -362,7 +527,7 @@ pub fn validate(
             );
         }
     };
-    let app_version = match AppVersion::from_str(&app_version_text) {
+    let app_version = match AppVersion::parse_owned(app_version_text) {
         Ok(v) => v,
         Err(e) => return reject(Reason::BadAppVersion, format!("app_version {e}")),
     };
@@ -374,7 +539,7 @@ pub fn validate(
         locale,
         device_id,
         timestamp,
-        extra: obj,
+        extra,
     })
 }
 
@@ -481,28 +646,80 @@ pub fn mask_ip(ip: IpAddr) -> String {
 /// processing metadata that is a function of the input (source coordinates). Keys
 /// come out sorted, so the bytes are deterministic.
 pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
-    let mut out = event.extra.clone();
+    /// A field of the output: borrowed where the event has it, so building the
+    /// output copies each byte once, into the serialised record.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Field<'a> {
+        Str(&'a str),
+        Int(i64),
+        Bool(bool),
+        Json(&'a Value),
+    }
     let login_time = DateTime::from_timestamp(event.timestamp, 0)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_default();
-    let fields = [
-        ("user_id", Value::from(event.user_id.clone())),
-        ("app_version", Value::from(event.app_version.to_string())),
-        ("device_type", Value::from(event.device_type.clone())),
-        ("ip", Value::from(mask_ip(event.ip))),
-        ("locale", Value::from(event.locale.clone())),
-        ("device_id", Value::from(event.device_id.clone())),
-        ("timestamp", Value::from(event.timestamp)),
-        ("login_time", Value::from(login_time)),
-        ("processed", Value::from(true)),
-        ("source_topic", Value::from(topic)),
-        ("source_partition", Value::from(partition)),
-        ("source_offset", Value::from(offset)),
-    ];
-    for (k, v) in fields {
-        out.insert(k.to_string(), v);
+    let ip = mask_ip(event.ip);
+    let mut bytes = Vec::with_capacity(256);
+    if event.extra.is_empty() {
+        // The usual event: the same bytes as the map below, without building it.
+        // Fields in sorted order (serde writes them in declaration order).
+        #[derive(serde::Serialize)]
+        struct Known<'a> {
+            app_version: &'a str,
+            device_id: &'a str,
+            device_type: &'a str,
+            ip: &'a str,
+            locale: &'a str,
+            login_time: &'a str,
+            processed: bool,
+            source_offset: i64,
+            source_partition: i32,
+            source_topic: &'a str,
+            timestamp: i64,
+            user_id: &'a str,
+        }
+        let known = Known {
+            app_version: event.app_version.as_str(),
+            device_id: &event.device_id,
+            device_type: &event.device_type,
+            ip: &ip,
+            locale: &event.locale,
+            login_time: &login_time,
+            processed: true,
+            source_offset: offset,
+            source_partition: partition,
+            source_topic: topic,
+            timestamp: event.timestamp,
+            user_id: &event.user_id,
+        };
+        serde_json::to_writer(&mut bytes, &known).expect("a struct of strings and numbers serialises");
+        return bytes;
     }
-    serde_json::to_vec(&Value::Object(out)).expect("a JSON map always serialises")
+    // Sorted keys (a BTreeMap, like serde_json's `Map`), so the bytes are
+    // deterministic; the known fields win over unknown ones of the same name.
+    let mut out: BTreeMap<&str, Field<'_>> = event
+        .extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), Field::Json(v)))
+        .collect();
+    out.extend([
+        ("user_id", Field::Str(&event.user_id)),
+        ("app_version", Field::Str(event.app_version.as_str())),
+        ("device_type", Field::Str(&event.device_type)),
+        ("ip", Field::Str(&ip)),
+        ("locale", Field::Str(&event.locale)),
+        ("device_id", Field::Str(&event.device_id)),
+        ("timestamp", Field::Int(event.timestamp)),
+        ("login_time", Field::Str(&login_time)),
+        ("processed", Field::Bool(true)),
+        ("source_topic", Field::Str(topic)),
+        ("source_partition", Field::Int(i64::from(partition))),
+        ("source_offset", Field::Int(offset)),
+    ]);
+    let mut bytes = Vec::with_capacity(256);
+    serde_json::to_writer(&mut bytes, &out).expect("a JSON map always serialises");
+    bytes
 }
 
 /// What becomes of one input record.
@@ -549,7 +766,7 @@ impl Outcome {
     }
 }
 
-fn source_headers(cfg: &ProcessConfig, partition: i32, offset: i64) -> Vec<(String, Vec<u8>)> {
+fn source_headers(cfg: &ProcessConfig, partition: i32, offset: i64) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             headers::SOURCE_TOPIC.into(),
@@ -579,7 +796,7 @@ pub const MAX_MESSAGE_HEADER_BYTES: usize = 512;
 const HEADER_OVERHEAD: usize = 10;
 
 /// The bytes a record takes against a topic's `max.message.bytes`.
-pub fn record_size(key: Option<&[u8]>, value: &[u8], hs: &[(String, Vec<u8>)]) -> usize {
+pub fn record_size(key: Option<&[u8]>, value: &[u8], hs: &[(&str, Vec<u8>)]) -> usize {
     RECORD_OVERHEAD
         + key.map_or(0, <[u8]>::len)
         + value.len()
@@ -1046,7 +1263,7 @@ mod tests {
     fn header<'a>(out: &'a OutputRecord, name: &str) -> Option<&'a [u8]> {
         out.headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_slice())
     }
 
@@ -1196,6 +1413,84 @@ mod tests {
                 value,
                 timestamp_ms: Some(NOW_MS * 3),
             })
+    }
+
+    /// The output as `transform` built it before it borrowed its fields: through a
+    /// `serde_json::Map`, re-serialised. The bytes must not change.
+    fn transform_via_value(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+        let mut out = event.extra.clone();
+        let login_time = DateTime::from_timestamp(event.timestamp, 0)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        for (k, v) in [
+            ("user_id", Value::from(event.user_id.clone())),
+            ("app_version", Value::from(event.app_version.to_string())),
+            ("device_type", Value::from(event.device_type.clone())),
+            ("ip", Value::from(mask_ip(event.ip))),
+            ("locale", Value::from(event.locale.clone())),
+            ("device_id", Value::from(event.device_id.clone())),
+            ("timestamp", Value::from(event.timestamp)),
+            ("login_time", Value::from(login_time)),
+            ("processed", Value::from(true)),
+            ("source_topic", Value::from(topic)),
+            ("source_partition", Value::from(partition)),
+            ("source_offset", Value::from(offset)),
+        ] {
+            out.insert(k.to_string(), v);
+        }
+        serde_json::to_vec(&Value::Object(out)).unwrap()
+    }
+
+    /// JSON texts near the edges of validation: fields missing, null, blank, of
+    /// the wrong type, escaped, duplicated, spaced out; unknown fields of every kind.
+    fn arb_login_text() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("user_id"), Just("app_version"), Just("device_type"), Just("ip"),
+            Just("locale"), Just("device_id"), Just("timestamp"),
+            Just("extra"), Just("z"), Just("user\\u005fid"), Just("processed"),
+        ];
+        let value = prop_oneof![
+            Just("\"u1\""), Just("\" \""), Just("\"\""), Just("\"a\\u0041\\n\""),
+            Just("null"), Just("1"), Just("-5"), Just("1.5"), Just("1e3"), Just("1.0"),
+            Just("\"123\""), Just("\" 42 \""), Just("\"-7\""), Just("true"),
+            Just("[1, 2.50, \"x\"]"), Just("{\"a\" : 1}"), Just("\"2.10.3\""),
+            Just("\"10.1.2.3\""), Just("\"2001:db8::1\""), Just("1700000000"),
+            Just("\"1700000000\""), Just("18446744073709551616"),
+        ];
+        let all = ["user_id", "app_version", "device_type", "ip", "locale", "device_id", "timestamp"];
+        let good = ["\"u1\"", "\"2.10.3\"", "\"iOS\"", "\"10.1.2.3\"", "\"de_DE\"", "\"d1\"", "1700000000"];
+        (
+            proptest::collection::vec((key, value, 0..3usize), 0..6),
+            any::<bool>(),
+            prop_oneof![Just(""), Just(" "), Just("\n\t")],
+        )
+            .prop_map(move |(fields, base, ws)| {
+                // Usually a valid event with some fields overridden or added.
+                let mut parts: Vec<String> = if base {
+                    all.iter().zip(good).map(|(k, v)| format!("\"{k}\":{v}")).collect()
+                } else {
+                    Vec::new()
+                };
+                for (k, v, at) in fields {
+                    let at = at.min(parts.len());
+                    parts.insert(at, format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}"));
+                }
+                format!("{ws}{{{}}}{ws}", parts.join(","))
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn fast_validation_agrees_with_the_value_path(text in arb_login_text()) {
+            let limits = Limits::default();
+            let now = Some(NOW_MS * 3);
+            let fast = validate(Some(text.as_bytes()), now, &limits);
+            let slow = validate_value(&text, now, &limits);
+            prop_assert_eq!(&fast, &slow, "{}", text);
+            if let Ok(e) = fast {
+                prop_assert_eq!(transform(&e, "t", 1, 2), transform_via_value(&e, "t", 1, 2));
+            }
+        }
     }
 
     proptest! {

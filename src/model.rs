@@ -34,7 +34,8 @@ pub struct OutputRecord {
     pub destination: Destination,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Header names are tally's own constants ([`headers`]): never allocated.
+    pub headers: Vec<(&'static str, Vec<u8>)>,
     /// The record timestamp to write, milliseconds since the epoch: an output or
     /// DLQ entry carries its input record's (as Kafka Streams does), so time-based
     /// lookups and end-to-end latency refer to when the event was written, not when

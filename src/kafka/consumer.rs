@@ -231,12 +231,12 @@ impl GroupConsumer {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while out.len() < max && bytes < max_bytes {
-            let left = deadline.saturating_duration_since(Instant::now());
             let polled = self.consumer.poll(if out.is_empty() {
-                left
+                deadline.saturating_duration_since(Instant::now())
             } else {
-                // Once records flow, only wait briefly for more of the same batch.
-                left.min(Duration::from_millis(5))
+                // Once records flow, only wait briefly for more of the same batch
+                // (the deadline is checked below).
+                Duration::from_millis(5)
             });
             let generation = self.generation();
             match polled {
@@ -266,7 +266,8 @@ impl GroupConsumer {
                     }
                 }
             }
-            if generation != start || Instant::now() >= deadline {
+            // The clock every 64 records: reading it per record showed in profiles.
+            if generation != start || (out.len() % 64 == 0 && Instant::now() >= deadline) {
                 break;
             }
         }

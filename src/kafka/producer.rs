@@ -196,11 +196,11 @@ impl std::fmt::Debug for TxnProducer {
     }
 }
 
-fn owned_headers(hs: &[(String, Vec<u8>)]) -> OwnedHeaders {
+fn owned_headers<K: AsRef<str>>(hs: &[(K, Vec<u8>)]) -> OwnedHeaders {
     hs.iter()
         .fold(OwnedHeaders::new_with_capacity(hs.len()), |acc, (k, v)| {
             acc.insert(Header {
-                key: k,
+                key: k.as_ref(),
                 value: Some(v.as_slice()),
             })
         })
