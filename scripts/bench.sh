@@ -14,7 +14,8 @@
 #                  (`tally latency`), LATENCY_EVENTS events after the processor is ready
 #
 #   scripts/bench.sh [EVENTS] [PARTITIONS]
-#   env: RATE (2000), LATENCY_EVENTS (20000), INTERVALS ("100 1000" ms), TALLY_BIN
+#   env: RATE (2000), LATENCY_EVENTS (20000; 0 skips the latency phase),
+#        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
 set -euo pipefail
@@ -23,7 +24,7 @@ events=${1:-200000}
 partitions=${2:-6}
 rate=${RATE:-2000}
 latency_events=${LATENCY_EVENTS:-20000}
-intervals=${INTERVALS:-100 1000}
+kinds=${KINDS:-run-100 run-1000 copy}
 
 . scripts/lib.sh
 tally_bench_start bench
@@ -95,7 +96,8 @@ measure() {
   fi
 
   # Latency: a fresh input, the processor ready, then a steady stream.
-  local lid=$id-lat lat
+  local lid=$id-lat lat="      -       -"
+  if [ "$latency_events" -gt 0 ]; then
   fresh "$lid"
   port=$(free_port)
   start_processor "$kind" "$lid" "$latency_events" "$port"
@@ -117,6 +119,7 @@ measure() {
   wait "$probe" || true
   stop_processor "$kind"
   lat=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%7d %7d" % (d["p50_ms"], d["p99_ms"]))' "$work/$lid.json" 2>/dev/null || echo "      -       -")
+  fi
 
   python3 - "$kind" "$events" "$t0" "$t1" "$user" "$sys" "$rss" "$b0" "$b1" "$broker_pid" "$lat" <<'EOF'
 import sys
@@ -130,9 +133,8 @@ EOF
 
 echo "bench: $events events, $partitions partitions, latency at $rate events/s ($latency_events events)" >&2
 rows=()
-for ms in $intervals; do
-  rows+=("$(measure "run-$ms")")
+for kind in $kinds; do
+  rows+=("$(measure "$kind")")
 done
-rows+=("$(measure copy)")
 printf '%-9s %10s %10s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "brk us/rec" "p50 ms" "p99 ms"
 printf '%s\n' "${rows[@]}"
