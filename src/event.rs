@@ -314,11 +314,10 @@ pub fn validate(
             b'"' => match serde_json::from_str::<&str>(raw) {
                 Ok(s) => Ok(s.to_string()),
                 // Escapes: unescaped into an owned string.
-                Err(_) => serde_json::from_str::<String>(raw)
-                    .map_err(|e| Rejection {
-                        reason: Reason::InvalidJson,
-                        message: format!("value is not valid JSON: {e}"),
-                    }),
+                Err(_) => serde_json::from_str::<String>(raw).map_err(|e| Rejection {
+                    reason: Reason::InvalidJson,
+                    message: format!("value is not valid JSON: {e}"),
+                }),
             }
             .and_then(|s| {
                 if s.trim().is_empty() {
@@ -693,7 +692,8 @@ pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -
             timestamp: event.timestamp,
             user_id: &event.user_id,
         };
-        serde_json::to_writer(&mut bytes, &known).expect("a struct of strings and numbers serialises");
+        serde_json::to_writer(&mut bytes, &known)
+            .expect("a struct of strings and numbers serialises");
         return bytes;
     }
     // Sorted keys (a BTreeMap, like serde_json's `Map`), so the bytes are
@@ -766,20 +766,18 @@ impl Outcome {
     }
 }
 
-fn source_headers(cfg: &ProcessConfig, partition: i32, offset: i64) -> Vec<(&'static str, Vec<u8>)> {
+fn source_headers(
+    cfg: &ProcessConfig,
+    partition: i32,
+    offset: i64,
+) -> Vec<(&'static str, Vec<u8>)> {
     vec![
+        (headers::SOURCE_TOPIC, cfg.input_topic.as_bytes().to_vec()),
         (
-            headers::SOURCE_TOPIC.into(),
-            cfg.input_topic.as_bytes().to_vec(),
-        ),
-        (
-            headers::SOURCE_PARTITION.into(),
+            headers::SOURCE_PARTITION,
             partition.to_string().into_bytes(),
         ),
-        (
-            headers::SOURCE_OFFSET.into(),
-            offset.to_string().into_bytes(),
-        ),
+        (headers::SOURCE_OFFSET, offset.to_string().into_bytes()),
     ]
 }
 
@@ -873,12 +871,9 @@ pub fn dlq_fit(key_len: usize, value_len: usize, room: usize) -> (usize, usize) 
 /// Takes the record by value: a 1 MiB payload is moved, never copied.
 pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig) -> OutputRecord {
     let mut hs = vec![
+        (headers::REASON, rejection.reason.code().as_bytes().to_vec()),
         (
-            headers::REASON.into(),
-            rejection.reason.code().as_bytes().to_vec(),
-        ),
-        (
-            headers::MESSAGE.into(),
+            headers::MESSAGE,
             cap_message(&rejection.message, MAX_MESSAGE_HEADER_BYTES),
         ),
     ];
@@ -891,11 +886,8 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
     let mut truncated = Vec::new();
     if let Some(k) = key.as_mut().filter(|_| key_keep < key_len) {
         truncated.push("key");
-        hs.push((
-            headers::ORIGINAL_KEY_SIZE.into(),
-            key_len.to_string().into_bytes(),
-        ));
-        hs.push((headers::ORIGINAL_KEY_SHA256.into(), sha256_hex(k)));
+        hs.push((headers::ORIGINAL_KEY_SIZE, key_len.to_string().into_bytes()));
+        hs.push((headers::ORIGINAL_KEY_SHA256, sha256_hex(k)));
         k.truncate(key_keep);
     }
     if key_keep == 0 && key_len > 0 {
@@ -903,16 +895,13 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
     }
     if value_keep < value.len() {
         truncated.push("value");
-        hs.push((
-            headers::ORIGINAL_SIZE.into(),
-            value.len().to_string().into_bytes(),
-        ));
-        hs.push((headers::ORIGINAL_SHA256.into(), sha256_hex(&value)));
+        hs.push((headers::ORIGINAL_SIZE, value.len().to_string().into_bytes()));
+        hs.push((headers::ORIGINAL_SHA256, sha256_hex(&value)));
         value.truncate(value_keep);
         value.shrink_to_fit();
     }
     if !truncated.is_empty() {
-        hs.push((headers::TRUNCATED.into(), truncated.join(",").into_bytes()));
+        hs.push((headers::TRUNCATED, truncated.join(",").into_bytes()));
     }
     OutputRecord {
         destination: Destination::DeadLetter,
@@ -1417,7 +1406,12 @@ mod tests {
 
     /// The output as `transform` built it before it borrowed its fields: through a
     /// `serde_json::Map`, re-serialised. The bytes must not change.
-    fn transform_via_value(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+    fn transform_via_value(
+        event: &LoginEvent,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Vec<u8> {
         let mut out = event.extra.clone();
         let login_time = DateTime::from_timestamp(event.timestamp, 0)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
@@ -1445,20 +1439,60 @@ mod tests {
     /// the wrong type, escaped, duplicated, spaced out; unknown fields of every kind.
     fn arb_login_text() -> impl Strategy<Value = String> {
         let key = prop_oneof![
-            Just("user_id"), Just("app_version"), Just("device_type"), Just("ip"),
-            Just("locale"), Just("device_id"), Just("timestamp"),
-            Just("extra"), Just("z"), Just("user\\u005fid"), Just("processed"),
+            Just("user_id"),
+            Just("app_version"),
+            Just("device_type"),
+            Just("ip"),
+            Just("locale"),
+            Just("device_id"),
+            Just("timestamp"),
+            Just("extra"),
+            Just("z"),
+            Just("user\\u005fid"),
+            Just("processed"),
         ];
         let value = prop_oneof![
-            Just("\"u1\""), Just("\" \""), Just("\"\""), Just("\"a\\u0041\\n\""),
-            Just("null"), Just("1"), Just("-5"), Just("1.5"), Just("1e3"), Just("1.0"),
-            Just("\"123\""), Just("\" 42 \""), Just("\"-7\""), Just("true"),
-            Just("[1, 2.50, \"x\"]"), Just("{\"a\" : 1}"), Just("\"2.10.3\""),
-            Just("\"10.1.2.3\""), Just("\"2001:db8::1\""), Just("1700000000"),
-            Just("\"1700000000\""), Just("18446744073709551616"),
+            Just("\"u1\""),
+            Just("\" \""),
+            Just("\"\""),
+            Just("\"a\\u0041\\n\""),
+            Just("null"),
+            Just("1"),
+            Just("-5"),
+            Just("1.5"),
+            Just("1e3"),
+            Just("1.0"),
+            Just("\"123\""),
+            Just("\" 42 \""),
+            Just("\"-7\""),
+            Just("true"),
+            Just("[1, 2.50, \"x\"]"),
+            Just("{\"a\" : 1}"),
+            Just("\"2.10.3\""),
+            Just("\"10.1.2.3\""),
+            Just("\"2001:db8::1\""),
+            Just("1700000000"),
+            Just("\"1700000000\""),
+            Just("18446744073709551616"),
         ];
-        let all = ["user_id", "app_version", "device_type", "ip", "locale", "device_id", "timestamp"];
-        let good = ["\"u1\"", "\"2.10.3\"", "\"iOS\"", "\"10.1.2.3\"", "\"de_DE\"", "\"d1\"", "1700000000"];
+        let all = [
+            "user_id",
+            "app_version",
+            "device_type",
+            "ip",
+            "locale",
+            "device_id",
+            "timestamp",
+        ];
+        let good = [
+            "\"u1\"",
+            "\"2.10.3\"",
+            "\"iOS\"",
+            "\"10.1.2.3\"",
+            "\"de_DE\"",
+            "\"d1\"",
+            "1700000000",
+        ];
         (
             proptest::collection::vec((key, value, 0..3usize), 0..6),
             any::<bool>(),
@@ -1467,7 +1501,10 @@ mod tests {
             .prop_map(move |(fields, base, ws)| {
                 // Usually a valid event with some fields overridden or added.
                 let mut parts: Vec<String> = if base {
-                    all.iter().zip(good).map(|(k, v)| format!("\"{k}\":{v}")).collect()
+                    all.iter()
+                        .zip(good)
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect()
                 } else {
                     Vec::new()
                 };

@@ -15,12 +15,6 @@ use tally::pipeline::PipelineError;
 /// Exit status when another process holds our instance id.
 const EXIT_FENCED: i32 = 3;
 
-// The profile of `tally run` showed malloc/free among its top entries (many small,
-// short-lived allocations per record); mimalloc serves those from thread-local
-// free lists.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = cli::Cli::parse();
     init_logging(cli.log_format);
