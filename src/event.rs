@@ -302,90 +302,92 @@ pub fn validate(
         Ok(t) => t,
         Err(e) => return reject(Reason::InvalidUtf8, format!("value is not UTF-8: {e}")),
     };
-    let fields = match serde_json::from_str::<BTreeMap<&str, &RawValue>>(text) {
-        Ok(fields) => fields,
-        // Not an object, not JSON, or keys with escapes: the general path below,
-        // which also words every rejection.
-        Err(_) => return validate_value(text, record_timestamp_ms, limits),
-    };
-    let take = |field: &str| -> Option<Result<String, Rejection>> {
-        let raw = fields.get(field)?.get();
-        Some(match raw.as_bytes()[0] {
-            b'"' => match serde_json::from_str::<&str>(raw) {
-                Ok(s) => Ok(s.to_string()),
-                // Escapes: unescaped into an owned string.
-                Err(_) => serde_json::from_str::<String>(raw).map_err(|e| Rejection {
-                    reason: Reason::InvalidJson,
-                    message: format!("value is not valid JSON: {e}"),
-                }),
-            }
-            .and_then(|s| {
-                if s.trim().is_empty() {
-                    reject(Reason::EmptyField, format!("field {field:?} is empty"))
-                } else {
-                    Ok(s)
-                }
-            }),
-            first => reject(
-                Reason::WrongType,
-                format!(
-                    "field {field:?} must be a string, got a {}",
-                    raw_kind(first)
-                ),
-            ),
-        })
-    };
-    for field in REQUIRED {
-        match fields.get(field).map(|r| r.get()) {
-            None => {
-                return reject(
-                    Reason::MissingField,
-                    format!("required field {field:?} is missing"),
-                );
-            }
-            Some("null") => {
-                return reject(
-                    Reason::NullField,
-                    format!("required field {field:?} is null"),
-                );
-            }
-            Some(_) => {}
-        }
+    // The fast path only ever accepts: anything it does not read as a plain valid
+    // event (a rejection of any kind, a duplicate key, a nested unknown field, a
+    // value serde_json checks only when parsed: a number beyond f64, a lone
+    // surrogate escape) goes to the general path, which words every rejection.
+    match fast_fields(text).and_then(|p| finish(p, record_timestamp_ms, limits).ok()) {
+        Some(event) => Ok(event),
+        None => validate_value(text, record_timestamp_ms, limits),
     }
-    let present = "presence checked above";
-    let user_id = take("user_id").expect(present)?;
-    let app_version_text = take("app_version").expect(present)?;
-    let device_type = take("device_type").expect(present)?;
-    let ip_text = take("ip").expect(present)?;
-    let locale = take("locale").expect(present)?;
-    let device_id = take("device_id").expect(present)?;
-    let timestamp_raw = fields["timestamp"].get();
-    let timestamp = parse_timestamp(
-        serde_json::from_str(timestamp_raw).expect("a raw JSON value parses as a value"),
-    )?;
+}
+
+/// The fields of a plain valid event read from borrowed raw JSON, or `None` for
+/// anything else (see [`validate`]).
+fn fast_fields(text: &str) -> Option<Parsed> {
+    // Keys with escapes fail to borrow and end up on the general path too.
+    let pairs = serde_json::from_str::<RawObject<'_>>(text).ok()?.0;
+    let mut keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    let raw = |field: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == field)
+            .map(|(_, v)| v.get())
+    };
+    let string = |field: &str| -> Option<String> {
+        let raw = raw(field)?;
+        let s = match serde_json::from_str::<&str>(raw) {
+            Ok(s) => s.to_string(),
+            Err(_) => serde_json::from_str::<String>(raw).ok()?,
+        };
+        (!s.trim().is_empty()).then_some(s)
+    };
+    let timestamp = match serde_json::from_str::<Value>(raw("timestamp")?).ok()? {
+        Value::Null => return None,
+        v => parse_timestamp(v).ok()?,
+    };
     let mut extra = Map::new();
-    for (k, v) in &fields {
+    for (k, v) in &pairs {
         if !REQUIRED.contains(k) {
-            extra.insert(
-                (*k).to_string(),
-                serde_json::from_str(v.get()).expect("a raw JSON value parses as a value"),
-            );
+            // Nested values could reach serde_json's depth limit as part of the
+            // whole document but not alone: the general path decides them.
+            if matches!(v.get().as_bytes()[0], b'{' | b'[') {
+                return None;
+            }
+            extra.insert((*k).to_string(), serde_json::from_str(v.get()).ok()?);
         }
     }
-    finish(
-        Parsed {
-            user_id,
-            app_version_text,
-            device_type,
-            ip_text,
-            locale,
-            device_id,
-            timestamp,
-            extra,
-        },
-        record_timestamp_ms,
-        limits,
-    )
+    Some(Parsed {
+        user_id: string("user_id")?,
+        app_version_text: string("app_version")?,
+        device_type: string("device_type")?,
+        ip_text: string("ip")?,
+        locale: string("locale")?,
+        device_id: string("device_id")?,
+        timestamp,
+        extra,
+    })
+}
+
+/// A JSON object's members in document order, as borrowed raw values (duplicates
+/// kept, so the caller can tell).
+struct RawObject<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(RawObject(members))
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 /// The fields of a record, read but not yet checked for meaning.
@@ -398,18 +400,6 @@ struct Parsed {
     device_id: String,
     timestamp: i64,
     extra: Map<String, Value>,
-}
-
-/// The kind of a JSON value from its first byte (of a raw value, so valid JSON).
-fn raw_kind(first: u8) -> &'static str {
-    match first {
-        b'n' => "null",
-        b't' | b'f' => "boolean",
-        b'"' => "string",
-        b'[' => "array",
-        b'{' => "object",
-        _ => "number",
-    }
 }
 
 /// [`validate`] through a `serde_json::Value`: every value the fast path declines
@@ -908,7 +898,10 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
         key,
         value,
         headers: hs,
-        timestamp_ms: rec.timestamp_ms,
+        // The producer's clock, not the input's: a broker that bounds timestamps
+        // (`log.message.timestamp.before.max.ms`) may refuse an old record's
+        // output, which is then dead-lettered; its DLQ entry must be accepted.
+        timestamp_ms: None,
     }
 }
 
@@ -1474,6 +1467,18 @@ mod tests {
             Just("1700000000"),
             Just("\"1700000000\""),
             Just("18446744073709551616"),
+            // Valid to a raw scan, rejected by a full parse.
+            Just("1e400"),
+            Just("\"\\ud800\""),
+        ]
+        .prop_map(str::to_string)
+        .boxed();
+        // Nesting at and just below serde_json's depth limit (128, the event's
+        // own object included).
+        let value = prop_oneof![
+            8 => value,
+            1 => Just(format!("{}{}", "[".repeat(127), "]".repeat(127))),
+            1 => Just(format!("{}{}", "[".repeat(126), "]".repeat(126))),
         ];
         let all = [
             "user_id",

@@ -36,10 +36,10 @@ pub struct OutputRecord {
     pub value: Vec<u8>,
     /// Header names are tally's own constants ([`headers`]): never allocated.
     pub headers: Vec<(&'static str, Vec<u8>)>,
-    /// The record timestamp to write, milliseconds since the epoch: an output or
-    /// DLQ entry carries its input record's (as Kafka Streams does), so time-based
+    /// The record timestamp to write, milliseconds since the epoch: a processed
+    /// record carries its input record's (as Kafka Streams does), so time-based
     /// lookups and end-to-end latency refer to when the event was written, not when
-    /// tally got to it. `None`: the producer's clock (snapshots).
+    /// tally got to it. `None`: the producer's clock (DLQ entries, snapshots).
     pub timestamp_ms: Option<i64>,
 }
 

@@ -90,8 +90,9 @@ impl Instance {
                 "5",
             ])
             // `TALLY_DRILL_LOG` (a `RUST_LOG` filter) raises the instances' log
-            // level to investigate a failed drill, e.g. with `-X debug=cgrp`
-            // in `TALLY_KAFKA_PROPERTIES` and `librdkafka=debug` here.
+            // level to investigate a failed drill, e.g. `info,librdkafka=debug`
+            // with `-X debug=cgrp` in `TALLY_KAFKA_PROPERTIES`. Keep `info` for
+            // tally: the drill reads the metrics address from the log.
             .env(
                 "RUST_LOG",
                 std::env::var("TALLY_DRILL_LOG").unwrap_or_else(|_| "info".into()),

@@ -234,7 +234,7 @@ impl Drill {
                     .map(|i| self.instances[*i].id.clone())
                     .collect();
                 let msg = format!(
-                    "not ready {} s after the last fault: {waiting:?}",
+                    "not ready {} s into the wait before a zombie fault: {waiting:?}",
                     READY_LIMIT.as_secs()
                 );
                 self.log(&msg);

@@ -266,8 +266,9 @@ impl GroupConsumer {
                     }
                 }
             }
-            // The clock every 64 records: reading it per record showed in profiles.
-            if generation != start || (out.len() % 64 == 0 && Instant::now() >= deadline) {
+            // The clock every 16 records: reading it per record showed in profiles
+            // (records trickling in every < 5 ms overrun the budget by < 80 ms).
+            if generation != start || (out.len() % 16 == 0 && Instant::now() >= deadline) {
                 break;
             }
         }

@@ -330,6 +330,8 @@ impl TxnProducer {
             Some(why) => Err(TxnError::Abortable(format!("not committing: {why}"))),
             None => Ok(()),
         };
+        // First, so the zombie checks below come right before the two calls.
+        self.await_deliveries(CALL_TIMEOUT);
         if !offsets.is_empty() {
             let meta = consumer
                 .consumer
@@ -347,7 +349,6 @@ impl TxnProducer {
             })?;
         }
         check()?;
-        self.await_deliveries(CALL_TIMEOUT);
         self.retry("commit_transaction", || {
             self.producer.commit_transaction(CALL_TIMEOUT)
         })

@@ -13,7 +13,7 @@ pub struct PartitionsAssigned<'a> {
 impl InternalEvent for PartitionsAssigned<'_> {
     fn emit(self, t: &Telemetry) {
         t.metrics.rebalances.inc();
-        t.status.set_joined();
+        t.status.set_joined(true);
         t.status.update(self.partitions, |_| {});
         t.metrics
             .assigned_partitions
@@ -29,6 +29,7 @@ pub struct PartitionsRevoked<'a> {
 
 impl InternalEvent for PartitionsRevoked<'_> {
     fn emit(self, t: &Telemetry) {
+        t.status.set_joined(false);
         t.status.remove(self.partitions);
         for p in self.partitions {
             t.metrics.forget_partition(*p);

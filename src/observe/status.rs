@@ -88,8 +88,11 @@ impl Status {
         self.producer_ready.store(ready, Ordering::Relaxed);
     }
 
-    pub fn set_joined(&self) {
-        self.joined.store(true, Ordering::Relaxed);
+    /// `true` on an assignment, `false` on a revocation: under eager assignment
+    /// every rebalance revokes everything first, so between the two the member is
+    /// rebalancing and processes nothing.
+    pub fn set_joined(&self, joined: bool) {
+        self.joined.store(joined, Ordering::Relaxed);
     }
 
     pub fn set_connecting(&self, what: Option<String>) {
@@ -146,7 +149,7 @@ impl Status {
             return not("transactional producer not initialised".into());
         }
         if !self.joined.load(Ordering::Relaxed) {
-            return not("not in the consumer group yet (no assignment received)".into());
+            return not("no assignment: joining the consumer group or rebalancing".into());
         }
         let restoring: Vec<String> = lock(&self.partitions)
             .iter()
@@ -211,7 +214,7 @@ mod tests {
         assert!(!s.readiness().ready);
         s.set_producer_ready(true);
         assert!(s.readiness().reason.contains("consumer group"));
-        s.set_joined();
+        s.set_joined(true);
         s.update(&[3], |v| v.restoring = Some((42, 100)));
         assert_eq!(s.readiness().reason, "restoring partition 3 42%");
         s.update(&[3], |v| v.restoring = None);
