@@ -6,7 +6,8 @@
 #   records/s      EVENTS generated events (5% malformed) already in the input,
 #                  from process start (joining the group included) to all committed
 #   CPU us/rec     the process's own CPU time (user + system) per record
-#   peak RSS       VmHWM of the process
+#   peak RSS       peak resident set of the process on the backlog, and on the
+#                  live stream of the latency phase ("live")
 #   broker us/rec  the local broker's CPU time per record during that phase
 #                  ("-" when KAFKA_BOOTSTRAP names a broker we did not start)
 #   p50/p99 ms     end-to-end latency at RATE events/s: from the input record's
@@ -96,7 +97,7 @@ measure() {
   fi
 
   # Latency: a fresh input, the processor ready, then a steady stream.
-  local lid=$id-lat lat="      -       -"
+  local lid=$id-lat lat="      -       -" live_rss=0
   if [ "$latency_events" -gt 0 ]; then
   fresh "$lid"
   port=$(free_port)
@@ -119,15 +120,17 @@ measure() {
   wait "$probe" || true
   stop_processor "$kind"
   lat=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%7d %7d" % (d["p50_ms"], d["p99_ms"]))' "$work/$lid.json" 2>/dev/null || echo "      -       -")
+  live_rss=$(awk '{ print $3 }' "$work/$lid.time")
   fi
 
-  python3 - "$kind" "$events" "$t0" "$t1" "$user" "$sys" "$rss" "$b0" "$b1" "$broker_pid" "$lat" <<'EOF'
+  python3 - "$kind" "$events" "$t0" "$t1" "$user" "$sys" "$rss" "$b0" "$b1" "$broker_pid" "$lat" "$live_rss" <<'EOF'
 import sys
-kind, n, t0, t1, user, sys_, rss, b0, b1, broker, lat = sys.argv[1:]
+kind, n, t0, t1, user, sys_, rss, b0, b1, broker, lat, live = sys.argv[1:]
 n = int(n); wall = float(t1) - float(t0)
 cpu = float(user) + float(sys_)
 brk = f"{(float(b1) - float(b0)) / n * 1e6:9.1f}" if broker else f"{'-':>9}"
-print(f"{kind:<9} {n / wall:>10,.0f} {cpu / n * 1e6:>10.2f} {int(rss) / 1024:>9.1f} {brk} {lat}")
+live = f"{int(live) / 1024:>9.1f}" if int(live) else f"{'-':>9}"
+print(f"{kind:<9} {n / wall:>10,.0f} {cpu / n * 1e6:>10.2f} {int(rss) / 1024:>9.1f} {live} {brk} {lat}")
 EOF
 }
 
@@ -136,5 +139,5 @@ rows=()
 for kind in $kinds; do
   rows+=("$(measure "$kind")")
 done
-printf '%-9s %10s %10s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "brk us/rec" "p50 ms" "p99 ms"
+printf '%-9s %10s %10s %9s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "live MiB" "brk us/rec" "p50 ms" "p99 ms"
 printf '%s\n' "${rows[@]}"
