@@ -152,32 +152,30 @@ impl Instance {
     }
 
     /// Whether the running process answers `/readyz` with 200: in the group, its
-    /// producer initialised and every assigned partition restored. Its endpoint
-    /// binds a free port, which it logs after the latest start marker.
+    /// producer initialised and every assigned partition restored.
     pub(super) fn ready(&self) -> bool {
+        self.get("/readyz").is_some_and(|(status, _)| status == 200)
+    }
+
+    /// `GET path` on the running process's operations endpoint: status and body.
+    /// The endpoint binds a free port, which the process logs after the latest
+    /// start marker.
+    pub(super) fn get(&self, path: &str) -> Option<(u16, String)> {
         const LISTENING: &str = "metrics endpoint listening addr=";
-        if self.child.is_none() {
-            return false;
-        }
-        let Ok(log) = std::fs::read_to_string(&self.log) else {
-            return false;
-        };
+        self.child.as_ref()?;
+        let log = std::fs::read_to_string(&self.log).ok()?;
         let this_run = log.rfind(START_MARKER).map_or(&log[..], |i| &log[i..]);
-        let Some(addr) = this_run
+        let addr = this_run
             .find(LISTENING)
-            .and_then(|i| this_run[i + LISTENING.len()..].split_whitespace().next())
-        else {
-            return false;
-        };
+            .and_then(|i| this_run[i + LISTENING.len()..].split_whitespace().next())?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(2)))
             .http_status_as_error(false)
             .build()
             .into();
-        agent
-            .get(format!("http://{addr}/readyz"))
-            .call()
-            .is_ok_and(|r| r.status() == 200)
+        let mut reply = agent.get(format!("http://{addr}{path}")).call().ok()?;
+        let status = reply.status().as_u16();
+        Some((status, reply.body_mut().read_to_string().ok()?))
     }
 
     /// `Some(code)` if the process ended by itself.

@@ -551,6 +551,21 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         drill.idle(Duration::from_millis(500), None)?;
     }
     drill.report.drain_secs = drain_start.elapsed().as_secs_f64();
+    // What an operator's Prometheus would have scraped last, kept beside the logs.
+    for inst in &drill.instances {
+        let started = Instant::now();
+        if let Some((200, body)) = inst.get("/metrics") {
+            let took = started.elapsed();
+            let path = work.join(format!("metrics-{}.txt", inst.id));
+            std::fs::write(&path, body)?;
+            drill.log(format!(
+                "{}: /metrics after the drain in {:.1} ms, saved to {}",
+                inst.id,
+                took.as_secs_f64() * 1000.0,
+                path.display()
+            ));
+        }
+    }
     for i in 0..drill.instances.len() {
         let id = drill.instances[i].id.clone();
         let code = drill.instances[i].terminate(Duration::from_secs(60));
