@@ -217,16 +217,18 @@ impl GroupConsumer {
 
     /// Polls up to `max` records, or `max_bytes` of keys and values (the batch
     /// holds owned copies: a count alone would let 5,000 records of 1 MiB through),
-    /// for at most `budget`. Serves rebalance callbacks, so it runs on a blocking
-    /// thread; returns early after a rebalance (or another
-    /// repositioning) so the loop sees the new generation promptly.
+    /// for at most `budget`, and at most `settle` after the first record. Serves
+    /// rebalance callbacks, so it runs on a blocking thread; returns early after a
+    /// rebalance (or another repositioning) so the loop sees the new generation
+    /// promptly.
     pub fn poll_batch(
         &self,
         max: usize,
         max_bytes: usize,
         budget: Duration,
+        settle: Duration,
     ) -> Result<Vec<Polled>> {
-        let deadline = Instant::now() + budget;
+        let mut deadline = Instant::now() + budget;
         let start = self.generation();
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -244,6 +246,9 @@ impl GroupConsumer {
                     let record = InputRecord::from(&m);
                     bytes += record.key.as_ref().map_or(0, Vec::len)
                         + record.value.as_ref().map_or(0, Vec::len);
+                    if out.is_empty() {
+                        deadline = deadline.min(Instant::now() + settle);
+                    }
                     out.push(Polled { generation, record });
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}

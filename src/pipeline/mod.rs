@@ -327,15 +327,23 @@ impl Pipeline {
                 tracing::warn!("commits held by failpoint hold-commits");
                 self.hold_commits();
             }
-            let budget = match self.txn {
-                Txn::Idle => Duration::from_millis(250),
+            // Idle, the first records open the transaction as soon as they come
+            // (`settle`): a stream that never pauses 5 ms would otherwise fill one
+            // idle batch for the whole 250 ms before its transaction even began.
+            let (budget, settle) = match self.txn {
+                Txn::Idle => (Duration::from_millis(250), Duration::from_millis(5)),
                 // No commit can close the cycle yet: no point in short polls.
-                Txn::Open { .. } if self.commits_held() => Duration::from_millis(100),
-                Txn::Open { since, .. } => self
-                    .cfg
-                    .commit_interval
-                    .saturating_sub(since.elapsed())
-                    .max(Duration::from_millis(1)),
+                Txn::Open { .. } if self.commits_held() => {
+                    (Duration::from_millis(100), Duration::from_millis(100))
+                }
+                Txn::Open { since, .. } => {
+                    let left = self
+                        .cfg
+                        .commit_interval
+                        .saturating_sub(since.elapsed())
+                        .max(Duration::from_millis(1));
+                    (left, left)
+                }
             };
             let room = match self.txn {
                 Txn::Idle => self.cfg.max_batch_records,
@@ -345,8 +353,9 @@ impl Pipeline {
             };
             let consumer = self.consumer.clone();
             let max_bytes = self.cfg.max_batch_bytes;
-            let mut poll =
-                tokio::task::spawn_blocking(move || consumer.poll_batch(room, max_bytes, budget));
+            let mut poll = tokio::task::spawn_blocking(move || {
+                consumer.poll_batch(room, max_bytes, budget, settle)
+            });
             let polled = loop {
                 tokio::select! {
                     res = &mut poll => break res.expect("poll task panicked"),
