@@ -27,6 +27,11 @@ rate=${RATE:-2000}
 latency_events=${LATENCY_EVENTS:-20000}
 kinds=${KINDS:-run-100 run-1000 copy}
 
+if [ "$latency_events" -gt 0 ] && [ $((latency_events * 9 / 10)) -le $((rate * 2)) ]; then
+  echo "bench: LATENCY_EVENTS=$latency_events is too few: the first 2 s at $rate events/s are skipped" >&2
+  exit 2
+fi
+
 . scripts/lib.sh
 tally_bench_start bench
 broker_pid=
@@ -69,8 +74,6 @@ stop_processor() {
   wait "$proc_pid" || true
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 # One row of the table: throughput, CPU, RSS and broker CPU on a backlog, then
 # latency on a live stream.
 measure() {
@@ -79,7 +82,7 @@ measure() {
   fresh "$id"
   # The backlog: the same seed, so every row reads the same records.
   "$tally" generate --topic "$id-in" --count "$events" --invalid-ratio 0.05 --huge false --seed 7 > /dev/null 2>&1
-  port=$(free_port)
+  port=$(tally_free_port)
   b0=$(broker_cpu); t0=$(now)
   start_processor "$kind" "$id" "$events" "$port"
   if [ "$kind" = copy ]; then
@@ -100,7 +103,7 @@ measure() {
   local lid=$id-lat lat="      -       -" live_rss=0
   if [ "$latency_events" -gt 0 ]; then
   fresh "$lid"
-  port=$(free_port)
+  port=$(tally_free_port)
   start_processor "$kind" "$lid" "$latency_events" "$port"
   if [ "$kind" = copy ]; then
     sleep 6 # joined the group (no readiness endpoint)

@@ -3,12 +3,17 @@
 
 tally_broker_dir=
 
+# A TCP port free on 127.0.0.1 right now.
+tally_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # Starts the local broker on a free port when KAFKA_BOOTSTRAP is unset, and
 # exports KAFKA_BOOTSTRAP either way.
 tally_ensure_broker() {
   if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
     local port
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(tally_free_port)
     tally_broker_dir=$(mktemp -d "${TMPDIR:-/tmp}/tally-broker.XXXXXX")
     KAFKA_BOOTSTRAP=$(BROKER_DIR=$tally_broker_dir BROKER_PORT=$port scripts/broker.sh start)
   fi

@@ -317,9 +317,13 @@ pub fn validate(
 fn fast_fields(text: &str) -> Option<Parsed> {
     // Keys with escapes fail to borrow and end up on the general path too.
     let pairs = serde_json::from_str::<RawObject<'_>>(text).ok()?.0;
-    let mut keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
-    keys.sort_unstable();
-    if keys.windows(2).any(|w| w[0] == w[1]) {
+    // A handful of members: comparing each with those before it costs less
+    // than collecting and sorting the keys.
+    let duplicate = pairs
+        .iter()
+        .enumerate()
+        .any(|(i, (k, _))| pairs[..i].iter().any(|(seen, _)| seen == k));
+    if duplicate {
         return None;
     }
     let raw = |field: &str| {
