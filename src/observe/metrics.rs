@@ -1,188 +1,199 @@
 //! The Prometheus families tally exports: the one place that names them. The
-//! `prometheus-client` crate writes the exposition (OpenMetrics text, which
-//! Prometheus scrapes natively).
+//! `prometheus` crate writes the exposition in the text format 0.0.4, which
+//! every Prometheus scrapes and `promtool check metrics` lints as written
+//! (OpenMetrics' counter naming reads as untyped families to 0.0.4 parsers).
 
-use std::sync::atomic::AtomicU64;
-
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 
 use crate::event::Reason;
-
-/// One label: `[(name, value)]`.
-pub type Label = Vec<(&'static str, String)>;
-
-fn label(name: &'static str, value: impl ToString) -> Label {
-    vec![(name, value.to_string())]
-}
+use crate::pipeline::RestorePath;
 
 /// Every family, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub records: Family<Label, Counter>,
-    pub dead_letters: Family<Label, Counter>,
-    pub transactions: Family<Label, Counter>,
+    pub records: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub transactions: IntCounterVec,
     pub commit_seconds: Histogram,
-    pub consumer_lag: Family<Label, Gauge>,
-    pub committed_offset: Family<Label, Gauge>,
-    pub assigned_partitions: Gauge,
-    pub partition_restoring: Family<Label, Gauge>,
-    pub restore_records: Counter,
-    pub restores: Family<Label, Counter>,
-    pub rebalances: Counter,
-    pub producer_replacements: Counter,
+    pub consumer_lag: IntGaugeVec,
+    pub committed_offset: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+    pub partition_restoring: IntGaugeVec,
+    pub restore_records: IntCounter,
+    pub restores: IntCounterVec,
+    pub rebalances: IntCounter,
+    pub producer_replacements: IntCounter,
     pub end_to_end_latency_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
-    pub ready: Gauge,
-    pub last_commit_timestamp: Gauge<f64, AtomicU64>,
-    pub resident_memory: Gauge,
+    pub ready: IntGauge,
+    pub last_commit_timestamp: Gauge,
 }
 
 /// Record outcomes, the values of `tally_records_total{outcome}`.
 pub const OUTCOMES: [&str; 3] = ["processed", "dead_lettered", "filtered"];
 
 /// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Registers `metric` in `r`. Names and labels are constants of this file, so a
+/// registration error is a programming error caught by the unit test below.
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: M) -> M {
+    r.register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), &["partition"]).expect("valid"),
+    )
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(r, Histogram::with_opts(opts).expect("valid"))
+}
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registry::default();
-        // Counters are registered without `_total`: the encoder appends it.
-        let records = Family::<Label, Counter>::default();
-        r.register(
-            "tally_records",
+        let r = Registry::new();
+        let counter =
+            |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("valid"));
+        let gauge =
+            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid"));
+        let records = counter_vec(
+            &r,
+            "tally_records_total",
             "Input records in committed transactions, by outcome",
-            records.clone(),
+            "outcome",
         );
-        let dead_letters = Family::<Label, Counter>::default();
-        r.register(
-            "tally_dead_letters",
+        let dead_letters = counter_vec(
+            &r,
+            "tally_dead_letters_total",
             "Records dead-lettered in committed transactions, by reason code",
-            dead_letters.clone(),
+            "reason",
         );
-        let transactions = Family::<Label, Counter>::default();
-        r.register(
-            "tally_transactions",
+        let transactions = counter_vec(
+            &r,
+            "tally_transactions_total",
             "Transactions closed, by result (committed or aborted)",
-            transactions.clone(),
+            "result",
         );
-        let commit_seconds = Histogram::new([
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ]);
-        r.register(
+        let commit_seconds = histogram(
+            &r,
             "tally_transaction_commit_seconds",
             "Time to commit a transaction (offsets and commit), seconds",
-            commit_seconds.clone(),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
         );
-        let consumer_lag = Family::<Label, Gauge>::default();
-        r.register(
+        let consumer_lag = gauge_vec(
+            &r,
             "tally_consumer_lag",
             "Records of an assigned input partition not yet committed: end offset minus committed offset",
-            consumer_lag.clone(),
         );
-        let committed_offset = Family::<Label, Gauge>::default();
-        r.register(
+        let committed_offset = gauge_vec(
+            &r,
             "tally_committed_offset",
             "Next offset committed for an assigned input partition",
-            committed_offset.clone(),
         );
-        let assigned_partitions = Gauge::default();
-        r.register(
+        let assigned_partitions = gauge(
             "tally_assigned_partitions",
             "Input partitions assigned to this instance",
-            assigned_partitions.clone(),
         );
-        let partition_restoring = Family::<Label, Gauge>::default();
-        r.register(
+        let partition_restoring = gauge_vec(
+            &r,
             "tally_partition_restoring",
             "1 while an assigned partition's aggregates are being restored, else 0",
-            partition_restoring.clone(),
         );
-        let restore_records = Counter::default();
-        r.register(
-            "tally_restore_records",
+        let restore_records = counter(
+            "tally_restore_records_total",
             "Input records replayed into aggregates while restoring (nothing produced)",
-            restore_records.clone(),
         );
-        let restores = Family::<Label, Counter>::default();
-        r.register(
-            "tally_restores",
-            "Partition restores completed, by path (resume, replay, rebuild)",
-            restores.clone(),
+        let restores = counter_vec(
+            &r,
+            "tally_restores_total",
+            "Partition restores completed, by path (resume, snapshot, replay, rebuild)",
+            "path",
         );
-        let rebalances = Counter::default();
-        r.register(
-            "tally_rebalances",
+        let rebalances = counter(
+            "tally_rebalances_total",
             "Partition assignments received from the group (one per rebalance)",
-            rebalances.clone(),
         );
-        let producer_replacements = Counter::default();
-        r.register(
-            "tally_producer_replacements",
+        let producer_replacements = counter(
+            "tally_producer_replacements_total",
             "Transactional producers replaced after a fatal (not fencing) error",
-            producer_replacements.clone(),
         );
-        let end_to_end_latency_seconds = Histogram::new([
-            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-        ]);
-        r.register(
+        let end_to_end_latency_seconds = histogram(
+            &r,
             "tally_end_to_end_latency_seconds",
             "Input record timestamp to the commit of its transaction, seconds",
-            end_to_end_latency_seconds.clone(),
+            &[
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ],
         );
-        let checkpoint_seconds = Histogram::new([
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-        ]);
-        r.register(
+        let checkpoint_seconds = histogram(
+            &r,
             "tally_checkpoint_seconds",
             "Time to write the RocksDB checkpoint after a commit, seconds",
-            checkpoint_seconds.clone(),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ],
         );
-        let ready = Gauge::default();
-        r.register(
+        let ready = gauge(
             "tally_ready",
             "1 when /readyz answers 200: in the group, producer initialised, nothing restoring",
-            ready.clone(),
         );
-        let last_commit_timestamp = Gauge::<f64, AtomicU64>::default();
-        r.register(
-            "tally_last_commit_timestamp_seconds",
-            "Unix time of the last committed transaction (0: none yet)",
-            last_commit_timestamp.clone(),
+        let last_commit_timestamp = register(
+            &r,
+            Gauge::new(
+                "tally_last_commit_timestamp_seconds",
+                "Unix time of the last committed transaction (0: none yet)",
+            )
+            .expect("valid"),
         );
-        let build_info = Family::<Label, Gauge>::default();
-        r.register(
-            "tally_build_info",
-            "Always 1; the labels name the build",
-            build_info.clone(),
+        let build_info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("tally_build_info", "Always 1; the labels name the build"),
+                &["version"],
+            )
+            .expect("valid"),
         );
         build_info
-            .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let resident_memory = Gauge::default();
-        r.register(
-            "process_resident_memory_bytes",
-            "Resident memory size of the process, bytes",
-            resident_memory.clone(),
-        );
+        // process_resident_memory_bytes, CPU seconds, open fds and the rest of
+        // the standard process families (the dashboard plots RSS).
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process families are registered once");
         // Every label value known in advance exists from the start at 0, so rates
         // and alerts see a series before the first event rather than nothing.
         for o in OUTCOMES {
-            let _ = records.get_or_create(&label("outcome", o));
+            let _ = records.with_label_values(&[o]);
         }
         for reason in Reason::ALL {
-            let _ = dead_letters.get_or_create(&label("reason", reason.code()));
+            let _ = dead_letters.with_label_values(&[reason.code()]);
         }
         for res in ["committed", "aborted"] {
-            let _ = transactions.get_or_create(&label("result", res));
+            let _ = transactions.with_label_values(&[res]);
         }
-        for path in ["resume", "replay", "rebuild"] {
-            let _ = restores.get_or_create(&label("path", path));
+        for path in RestorePath::ALL {
+            let _ = restores.with_label_values(&[path.as_str()]);
         }
         Metrics {
             registry: r,
@@ -202,37 +213,37 @@ impl Metrics {
             checkpoint_seconds,
             ready,
             last_commit_timestamp,
-            resident_memory,
         }
     }
 
     /// The exposition of every family.
     pub fn encode(&self) -> String {
-        if let Some(rss) = resident_memory_bytes() {
-            self.resident_memory.set(rss);
-        }
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String");
-        out
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to a Vec");
+        String::from_utf8(out).expect("the text format is UTF-8")
     }
 
-    pub fn count(family: &Family<Label, Counter>, name: &'static str, value: &str, n: u64) {
-        family.get_or_create(&label(name, value)).inc_by(n);
+    /// Adds `n` to the series of a one-label counter family.
+    pub fn count(family: &IntCounterVec, value: &str, n: u64) {
+        family.with_label_values(&[value]).inc_by(n);
     }
 
-    pub fn set(family: &Family<Label, Gauge>, partition: i32, v: i64) {
-        family.get_or_create(&label("partition", partition)).set(v);
+    pub fn set(family: &IntGaugeVec, partition: i32, v: i64) {
+        family.with_label_values(&[&partition.to_string()]).set(v);
     }
 
     /// Drops a partition's labelled series (it was revoked).
     pub fn forget_partition(&self, partition: i32) {
-        let l = label("partition", partition);
+        let p = partition.to_string();
         for family in [
             &self.consumer_lag,
             &self.committed_offset,
             &self.partition_restoring,
         ] {
-            family.remove(&l);
+            // Absent already (never set) is fine.
+            let _ = family.remove_label_values(&[&p]);
         }
     }
 }
@@ -243,14 +254,6 @@ impl Default for Metrics {
     }
 }
 
-/// VmRSS of this process (Linux), bytes.
-fn resident_memory_bytes() -> Option<i64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,21 +261,26 @@ mod tests {
     #[test]
     fn every_required_family_is_exported() {
         let text = Metrics::new().encode();
-        for family in [
-            "tally_records",
-            "tally_dead_letters",
-            "tally_transactions",
-            "tally_transaction_commit_seconds",
-            "tally_assigned_partitions",
-            "tally_restore_records",
-            "tally_rebalances",
-            "tally_producer_replacements",
-            "tally_end_to_end_latency_seconds",
-            "tally_checkpoint_seconds",
-            "tally_build_info",
+        for (family, kind) in [
+            ("tally_records_total", "counter"),
+            ("tally_dead_letters_total", "counter"),
+            ("tally_transactions_total", "counter"),
+            ("tally_transaction_commit_seconds", "histogram"),
+            ("tally_assigned_partitions", "gauge"),
+            ("tally_restore_records_total", "counter"),
+            ("tally_restores_total", "counter"),
+            ("tally_rebalances_total", "counter"),
+            ("tally_producer_replacements_total", "counter"),
+            ("tally_end_to_end_latency_seconds", "histogram"),
+            ("tally_checkpoint_seconds", "histogram"),
+            ("tally_ready", "gauge"),
+            ("tally_last_commit_timestamp_seconds", "gauge"),
+            ("tally_build_info", "gauge"),
+            ("process_resident_memory_bytes", "gauge"),
         ] {
             assert!(
-                text.contains(&format!("# TYPE {family} ")),
+                text.contains(&format!("# TYPE {family} {kind}\n"))
+                    && text.contains(&format!("# HELP {family} ")),
                 "{family} missing:\n{text}"
             );
         }
@@ -280,9 +288,26 @@ mod tests {
             text.contains("tally_records_total{outcome=\"filtered\"} 0"),
             "{text}"
         );
+        assert!(
+            text.contains("tally_restores_total{path=\"snapshot\"} 0"),
+            "{text}"
+        );
         assert!(text.contains(&format!(
             "tally_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
+    }
+
+    #[test]
+    fn a_revoked_partition_loses_its_series() {
+        let m = Metrics::new();
+        Metrics::set(&m.consumer_lag, 3, 42);
+        assert!(
+            m.encode()
+                .contains("tally_consumer_lag{partition=\"3\"} 42")
+        );
+        m.forget_partition(3);
+        m.forget_partition(3);
+        assert!(!m.encode().contains("tally_consumer_lag{"));
     }
 }

@@ -84,7 +84,9 @@ pub struct PartitionRestored<'a> {
     pub partition: i32,
     pub next_offset: i64,
     pub aggregate: &'a Aggregate,
-    /// `resume`, `replay` or `rebuild`.
+    /// `resume`, `replay`, `snapshot` or `rebuild` ([`RestorePath`]).
+    ///
+    /// [`RestorePath`]: crate::pipeline::RestorePath
     pub path: &'static str,
     /// Records replayed.
     pub records: u64,
@@ -96,7 +98,7 @@ impl InternalEvent for PartitionRestored<'_> {
         Metrics::set(&m.partition_restoring, self.partition, 0);
         Metrics::set(&m.committed_offset, self.partition, self.next_offset);
         m.restore_records.inc_by(self.records);
-        Metrics::count(&m.restores, "path", self.path, 1);
+        Metrics::count(&m.restores, self.path, 1);
         let snap = status::snapshot(
             self.topic,
             self.partition,
@@ -107,5 +109,7 @@ impl InternalEvent for PartitionRestored<'_> {
             v.restoring = None;
             v.committed = Some(snap.clone());
         });
+        // After the committed offset is in the status the lag thread reads.
+        super::lag::nudge();
     }
 }

@@ -91,12 +91,12 @@ impl InternalEvent for TransactionCommitted {
             ("dead_lettered", c.dead_lettered),
             ("filtered", c.filtered),
         ] {
-            Metrics::count(&m.records, "outcome", outcome, n);
+            Metrics::count(&m.records, outcome, n);
         }
         for (reason, n) in &c.dead_letter_reasons {
-            Metrics::count(&m.dead_letters, "reason", reason, *n);
+            Metrics::count(&m.dead_letters, reason, *n);
         }
-        Metrics::count(&m.transactions, "result", "committed", 1);
+        Metrics::count(&m.transactions, "committed", 1);
         m.commit_seconds.observe(self.commit.as_secs_f64());
         let now = now_ms();
         for ts in c.timestamps_ms {
@@ -118,7 +118,7 @@ pub struct TransactionAborted;
 
 impl InternalEvent for TransactionAborted {
     fn emit(self, t: &Telemetry) {
-        Metrics::count(&t.metrics.transactions, "result", "aborted", 1);
+        Metrics::count(&t.metrics.transactions, "aborted", 1);
     }
 }
 

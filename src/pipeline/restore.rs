@@ -45,7 +45,16 @@ pub enum RestorePath {
 }
 
 impl RestorePath {
-    fn as_str(self) -> &'static str {
+    pub const ALL: [RestorePath; 4] = [
+        RestorePath::Resume,
+        RestorePath::Replay,
+        RestorePath::Snapshot,
+        RestorePath::Rebuild,
+    ];
+
+    /// The `path` of the `partition restored` log line and of
+    /// `tally_restores_total{path}`.
+    pub fn as_str(self) -> &'static str {
         match self {
             RestorePath::Resume => "resume",
             RestorePath::Replay => "replay",
