@@ -135,11 +135,16 @@ fn drained_input_is_counted_exactly_and_readyz_follows_the_restore() {
         input.malformed as f64
     );
 
-    // /insights is what `tally insights` reads from the insights topic.
+    // /insights is what `tally insights` reads from the insights topic once the
+    // snapshots caught up with the last commit (within --snapshot-interval).
     let (code, live) = http_get(&format!("{base}/insights"));
     assert_eq!(code, 200);
     let live: serde_json::Value = serde_json::from_str(&live).unwrap();
-    assert_eq!(live, insights(&names));
+    wait_for(
+        "the insights topic to catch up with /insights",
+        LONG,
+        || (insights(&names) == live).then_some(()),
+    );
     assert_eq!(live["aggregate"]["processed"], input.valid());
 
     promtool_check_metrics(&text);

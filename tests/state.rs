@@ -55,7 +55,9 @@ fn crash_between_commit_and_checkpoint_replays_the_gap() {
         &names,
         "gap-1",
         &state,
-        &["--max-batch-records", "500"],
+        // A snapshot with every commit: the one committed with `C` is newer
+        // than `K`.
+        &["--max-batch-records", "500", "--snapshot-interval", "1"],
         &[("FAILPOINTS", "after-commit-before-checkpoint=1*off->return")],
     );
     assert_eq!(

@@ -44,6 +44,13 @@ pub struct RunArgs {
     /// Close a transaction after this many milliseconds.
     #[arg(long, env = "TALLY_COMMIT_INTERVAL_MS", default_value = "100", value_parser = parse_millis)]
     pub commit_interval: Duration,
+    /// Write a partition's aggregate snapshot to the insights topic at most once
+    /// in this many milliseconds (1: with every commit). A partition revoked, or
+    /// the process shutting down, always gets its up-to-date snapshot. A new
+    /// host restoring from a snapshot replays up to this much of the input
+    /// after it, so the input's retention must keep at least that.
+    #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL_MS", default_value = "1000", value_parser = parse_millis)]
+    pub snapshot_interval: Duration,
     /// ... or after this many input records, whichever comes first.
     #[arg(long, env = "TALLY_MAX_BATCH_RECORDS", default_value_t = 5000, value_parser = parse_positive)]
     pub max_batch_records: usize,
@@ -229,6 +236,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         transactional_id: format!("{}-{}", a.transactional_id_prefix, a.instance_id),
         topics: a.topics.outputs(),
         commit_interval: a.commit_interval,
+        snapshot_interval: a.snapshot_interval,
         max_batch_records: a.max_batch_records,
         horizon: a.horizon(),
         state_dir: a.state_dir.clone(),

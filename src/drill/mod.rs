@@ -11,6 +11,7 @@
 mod instance;
 mod report;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -325,10 +326,23 @@ impl Drill {
                 let delay = self.rng.random_range(0..3_000);
                 self.instances[i].kill9();
                 std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
-                let below =
+                // Below the committed offset `C`, and below the latest snapshot
+                // `S`: a new host restores from `S` and replays `[S, C)`, at most
+                // --snapshot-interval of input, which Kafka's time- or size-based
+                // retention never reaches (it keeps the active segment). Deleting
+                // `[S, C)` too is the refusal case of tests/restore.rs.
+                let committed =
                     GroupAdmin::new(&self.conn, &self.names.group)?.committed(&self.names.input)?;
+                let snapshots = latest_snapshots(&self.conn, &self.names)?;
+                let below: BTreeMap<i32, i64> = committed
+                    .iter()
+                    .filter_map(|(p, c)| {
+                        let s = snapshots.by_partition.get(p)?.next_offset;
+                        Some((*p, s.min(*c)))
+                    })
+                    .collect();
                 self.log(format!(
-                    "kill -9 {id}, delete its state, delete the input below the committed offsets {below:?}, restart after {delay} ms"
+                    "kill -9 {id}, delete its state, delete the input below the latest snapshots {below:?} (committed {committed:?}), restart after {delay} ms"
                 ));
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -364,6 +378,23 @@ impl Drill {
 }
 
 /// Runs the drill; the result is the exit status (0: passed).
+/// The latest snapshot of every input partition in the insights topic.
+fn latest_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<Latest> {
+    let reader = TopicReader::new(conn, &names.insights)?;
+    let ranges: Vec<_> = reader
+        .partitions()?
+        .into_iter()
+        .map(|p| (p, kafka::StartAt::Earliest, None))
+        .collect();
+    let mut latest = Latest::default();
+    reader.read(&ranges, |rec| {
+        if let Some(v) = &rec.record.value {
+            latest.offer(&names.input, rec.record.partition, v);
+        }
+    })?;
+    Ok(latest)
+}
+
 pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     eprintln!("drill: seed {seed} (repeat with --seed {seed})");
     let tally = match &args.tally_bin {
@@ -627,18 +658,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     }
 
     // Guarantee 2: insights equal the drill's own recount.
-    let reader = TopicReader::new(&conn, &drill.names.insights)?;
-    let ranges: Vec<_> = reader
-        .partitions()?
-        .into_iter()
-        .map(|p| (p, kafka::StartAt::Earliest, None))
-        .collect();
-    let mut latest = Latest::default();
-    reader.read(&ranges, |rec| {
-        if let Some(v) = &rec.record.value {
-            latest.offer(&drill.names.input, rec.record.partition, v);
-        }
-    })?;
+    let latest = latest_snapshots(&conn, &drill.names)?;
     let agg = latest.merged(Horizon::default());
     let mut compare = |what: &str, got: String, want: String| {
         if got != want {

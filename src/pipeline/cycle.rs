@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tally_state::Checkpoint;
 
-use super::{Phase, Pipeline, PipelineError, Result, Txn, blocking, txn_fatal};
+use super::{
+    PartitionState, Phase, Pipeline, PipelineError, Result, Snapshots, Txn, blocking, txn_fatal,
+};
 use crate::aggregate::Aggregate;
 use crate::event::{Outcome, dead_letter, dead_letter_stripped, process_owned};
 use crate::kafka::{self, Origin, SendError, TxnError, TxnProducer};
@@ -32,6 +34,30 @@ impl Pipeline {
                         || records >= self.cfg.max_batch_records)
             }
         }
+    }
+
+    /// Whether `st`'s snapshot is written when the cycle closes. Snapshots are
+    /// the restore changelog, not the insights' only reader: at 100 ms commits
+    /// and a few thousand records a second, one per partition per commit would
+    /// outweigh the processed output itself. A snapshot at `S < C` costs a new
+    /// host a replay of `[S, C)`, bounded by the interval.
+    fn snapshot_due(&self, st: &PartitionState, mode: Snapshots) -> bool {
+        let interval = self.cfg.snapshot_interval;
+        matches!(st.phase, Phase::Active)
+            && st.snapshot != Some(st.next_offset)
+            && (mode == Snapshots::All || st.snapshot_tried.is_none_or(|t| t.elapsed() >= interval))
+    }
+
+    /// Idle, some partition's snapshot is behind its committed offset and due:
+    /// a transaction of snapshots alone brings the changelog up to `C`, so the
+    /// insights topic never stays behind a stream that stopped.
+    pub(super) fn snapshot_catch_up_due(&self) -> bool {
+        matches!(self.txn, Txn::Idle)
+            && !self.commits_held()
+            && self
+                .partitions
+                .values()
+                .any(|st| self.snapshot_due(st, Snapshots::Due))
     }
 
     pub(super) async fn on_record(&mut self, polled: kafka::Polled) -> Result<()> {
@@ -158,10 +184,23 @@ impl Pipeline {
         }
     }
 
-    /// Step 3 and 4 of the cycle: snapshots, offsets, commit; then merge and checkpoint.
-    pub(super) async fn close_cycle(&mut self) -> Result<()> {
-        if matches!(self.txn, Txn::Idle) {
+    /// Step 3 and 4 of the cycle: snapshots, offsets, commit; then merge and
+    /// checkpoint. Idle, it opens a transaction only for snapshots that are due.
+    pub(super) async fn close_cycle(&mut self, mode: Snapshots) -> Result<()> {
+        let due: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, st)| self.snapshot_due(st, mode))
+            .map(|(p, _)| *p)
+            .collect();
+        if matches!(self.txn, Txn::Idle) && (due.is_empty() || !self.ensure_open().await?) {
             return Ok(());
+        }
+        let now = Instant::now();
+        for p in &due {
+            if let Some(st) = self.partitions.get_mut(p) {
+                st.snapshot_tried = Some(now);
+            }
         }
         // Every close, the revocation's and the shutdown's included.
         let guard = self.commit_guard();
@@ -172,8 +211,14 @@ impl Pipeline {
         let mut offsets = Vec::new();
         let mut snapshots = Vec::new();
         for (p, st) in &self.partitions {
-            if st.touched {
+            let snapshot = due.contains(p);
+            // A partition snapshotted alone re-sends its committed offset: that
+            // puts the group's generation check (KIP-447) on the transaction, so a
+            // zombie cannot commit an old snapshot after the new owner's.
+            if st.touched || snapshot {
                 offsets.push((*p, st.next_offset));
+            }
+            if snapshot {
                 let mut snap = st.committed.clone();
                 snap.merge(&st.pending, horizon);
                 let record = insights::snapshot_record(
@@ -228,6 +273,11 @@ impl Pipeline {
         });
         let committed: Vec<i32> = offsets.iter().map(|(p, _)| *p).collect();
         self.poison.on_commit(&committed);
+        for (p, next) in &offsets {
+            if let Some(st) = self.partitions.get_mut(p).filter(|_| due.contains(p)) {
+                st.snapshot = Some(*next);
+            }
+        }
         failpoints::crash("after-commit-before-checkpoint");
         let mut checkpoints = Vec::new();
         for (p, st) in self.partitions.iter_mut().filter(|(_, st)| st.touched) {

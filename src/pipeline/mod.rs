@@ -52,6 +52,9 @@ pub struct PipelineConfig {
     pub transactional_id: String,
     pub topics: OutputTopics,
     pub commit_interval: Duration,
+    /// A partition's snapshot is written at most this often (see
+    /// `Pipeline::snapshot_due`), and always when it is revoked or at shutdown.
+    pub snapshot_interval: Duration,
     pub max_batch_records: usize,
     pub horizon: Horizon,
     pub state_dir: PathBuf,
@@ -147,6 +150,41 @@ struct PartitionState {
     head: Option<i64>,
     /// The latest restore started for this partition, while it is restoring.
     restore: Option<RestoreTicket>,
+    /// The offset the latest snapshot this instance committed covers (`None`:
+    /// unknown, after a restore).
+    snapshot: Option<i64>,
+    /// When a cycle last tried to write one (committed or not): at most one try
+    /// per `--snapshot-interval`, so a snapshot the broker keeps refusing cannot
+    /// spin an idle loop through transactions. `None`: one is due now.
+    snapshot_tried: Option<Instant>,
+}
+
+impl PartitionState {
+    fn new(since_generation: u64) -> Self {
+        PartitionState {
+            phase: Phase::Restoring,
+            since_generation,
+            committed_offset: 0,
+            next_offset: 0,
+            committed: Aggregate::default(),
+            pending: Aggregate::default(),
+            touched: false,
+            head: None,
+            restore: None,
+            snapshot: None,
+            snapshot_tried: None,
+        }
+    }
+}
+
+/// Which partitions' snapshots a closing cycle writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Snapshots {
+    /// Those whose last snapshot is older than `--snapshot-interval` and behind.
+    Due,
+    /// Every partition whose last snapshot is behind: at a revocation (the next
+    /// owner restores from them) and at shutdown.
+    All,
 }
 
 /// The transaction's lifecycle.
@@ -380,8 +418,8 @@ impl Pipeline {
             for p in polled {
                 self.on_record(p).await?;
             }
-            if self.cycle_due() {
-                self.close_cycle().await?;
+            if self.cycle_due() || self.snapshot_catch_up_due() {
+                self.close_cycle(Snapshots::Due).await?;
             }
             if last_progress.elapsed() >= self.cfg.progress_interval {
                 self.log_progress();
@@ -471,7 +509,7 @@ impl Pipeline {
         tracing::info!("shutting down: committing the open transaction");
         self.stage = "committing the open transaction";
         failpoints::error("shutdown-before-commit");
-        self.close_cycle().await?;
+        self.close_cycle(Snapshots::All).await?;
         self.log_progress();
         // From here on rebalance callbacks have nothing to hand over: closing the
         // receiver lets them return at once.

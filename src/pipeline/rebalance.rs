@@ -1,8 +1,7 @@
 //! Partitions assigned and revoked: librdkafka's callbacks hand the work to the
 //! loop (see [`crate::kafka::RebalanceEvent`]) and wait for it.
 
-use super::{PartitionState, Phase, Pipeline, Result};
-use crate::aggregate::Aggregate;
+use super::{PartitionState, Pipeline, Result, Snapshots};
 use crate::kafka::RebalanceEvent;
 use crate::observe::{PartitionsAssigned, PartitionsRevoked, emit};
 
@@ -21,7 +20,8 @@ impl Pipeline {
                     );
                     self.abort_and_rewind("partitions lost").await?;
                 } else {
-                    self.close_cycle().await?;
+                    // Forced: the next owner restores from these snapshots.
+                    self.close_cycle(Snapshots::All).await?;
                 }
                 for p in &partitions {
                     self.partitions.remove(p);
@@ -38,20 +38,7 @@ impl Pipeline {
                     partitions: &partitions,
                 });
                 for p in &partitions {
-                    self.partitions.insert(
-                        *p,
-                        PartitionState {
-                            phase: Phase::Restoring,
-                            since_generation: epoch,
-                            committed_offset: 0,
-                            next_offset: 0,
-                            committed: Aggregate::default(),
-                            pending: Aggregate::default(),
-                            touched: false,
-                            head: None,
-                            restore: None,
-                        },
-                    );
+                    self.partitions.insert(*p, PartitionState::new(epoch));
                 }
                 self.spawn_restore(partitions);
             }

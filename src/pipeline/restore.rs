@@ -240,6 +240,10 @@ impl Pipeline {
         st.committed_offset = rec.committed_offset;
         st.next_offset = rec.committed_offset;
         st.committed = rec.aggregate;
+        // Whether the latest snapshot in the topic covers `C` is not known here
+        // (a previous owner may have crashed past it): one is due at once.
+        st.snapshot = None;
+        st.snapshot_tried = None;
         emit(PartitionRestored {
             topic: &self.cfg.process.input_topic,
             partition: r.partition,
@@ -433,8 +437,8 @@ fn restore_partition(
             uncountable: log_start - from,
         };
         if !ctx.options.allow_inexact {
-            // The snapshot committed with `C` always exists (compaction keeps the
-            // latest per key), but a read_committed reader cannot see past another
+            // A newer snapshot may exist (every revocation and shutdown writes
+            // one at `C`), but a read_committed reader cannot see past another
             // producer's open transaction (a killed instance's, until it restarts
             // or the transaction times out): retry before refusing.
             return Err(Failure::Unsettled(Box::new(e)));
@@ -637,12 +641,18 @@ fn fingerprint_changes(
 }
 
 /// The latest committed snapshot of input partition `partition` covering at most
-/// `c` (the largest `S <= c`), read from the tail of the same-numbered insights
-/// partition (co-partitioned: only that partition's snapshots live there). Reads
-/// a small window before the end and widens it until it holds the snapshot
-/// committed with `c` itself or reaches the log start: aborted transactions
-/// leave invisible records at the tail, and after a `tally replay` the latest
-/// snapshots lie past `C`.
+/// `c`, read from the tail of the same-numbered insights partition
+/// (co-partitioned: only that partition's snapshots live there). Reads a small
+/// window before the end and widens it until it holds a snapshot with `S <= c`
+/// or reaches the log start: aborted transactions leave invisible records at the
+/// tail, and after a `tally replay` the latest snapshots lie past `C`.
+///
+/// The newest such snapshot is taken, not the largest `S` anywhere: every
+/// committed snapshot is exact for its own `S`, so any `S <= c` restores exactly
+/// (replaying `[S, c)`), and the owners of a partition write snapshots in
+/// increasing `S` except across a `tally replay` reset, whose older, larger
+/// `S <= c` would only shorten the replay. Snapshots are written at most once a
+/// `--snapshot-interval`, so `S < c` is normal after a crash.
 fn latest_snapshot(
     ctx: &RestoreContext,
     partition: i32,
@@ -661,26 +671,15 @@ fn latest_snapshot(
                 values.push(v);
             }
         })?;
-        // Newest first, stopping at the one committed with `c` (snapshots are
-        // large: parsing the whole window would cost more than reading it).
-        let mut best: Option<Snapshot> = None;
-        for v in values.iter().rev() {
-            let Ok(s) = serde_json::from_slice::<Snapshot>(v) else {
-                continue;
-            };
-            if s.topic != ctx.process.input_topic || s.partition != partition || s.next_offset > c {
-                continue;
-            }
-            let exact = s.next_offset == c;
-            if best.as_ref().is_none_or(|b| s.next_offset > b.next_offset) {
-                best = Some(s);
-            }
-            if exact {
-                break;
-            }
-        }
-        if best.as_ref().is_some_and(|b| b.next_offset == c) || from <= low {
-            return Ok(best);
+        // Newest first, stopping at the first usable one (snapshots are large:
+        // parsing the whole window would cost more than reading it).
+        let newest = values.iter().rev().find_map(|v| {
+            serde_json::from_slice::<Snapshot>(v).ok().filter(|s| {
+                s.topic == ctx.process.input_topic && s.partition == partition && s.next_offset <= c
+            })
+        });
+        if newest.is_some() || from <= low {
+            return Ok(newest);
         }
         window *= 8;
     }
