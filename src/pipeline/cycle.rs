@@ -48,6 +48,11 @@ impl Pipeline {
             && (mode == Snapshots::All || st.snapshot_tried.is_none_or(|t| t.elapsed() >= interval))
     }
 
+    /// The open transaction holds snapshots and no records.
+    fn cycle_is_snapshots_only(&self) -> bool {
+        !self.partitions.values().any(|st| st.touched)
+    }
+
     /// Idle, some partition's snapshot is behind its committed offset and due:
     /// a transaction of snapshots alone brings the changelog up to `C`, so the
     /// insights topic never stays behind a stream that stopped.
@@ -239,9 +244,14 @@ impl Pipeline {
                 return Ok(());
             }
         }
-        failpoints::crash("before-commit");
-        failpoints::stop("stop-before-commit");
-        let injected = failpoints::error("commit-error");
+        // Failpoints count transactions holding records, as before snapshots
+        // could commit alone: tests arm them by their data commits.
+        let data = !self.cycle_is_snapshots_only();
+        if data {
+            failpoints::crash("before-commit");
+            failpoints::stop("stop-before-commit");
+        }
+        let injected = data && failpoints::error("commit-error");
         let (producer, consumer, to_commit) = (
             self.producer.clone(),
             self.consumer.clone(),
@@ -252,7 +262,7 @@ impl Pipeline {
             Err(TxnError::Abortable(
                 "injected by failpoint commit-error".into(),
             ))
-        } else if failpoints::error("commit-fatal") {
+        } else if data && failpoints::error("commit-fatal") {
             Err(TxnError::Fatal("injected by failpoint commit-fatal".into()))
         } else {
             blocking(move || producer.commit(&consumer, &to_commit, &guard)).await
@@ -271,14 +281,23 @@ impl Pipeline {
             tally: std::mem::take(&mut self.cycle),
             commit: commit_started.elapsed(),
         });
-        let committed: Vec<i32> = offsets.iter().map(|(p, _)| *p).collect();
-        self.poison.on_commit(&committed);
+        // Only partitions whose records moved end their abort streaks; one
+        // snapshotted alone re-sent an offset that did not move.
+        let moved: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, st)| st.touched)
+            .map(|(p, _)| *p)
+            .collect();
+        self.poison.on_commit(&moved);
         for (p, next) in &offsets {
             if let Some(st) = self.partitions.get_mut(p).filter(|_| due.contains(p)) {
                 st.snapshot = Some(*next);
             }
         }
-        failpoints::crash("after-commit-before-checkpoint");
+        if data {
+            failpoints::crash("after-commit-before-checkpoint");
+        }
         let mut checkpoints = Vec::new();
         for (p, st) in self.partitions.iter_mut().filter(|(_, st)| st.touched) {
             let pending = std::mem::take(&mut st.pending);

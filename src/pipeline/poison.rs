@@ -96,7 +96,17 @@ impl Poison {
                         }
                     }
                 }
-                Origin::Snapshot { .. } | Origin::Unknown => unattributed = Some(f.error),
+                Origin::Snapshot { partition } => {
+                    // Not a record to dead-letter: the snapshot comes back every
+                    // interval and restores fall further behind until it fits.
+                    tracing::error!(
+                        partition,
+                        error = %f.error,
+                        "the broker refused a snapshot; raise the insights topic's max.message.bytes, restores from snapshots fall behind until then"
+                    );
+                    unattributed = Some(f.error);
+                }
+                Origin::Unknown => unattributed = Some(f.error),
             }
         }
         // Verdicts not yet written stay; the records come again after the rewind.
