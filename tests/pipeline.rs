@@ -227,6 +227,43 @@ fn rewind_while_a_batch_is_in_flight_loses_nothing() {
     assert_verified(&names, valid, malformed);
 }
 
+/// librdkafka can fence a static member by its own rejoin after its session
+/// timed out while the broker was unreachable (librdkafka #3437; seen here after
+/// a 40 s broker freeze). Its producer is not fenced, so tally replaces the
+/// consumer, rejoins under the same instance id and goes on, exactly. (A process
+/// that another one fenced is `second_process_with_same_instance_id_fences_the_first`.)
+#[test]
+fn consumer_fenced_by_its_own_rejoin_is_replaced_and_the_stream_goes_on() {
+    let names = Names::create("rejoin", 2);
+    let input = produce_generated(&names.input, 4_000, 23, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(
+        &names,
+        "rejoin-1",
+        &dir.path().join("state"),
+        &["--max-batch-records", "200"],
+        &[("FAILPOINTS", "consumer-fenced=30*off->1*return->off")],
+    );
+    let deadline = std::time::Instant::now() + LONG;
+    while !run.log().contains("rejoined the group with a new consumer") {
+        assert!(std::time::Instant::now() < deadline, "{}", run.log());
+        assert!(!run.exited(), "{}", run.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_committed(&names.group, &names.input, 4_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    assert_eq!(
+        run.log()
+            .matches("consumer fenced; asking the broker")
+            .count(),
+        1,
+        "{}",
+        run.log()
+    );
+    assert_verified(&names, input.valid(), input.malformed);
+    assert_insights_match(&names, &input);
+}
+
 #[test]
 fn zombie_paused_right_before_its_commit_does_not_commit_on_resume() {
     let names = Names::create("zpause", 1);

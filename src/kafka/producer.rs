@@ -368,6 +368,32 @@ impl TxnProducer {
         }
     }
 
+    /// Whether another process took this producer's transactional.id: a record in
+    /// a transaction makes librdkafka add its partition with our epoch, which the
+    /// coordinator refuses once a newer `init_transactions` fenced us, and the
+    /// abort ends the transaction (the open one, if `open`) either way. The probe
+    /// is no snapshot (its key and value are ignored by every reader) and is
+    /// never committed; its delivery failures are discarded.
+    pub fn probe_fencing(&self, open: bool) -> Result<(), TxnError> {
+        if !open {
+            self.begin()?;
+        }
+        let probe = OutputRecord {
+            destination: Destination::Insights { partition: 0 },
+            key: Some(b"tally-fencing-probe".to_vec()),
+            value: br#"{"probe":"fencing"}"#.to_vec(),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        };
+        // A refused send adds no partition, but the abort still talks to the
+        // coordinator when the open transaction had added one.
+        let _ = self.send(probe, Origin::Unknown);
+        self.await_deliveries(CALL_TIMEOUT);
+        let res = self.abort();
+        let _ = self.take_record_failures();
+        res
+    }
+
     pub fn abort(&self) -> Result<(), TxnError> {
         self.retry("abort_transaction", || {
             self.producer.abort_transaction(CALL_TIMEOUT)

@@ -384,7 +384,7 @@ impl Pipeline {
 
     /// Hands the aborted transaction's heads and record-level failures to the
     /// poison rule (before the rewind clears which partitions were touched).
-    fn note_abort(&mut self) {
+    pub(super) fn note_abort(&mut self) {
         let heads: Vec<(i32, i64)> = self
             .partitions
             .iter()

@@ -232,6 +232,8 @@ pub struct Pipeline {
     hold_commits_until: Option<Instant>,
     /// When the transactional producer was last replaced (see `replace_producer`).
     producer_replacements: Vec<Instant>,
+    /// When the consumer was last re-created after being fenced (see `rejoin`).
+    rejoins: Vec<Instant>,
     /// Records to dead-letter on their next attempt, and abort streaks.
     poison: poison::Poison,
     /// Records librdkafka refused synchronously in the open transaction.
@@ -292,6 +294,7 @@ impl Pipeline {
             cycle: CycleTally::default(),
             hold_commits_until: None,
             producer_replacements: Vec::new(),
+            rejoins: Vec::new(),
             poison: poison::Poison::new(cfg_poison),
             refused: Vec::new(),
             last_iteration: Instant::now(),
@@ -401,9 +404,20 @@ impl Pipeline {
                     Some(done) = self.restored_rx.recv() => self.on_restored(done).await?,
                 }
             };
+            // As librdkafka reports a static member fenced by its own rejoin.
+            let polled = if failpoints::error("consumer-fenced") {
+                Err(kafka::Error::Fenced(
+                    "injected by failpoint consumer-fenced".into(),
+                ))
+            } else {
+                polled
+            };
             let polled = match polled {
                 Ok(p) => p,
-                Err(kafka::Error::Fenced(detail)) => return Err(fenced(&self.cfg, detail)),
+                Err(kafka::Error::Fenced(detail)) => {
+                    self.rejoin(detail).await?;
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             // A rewind while the batch was in flight, as a revocation whose commit

@@ -1,11 +1,81 @@
 //! Partitions assigned and revoked: librdkafka's callbacks hand the work to the
-//! loop (see [`crate::kafka::RebalanceEvent`]) and wait for it.
+//! loop (see [`crate::kafka::RebalanceEvent`]) and wait for it; and a consumer
+//! fenced by its own rejoin replaced by a new member.
 
-use super::{PartitionState, Pipeline, Result, Snapshots};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{PartitionState, Pipeline, Result, Snapshots, Txn, blocking, fenced, txn_fatal};
 use crate::kafka::RebalanceEvent;
-use crate::observe::{PartitionsAssigned, PartitionsRevoked, emit};
+use crate::kafka::{GroupConsumer, TxnError};
+use crate::observe::{CycleTally, PartitionsAssigned, PartitionsRevoked, TransactionAborted, emit};
+
+/// A consumer fenced more often than this within [`REJOIN_WINDOW`] is taken as
+/// fenced for good: two processes sharing an instance id would otherwise fence
+/// each other's consumers in turn.
+const MAX_REJOINS: usize = 3;
+const REJOIN_WINDOW: Duration = Duration::from_secs(600);
 
 impl Pipeline {
+    /// The consumer was fenced (`FENCED_INSTANCE_ID`). Another process that took
+    /// our instance id called `init_transactions` on our transactional.id before
+    /// it joined, so our producer is then fenced too: the probe asks the broker,
+    /// and a fenced producer stops this process as before. A valid producer means
+    /// the consumer was fenced by its own rejoin (librdkafka #3437: a static
+    /// member whose session timed out while the broker was unreachable), so a new
+    /// consumer rejoins under the same instance id and the partitions are
+    /// recovered as on any assignment. Nothing of the fenced consumer's partitions
+    /// is kept: the open transaction is aborted before anything else.
+    pub(super) async fn rejoin(&mut self, detail: String) -> Result<()> {
+        let now = Instant::now();
+        self.rejoins
+            .retain(|t| now.duration_since(*t) < REJOIN_WINDOW);
+        if self.rejoins.len() >= MAX_REJOINS {
+            return Err(fenced(
+                &self.cfg,
+                format!(
+                    "{detail} (the consumer was fenced {MAX_REJOINS} times in {} s)",
+                    REJOIN_WINDOW.as_secs()
+                ),
+            ));
+        }
+        self.rejoins.push(now);
+        tracing::warn!(error = %detail, "consumer fenced; asking the broker whether the transactional producer is fenced too");
+        let open = matches!(self.txn, Txn::Open { .. });
+        if open {
+            // The records come again; their failures go to the poison rule.
+            self.note_abort();
+        }
+        let p = self.producer.clone();
+        let probed = blocking(move || p.probe_fencing(open)).await;
+        self.txn = Txn::Idle;
+        if open {
+            self.stats.aborted += 1;
+            self.cycle = CycleTally::default();
+            emit(TransactionAborted);
+        }
+        match probed {
+            Ok(()) => {}
+            Err(TxnError::Fenced(why)) => {
+                return Err(fenced(&self.cfg, format!("{detail}; {why}")));
+            }
+            Err(e) => return Err(txn_fatal(&self.cfg, e)),
+        }
+        let lost: Vec<i32> = self.partitions.keys().copied().collect();
+        self.partitions.clear();
+        emit(PartitionsRevoked { partitions: &lost });
+        let (consumer, rebalances) = GroupConsumer::new(&self.cfg.connection, &self.cfg.member)?;
+        consumer.subscribe()?;
+        // The old receiver goes first: a callback of the old consumer's close then
+        // finds nobody to wait for.
+        drop(std::mem::replace(&mut self.rebalances, rebalances));
+        let old = std::mem::replace(&mut self.consumer, Arc::new(consumer));
+        // Closing a fenced consumer may wait on the coordinator: not awaited.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
+        tracing::warn!(partitions = ?lost, "the producer is not fenced: the consumer was fenced by its own rejoin; rejoined the group with a new consumer");
+        Ok(())
+    }
+
     pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {
         match ev {
             RebalanceEvent::Revoked {

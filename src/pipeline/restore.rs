@@ -104,6 +104,10 @@ struct Recovered {
     path: RestorePath,
     records: u64,
     secs: f64,
+    /// The group never committed the partition: there is nothing to snapshot
+    /// (a restore without a snapshot starts empty at the log start just as well),
+    /// and a catch-up snapshot would commit an offset for it.
+    never_committed: bool,
 }
 
 /// Why a restore failed. Transient errors are retried inside the restore; what
@@ -241,8 +245,9 @@ impl Pipeline {
         st.next_offset = rec.committed_offset;
         st.committed = rec.aggregate;
         // Whether the latest snapshot in the topic covers `C` is not known here
-        // (a previous owner may have crashed past it): one is due at once.
-        st.snapshot = None;
+        // (a previous owner may have crashed past it): one is due at once, unless
+        // the group never committed the partition (see `never_committed`).
+        st.snapshot = rec.never_committed.then_some(rec.committed_offset);
         st.snapshot_tried = None;
         emit(PartitionRestored {
             topic: &self.cfg.process.input_topic,
@@ -390,6 +395,7 @@ fn restore_partition(
             path: RestorePath::Rebuild,
             records: 0,
             secs: started.elapsed().as_secs_f64(),
+            never_committed: true,
         });
     };
     let start = choose_start(ctx, partition, c)?;
@@ -531,6 +537,7 @@ fn recovered_from(
         path,
         records,
         secs: started.elapsed().as_secs_f64(),
+        never_committed: false,
     }
 }
 
