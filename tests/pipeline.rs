@@ -242,7 +242,8 @@ fn consumer_fenced_by_its_own_rejoin_is_replaced_and_the_stream_goes_on() {
         "rejoin-1",
         &dir.path().join("state"),
         &["--max-batch-records", "200"],
-        &[("FAILPOINTS", "consumer-fenced=30*off->1*return->off")],
+        // Counted over batches (200 records each here): mid-stream.
+        &[("FAILPOINTS", "consumer-fenced=5*off->1*return->off")],
     );
     let deadline = std::time::Instant::now() + LONG;
     while !run.log().contains("rejoined the group with a new consumer") {
@@ -250,18 +251,26 @@ fn consumer_fenced_by_its_own_rejoin_is_replaced_and_the_stream_goes_on() {
         assert!(!run.exited(), "{}", run.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_for_committed(&names.group, &names.input, 4_000, LONG, &mut [&mut run]);
+    // The stream goes on after the rejoin.
+    let mut all = input;
+    all.merge(&produce_generated(&names.input, 1_000, 24, 0.05));
+    wait_for_committed(&names.group, &names.input, 5_000, LONG, &mut [&mut run]);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    let log = run.log();
     assert_eq!(
-        run.log()
-            .matches("consumer fenced; asking the broker")
-            .count(),
+        log.matches("consumer fenced; asking the broker").count(),
         1,
-        "{}",
-        run.log()
+        "{log}"
     );
-    assert_verified(&names, input.valid(), input.malformed);
-    assert_insights_match(&names, &input);
+    // The transaction open when the consumer was fenced, and nothing else.
+    let last_progress = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(" progress "))
+        .unwrap();
+    assert!(last_progress.contains("txn_aborted=1 "), "{last_progress}");
+    assert_verified(&names, all.valid(), all.malformed);
+    assert_insights_match(&names, &all);
 }
 
 #[test]

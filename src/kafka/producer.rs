@@ -2,7 +2,7 @@
 //! classification) and a plain idempotent one (generator, benchmark baseline).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -73,6 +73,8 @@ pub enum Origin {
     Snapshot {
         partition: i32,
     },
+    /// The record of [`TxnProducer::probe_fencing`].
+    Probe,
     /// Not produced by the pipeline (the generator's plain producer).
     Unknown,
 }
@@ -108,6 +110,8 @@ fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
 /// queued records at once).
 #[derive(Debug, Default)]
 pub struct DeliveryContext {
+    /// The fencing probe's record was delivered (see [`TxnProducer::probe_fencing`]).
+    probe_delivered: AtomicBool,
     failures: AtomicU64,
     record_failures: Mutex<Vec<RecordFailure>>,
 }
@@ -117,6 +121,10 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Origin>;
     fn delivery(&self, result: &DeliveryResult<'_>, origin: Box<Origin>) {
+        if *origin == Origin::Probe {
+            self.probe_delivered.store(result.is_ok(), Ordering::SeqCst);
+            return;
+        }
         if let Err((e, m)) = result {
             let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
             let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
@@ -368,12 +376,14 @@ impl TxnProducer {
         }
     }
 
-    /// Whether another process took this producer's transactional.id: a record in
-    /// a transaction makes librdkafka add its partition with our epoch, which the
-    /// coordinator refuses once a newer `init_transactions` fenced us, and the
-    /// abort ends the transaction (the open one, if `open`) either way. The probe
-    /// is no snapshot (its key and value are ignored by every reader) and is
-    /// never committed; its delivery failures are discarded.
+    /// Whether another process took this producer's transactional.id. A record
+    /// in a transaction makes librdkafka add its partition under our epoch, which
+    /// the coordinator refuses once a newer `init_transactions` fenced us; only a
+    /// delivered probe shows that it did not. Anything short of that (not sent,
+    /// not delivered in time, refused) fails closed, as fenced: an abort alone
+    /// may never reach the coordinator. Then the transaction (the open one, if
+    /// `open`) is aborted. The probe is no snapshot (every reader ignores its key
+    /// and value) and is never committed.
     pub fn probe_fencing(&self, open: bool) -> Result<(), TxnError> {
         if !open {
             self.begin()?;
@@ -385,13 +395,24 @@ impl TxnProducer {
             headers: Vec::new(),
             timestamp_ms: None,
         };
-        // A refused send adds no partition, but the abort still talks to the
-        // coordinator when the open transaction had added one.
-        let _ = self.send(probe, Origin::Unknown);
+        let context = self.producer.context();
+        context.probe_delivered.store(false, Ordering::SeqCst);
+        let unproven = |why: &str| {
+            TxnError::Fenced(format!(
+                "the transactional producer could not be shown unfenced ({why})"
+            ))
+        };
+        if let Err(e) = self.send(probe, Origin::Probe) {
+            return Err(unproven(&format!("probe not sent: {e}")));
+        }
         self.await_deliveries(CALL_TIMEOUT);
-        let res = self.abort();
-        let _ = self.take_record_failures();
-        res
+        if !context.probe_delivered.load(Ordering::SeqCst) {
+            // A fenced producer is in a fatal state: say so rather than guess.
+            return Err(self.abort().err().unwrap_or_else(|| {
+                unproven(&format!("probe not delivered within {CALL_TIMEOUT:?}"))
+            }));
+        }
+        self.abort()
     }
 
     pub fn abort(&self) -> Result<(), TxnError> {

@@ -404,14 +404,6 @@ impl Pipeline {
                     Some(done) = self.restored_rx.recv() => self.on_restored(done).await?,
                 }
             };
-            // As librdkafka reports a static member fenced by its own rejoin.
-            let polled = if failpoints::error("consumer-fenced") {
-                Err(kafka::Error::Fenced(
-                    "injected by failpoint consumer-fenced".into(),
-                ))
-            } else {
-                polled
-            };
             let polled = match polled {
                 Ok(p) => p,
                 Err(kafka::Error::Fenced(detail)) => {
@@ -431,6 +423,13 @@ impl Pipeline {
             }
             for p in polled {
                 self.on_record(p).await?;
+            }
+            // As if the next poll reported the consumer fenced by its own rejoin,
+            // with this batch's transaction open (the case with more to undo).
+            if matches!(self.txn, Txn::Open { .. }) && failpoints::error("consumer-fenced") {
+                self.rejoin("injected by failpoint consumer-fenced".into())
+                    .await?;
+                continue;
             }
             if self.cycle_due() || self.snapshot_catch_up_due() {
                 self.close_cycle(Snapshots::Due).await?;

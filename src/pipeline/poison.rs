@@ -106,7 +106,7 @@ impl Poison {
                     );
                     unattributed = Some(f.error);
                 }
-                Origin::Unknown => unattributed = Some(f.error),
+                Origin::Probe | Origin::Unknown => unattributed = Some(f.error),
             }
         }
         // Verdicts not yet written stay; the records come again after the rewind.

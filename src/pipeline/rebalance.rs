@@ -42,14 +42,13 @@ impl Pipeline {
         self.rejoins.push(now);
         tracing::warn!(error = %detail, "consumer fenced; asking the broker whether the transactional producer is fenced too");
         let open = matches!(self.txn, Txn::Open { .. });
-        if open {
-            // The records come again; their failures go to the poison rule.
-            self.note_abort();
-        }
         let p = self.producer.clone();
         let probed = blocking(move || p.probe_fencing(open)).await;
         self.txn = Txn::Idle;
         if open {
+            // The records come again; failures of theirs reported meanwhile go to
+            // the poison rule.
+            self.note_abort();
             self.stats.aborted += 1;
             self.cycle = CycleTally::default();
             emit(TransactionAborted);
