@@ -146,8 +146,17 @@ fn drained_input_is_counted_exactly_and_readyz_follows_the_restore() {
         || (insights(&names) == live).then_some(()),
     );
     assert_eq!(live["aggregate"]["processed"], input.valid());
+    // Caught up: every partition's snapshot covers its committed offset.
+    let (_, now) = http_get(&format!("{base}/metrics"));
+    for p in 0..3 {
+        assert_eq!(
+            sample(&now, &format!("tally_snapshot_offset{{partition=\"{p}\"}}")),
+            Some(committed[&p] as f64),
+            "{now}"
+        );
+    }
 
-    promtool_check_metrics(&text);
+    promtool_check_metrics(&now);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     assert_verified(&names, input.valid(), input.malformed);
 }
@@ -402,7 +411,7 @@ fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     let rules = prom.alert_rules();
     assert_eq!(
         rules.len(),
-        6,
+        7,
         "alert rules loaded: {rules:?}\n{}",
         prom.log()
     );

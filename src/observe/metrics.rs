@@ -21,6 +21,7 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub committed_offset: IntGaugeVec,
+    pub snapshot_offset: IntGaugeVec,
     pub assigned_partitions: IntGauge,
     pub partition_restoring: IntGaugeVec,
     pub restore_records: IntCounter,
@@ -108,6 +109,11 @@ impl Metrics {
             &r,
             "tally_committed_offset",
             "Next offset committed for an assigned input partition",
+        );
+        let snapshot_offset = gauge_vec(
+            &r,
+            "tally_snapshot_offset",
+            "Offset covered by the latest snapshot of an assigned input partition this instance committed (a restore replays the input from there)",
         );
         let assigned_partitions = gauge(
             "tally_assigned_partitions",
@@ -203,6 +209,7 @@ impl Metrics {
             commit_seconds,
             consumer_lag,
             committed_offset,
+            snapshot_offset,
             assigned_partitions,
             partition_restoring,
             restore_records,
@@ -240,6 +247,7 @@ impl Metrics {
         for family in [
             &self.consumer_lag,
             &self.committed_offset,
+            &self.snapshot_offset,
             &self.partition_restoring,
         ] {
             // Absent already (never set) is fine.

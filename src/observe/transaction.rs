@@ -112,6 +112,20 @@ impl InternalEvent for TransactionCommitted {
     }
 }
 
+/// Snapshots committed: `(partition, offset it covers)`.
+#[derive(Debug)]
+pub struct SnapshotsCommitted<'a> {
+    pub snapshots: &'a [(i32, i64)],
+}
+
+impl InternalEvent for SnapshotsCommitted<'_> {
+    fn emit(self, t: &Telemetry) {
+        for (p, offset) in self.snapshots {
+            Metrics::set(&t.metrics.snapshot_offset, *p, *offset);
+        }
+    }
+}
+
 /// The open transaction was aborted (its records come again).
 #[derive(Debug)]
 pub struct TransactionAborted;

@@ -15,7 +15,8 @@ use crate::event::{Outcome, dead_letter, dead_letter_stripped, process_owned};
 use crate::kafka::{self, Origin, SendError, TxnError, TxnProducer};
 use crate::model::OutputRecord;
 use crate::observe::{
-    CheckpointWritten, CycleTally, ProducerReplaced, TransactionAborted, TransactionCommitted, emit,
+    CheckpointWritten, CycleTally, ProducerReplaced, SnapshotsCommitted, TransactionAborted,
+    TransactionCommitted, emit,
 };
 use crate::{failpoints, insights};
 
@@ -290,11 +291,19 @@ impl Pipeline {
             .map(|(p, _)| *p)
             .collect();
         self.poison.on_commit(&moved);
-        for (p, next) in &offsets {
-            if let Some(st) = self.partitions.get_mut(p).filter(|_| due.contains(p)) {
+        let snapshotted: Vec<(i32, i64)> = offsets
+            .iter()
+            .copied()
+            .filter(|(p, _)| due.contains(p))
+            .collect();
+        for (p, next) in &snapshotted {
+            if let Some(st) = self.partitions.get_mut(p) {
                 st.snapshot = Some(*next);
             }
         }
+        emit(SnapshotsCommitted {
+            snapshots: &snapshotted,
+        });
         if data {
             failpoints::crash("after-commit-before-checkpoint");
         }
