@@ -245,12 +245,7 @@ fn consumer_fenced_by_its_own_rejoin_is_replaced_and_the_stream_goes_on() {
         // Counted over batches (200 records each here): mid-stream.
         &[("FAILPOINTS", "consumer-fenced=5*off->1*return->off")],
     );
-    let deadline = std::time::Instant::now() + LONG;
-    while !run.log().contains("rejoined the group with a new consumer") {
-        assert!(std::time::Instant::now() < deadline, "{}", run.log());
-        assert!(!run.exited(), "{}", run.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    run.wait_for_log("rejoined the group with a new consumer", 1, LONG);
     // The stream goes on after the rejoin.
     let mut all = input;
     all.merge(&produce_generated(&names.input, 1_000, 24, 0.05));
@@ -337,12 +332,7 @@ fn shutdown_is_bounded_when_the_broker_dies() {
             ("FAILPOINTS", "shutdown-before-commit=sleep(1000)"),
         ],
     );
-    let deadline = std::time::Instant::now() + LONG;
-    while !run.log().contains("partition restored") {
-        assert!(std::time::Instant::now() < deadline, "{}", run.log());
-        assert!(!run.exited(), "{}", run.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    run.wait_for_log("partition restored", 1, LONG);
     std::thread::sleep(Duration::from_secs(1));
     let signalled = std::time::Instant::now();
     run.signal_term();
@@ -386,12 +376,7 @@ fn commit_hold_is_honoured_by_the_shutdown() {
         ],
         &[("FAILPOINTS", "hold-commits=1*off->1*return")],
     );
-    let deadline = std::time::Instant::now() + LONG;
-    while !first.log().contains("commits held by failpoint") {
-        assert!(std::time::Instant::now() < deadline, "{}", first.log());
-        assert!(!first.exited(), "{}", first.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    first.wait_for_log("commits held by failpoint", 1, LONG);
     std::thread::sleep(Duration::from_secs(1));
     let before: i64 = committed_offsets(&names.group, &names.input).values().sum();
     // The shutdown must not commit while commits are held: it aborts.
@@ -427,12 +412,7 @@ fn forty_second_broker_freeze_mid_stream_is_ridden_out_exactly() {
         &["--max-batch-records", "200"],
         &[],
     );
-    let deadline = std::time::Instant::now() + LONG;
-    while !run.log().contains("partition restored") {
-        assert!(std::time::Instant::now() < deadline, "{}", run.log());
-        assert!(!run.exited(), "{}", run.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    run.wait_for_log("partition restored", 1, LONG);
     std::thread::sleep(Duration::from_millis(500));
     broker.signal("-STOP");
     std::thread::sleep(Duration::from_secs(40));

@@ -393,11 +393,7 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     // A new host in a's place (its instance id, an empty state directory).
     let mut b = TallyProc::start(&names, "interval-a", &dir.path().join("b"), &[], &[]);
     wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut b]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while b.log().matches("partition restored").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", b.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    b.wait_for_log("partition restored", 2, Duration::from_secs(60));
     assert_eq!(b.terminate(), Some(0), "{}", b.log());
     let log = b.log();
     let replayed: u64 = log

@@ -470,6 +470,25 @@ impl TallyProc {
         }
     }
 
+    /// Waits until the log holds `needle` at least `count` times; fails, with the
+    /// log, if the process exits first or `timeout` passes.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not logged {count} times in {timeout:?}:\n{}",
+                self.log()
+            );
+            assert!(
+                !self.exited(),
+                "exited before logging {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the process is stopped (state `T` in /proc).
     pub fn wait_stopped(&self, timeout: Duration) {
         let stat = format!("/proc/{}/stat", self.child.id());
@@ -774,4 +793,16 @@ pub fn watermarks(topic: &str, partition: i32) -> (i64, i64) {
     consumer
         .fetch_watermarks(topic, partition, TIMEOUT)
         .expect("watermarks")
+}
+
+/// Polls `f` until it returns `Some`, failing with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
