@@ -46,6 +46,15 @@ running_pid() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Whether process $1 still lives (not gone, not a zombie). During start-up this,
+# not running_pid, tells a broker that exited: until the forked shell has exec'd
+# noida-db its command line is still the shell's, which running_pid rejects.
+alive() {
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 start() {
   if pid=$(running_pid); then
     log "already running (pid $pid)"
@@ -62,7 +71,8 @@ start() {
   # started it stops it by PID.
   setsid "$bin" start --only kafka --host 127.0.0.1 --kafka-port "$port" \
     --data-dir "$dir/data" >"$dir/log" 2>&1 < /dev/null &
-  echo $! > "$pidfile"
+  local child=$!
+  echo "$child" > "$pidfile"
   echo "$port" > "$dir/port"
   for _ in $(seq 1 150); do
     if port_open "$port"; then
@@ -70,7 +80,7 @@ start() {
       echo "127.0.0.1:$port"
       return 0
     fi
-    if ! running_pid >/dev/null; then
+    if ! alive "$child"; then
       log "exited during start-up; its log:"
       cat "$dir/log" >&2
       rm -f "$pidfile"
