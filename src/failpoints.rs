@@ -10,7 +10,8 @@
 //! open transaction is aborted and rewound while a polled batch is in flight),
 //! `stop-before-commit` (the process sends itself SIGSTOP right before the
 //! commit, after every check of the loop, as a pause of the process may hit it),
-//! `hold-commits` (commits are held as after a pause) and
+//! `hold-commits` (commits are held as after a pause; evaluated once a batch is
+//! in the open transaction, before the cycle may close) and
 //! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit);
 //! `restore-hold` (with `sleep(ms)`: a partition's restore waits that long before
 //! it starts, so tests can watch `/readyz` say why the instance is not ready).

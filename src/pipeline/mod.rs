@@ -364,10 +364,6 @@ impl Pipeline {
         while !shutdown.load(Ordering::SeqCst) {
             emit(LoopIteration);
             self.check_paused().await?;
-            if failpoints::error("hold-commits") {
-                tracing::warn!("commits held by failpoint hold-commits");
-                self.hold_commits();
-            }
             // Idle, the first records open the transaction as soon as they come
             // (`settle`): a stream that never pauses 5 ms would otherwise fill one
             // idle batch for the whole 250 ms before its transaction even began.
@@ -423,6 +419,12 @@ impl Pipeline {
             }
             for p in polled {
                 self.on_record(p).await?;
+            }
+            // Evaluated once a batch is in the open transaction and before the
+            // cycle can close, so a test's hold always has records to hold.
+            if matches!(self.txn, Txn::Open { .. }) && failpoints::error("hold-commits") {
+                tracing::warn!("commits held by failpoint hold-commits");
+                self.hold_commits();
             }
             // As if the next poll reported the consumer fenced by its own rejoin,
             // with this batch's transaction open (the case with more to undo).
