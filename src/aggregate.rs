@@ -120,9 +120,13 @@ fn bump_capped(map: &mut BTreeMap<String, u64>, key: &str, k: usize) {
     } else {
         key
     };
-    if key == OTHER || map.contains_key(key) || map.len() - usize::from(map.contains_key(OTHER)) < k
-    {
-        bump(map, key, 1);
+    // A value already counted is the case of nearly every record: one lookup.
+    if let Some(n) = map.get_mut(key) {
+        *n += 1;
+        return;
+    }
+    if key == OTHER || map.len() - usize::from(map.contains_key(OTHER)) < k {
+        map.insert(key.to_string(), 1);
         return;
     }
     let largest = map
