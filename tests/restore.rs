@@ -67,6 +67,73 @@ fn new_host_after_retention_restores_from_snapshots() {
     );
 }
 
+/// A read_committed fetch that starts mid-log must not hide a producer's
+/// committed snapshots behind an older aborted transaction of the same producer.
+/// The local test broker lists aborted transactions that ended before the fetch
+/// offset, so librdkafka drops every later record of that producer: the restore's
+/// tail read then saw no snapshot after a commit had once been aborted, and a new
+/// host refused although the latest snapshot sat at `C` (drill seed 2314). Kafka
+/// lists only overlapping transactions; the restore must be right on both.
+#[test]
+fn a_snapshot_behind_an_aborted_transaction_is_found() {
+    let names = Names::create("abortsnap", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // A snapshot in every commit (about one per 50 records).
+    let run = |id: &str, total: i64, failpoints: &[(&str, &str)]| {
+        let mut p = TallyProc::start(
+            &names,
+            id,
+            &dir.path().join(id),
+            &["--snapshot-interval", "1", "--max-batch-records", "50"],
+            failpoints,
+        );
+        wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut p]);
+        assert_eq!(p.terminate(), Some(0), "{}", p.log());
+        p.log()
+    };
+    // Instance a aborts a transaction that reached insights partition 0 early,
+    // then some 30 committed snapshots of a follow; then instance c writes a
+    // dozen; then a again some 30, up to C. A reader starting after a's abort that does not
+    // see a's later records finds c's latest snapshot, far below C.
+    let mut all = produce_generated(&names.input, 1_500, 47, 0.05);
+    let log = run(
+        "abortsnap-a",
+        1_500,
+        // A rejoin, whose fencing probe is a record delivered to insights
+        // partition 0 in a transaction then aborted.
+        &[("FAILPOINTS", "consumer-fenced=1*off->1*return->off")],
+    );
+    assert_eq!(log.matches("rejoined the group").count(), 1, "{log}");
+    all.merge(&produce_generated(&names.input, 600, 48, 0.05));
+    run("abortsnap-c", 2_100, &[]);
+    all.merge(&produce_generated(&names.input, 1_500, 49, 0.05));
+    run("abortsnap-a", 3_600, &[]);
+    let c = committed_offsets(&names.group, &names.input)[&0];
+    assert_eq!(
+        latest_snapshot_offsets(&names)[&0],
+        c,
+        "the shutdown's snapshot is at C"
+    );
+    // Retention deletes every input record below C: only the snapshot at C can
+    // restore the partition exactly.
+    delete_records_below(&names.input, 0, c);
+    all.merge(&produce_generated(&names.input, 300, 50, 0.05));
+
+    let mut b = TallyProc::start(&names, "abortsnap-b", &dir.path().join("b"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 3_900, LONG, &mut [&mut b]);
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
+    let log = b.log();
+    assert!(
+        log.contains(&format!(
+            "partition restored partition=0 path=\"snapshot\" next_offset={c}"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("restore cannot be exact yet"), "{log}");
+    assert_insights_match(&names, &all);
+    assert_eq!(insights(&names)["aggregate"]["uncounted"], 0);
+}
+
 /// The group's offsets moved past the latest snapshot (`tally replay --to` a time
 /// after the last record) and retention then deleted part of `[S, C)`: a new host
 /// cannot count those records, so it refuses; with `--allow-inexact-restore` it

@@ -398,7 +398,18 @@ fn restore_partition(
             never_committed: true,
         });
     };
-    let start = choose_start(ctx, partition, c)?;
+    let mut start = choose_start(ctx, partition, c, Search::Tail)?;
+    if start.path != RestorePath::Resume && start.from < log_start {
+        // Before calling the records needed gone, read the whole insights
+        // partition once: the tail read can miss newer snapshots. A
+        // read_committed fetch starting mid-log drops a producer's committed
+        // records when the broker lists that producer's earlier aborted
+        // transaction (the local test broker lists those that ended before the
+        // fetch offset; Kafka lists only those overlapping it). Seen in drill
+        // seed 2314: a new host found a snapshot 3,600 records behind `C` and
+        // refused, with the one at `C` in plain sight from the log start.
+        start = choose_start(ctx, partition, c, Search::Whole)?;
+    }
     if start.path == RestorePath::Resume {
         if c >= log_start {
             return Ok(recovered(start, c, 0, started));
@@ -550,6 +561,7 @@ fn choose_start(
     ctx: &RestoreContext,
     partition: i32,
     c: i64,
+    search: Search,
 ) -> std::result::Result<Start, Failure> {
     // `K > C` (the group's offsets were reset by `tally replay`): the checkpoint
     // counts records the group will process again; unusable.
@@ -580,8 +592,8 @@ fn choose_start(
             return Ok(candidates.pop().expect("just pushed").2);
         }
     }
-    if let Some(s) =
-        latest_snapshot(ctx, partition, c).map_err(transient("reading the insights topic"))?
+    if let Some(s) = latest_snapshot(ctx, partition, c, search)
+        .map_err(transient("reading the insights topic"))?
     {
         let fp = s.fingerprint.as_ref().map(Fingerprint::encode);
         let changes = fingerprint_changes(ctx, partition, "latest snapshot", fp.as_ref());
@@ -664,14 +676,18 @@ fn latest_snapshot(
     ctx: &RestoreContext,
     partition: i32,
     c: i64,
+    search: Search,
 ) -> kafka::Result<Option<Snapshot>> {
     let reader = TopicReader::new(&ctx.conn, &ctx.insights_topic)?;
     let (low, high) = reader.watermarks(partition)?;
     // Each committed snapshot takes two offsets (the record and the commit
     // marker): the last 16 offsets hold the latest few snapshots.
-    let mut window = 16;
+    let mut window = match search {
+        Search::Tail => 16,
+        Search::Whole => i64::MAX,
+    };
     loop {
-        let from = low.max(high - window);
+        let from = low.max(high.saturating_sub(window));
         let mut values = Vec::new();
         reader.read(&[(partition, kafka::StartAt::Offset(from), None)], |r| {
             if let Some(v) = r.record.value {
@@ -688,6 +704,16 @@ fn latest_snapshot(
         if newest.is_some() || from <= low {
             return Ok(newest);
         }
-        window *= 8;
+        window = window.saturating_mul(8);
     }
+}
+
+/// Where [`latest_snapshot`] looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// A window at the end, widened until it holds a usable snapshot: constant
+    /// time on a compacted or a long topic.
+    Tail,
+    /// From the log start: what a fetch that starts mid-log may hide is seen.
+    Whole,
 }
