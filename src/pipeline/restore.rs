@@ -205,8 +205,16 @@ impl Pipeline {
             });
             let (tx, ctx) = (self.restored_tx.clone(), ctx.clone());
             tokio::task::spawn_blocking(move || {
-                let outcome =
-                    with_retries(p, &cancelled, || restore_partition(&ctx, p, &cancelled));
+                // The whole insights partition is read (when the tail read would
+                // refuse) on the first and the last attempt only: it costs a read
+                // of the partition, and in between only an open transaction
+                // holding back what a read can see is waited out.
+                let mut attempt = 0;
+                let outcome = with_retries(p, &cancelled, || {
+                    attempt += 1;
+                    let whole = attempt == 1 || attempt == RETRY_ATTEMPTS;
+                    restore_partition(&ctx, p, &cancelled, whole)
+                });
                 let _ = tx.send(Restored {
                     partition: p,
                     token,
@@ -359,6 +367,7 @@ fn restore_partition(
     ctx: &RestoreContext,
     partition: i32,
     cancelled: &AtomicBool,
+    whole_read: bool,
 ) -> std::result::Result<Recovered, Failure> {
     let started = Instant::now();
     // Tests hold a restore here (`restore-hold=1*sleep(5000)`) to watch /readyz.
@@ -399,7 +408,7 @@ fn restore_partition(
         });
     };
     let mut start = choose_start(ctx, partition, c, Search::Tail)?;
-    if start.path != RestorePath::Resume && start.from < log_start {
+    if whole_read && start.path != RestorePath::Resume && start.from < log_start {
         // Before calling the records needed gone, read the whole insights
         // partition once: the tail read can miss newer snapshots. A
         // read_committed fetch starting mid-log drops a producer's committed
@@ -407,7 +416,16 @@ fn restore_partition(
         // transaction (the local test broker lists those that ended before the
         // fetch offset; Kafka lists only those overlapping it). Seen in drill
         // seed 2314: a new host found a snapshot 3,600 records behind `C` and
-        // refused, with the one at `C` in plain sight from the log start.
+        // refused, with the one at `C` in plain sight from the log start. This
+        // relies on a fetch from the log start being answered up to the stable
+        // end at once (the local broker answers so): a later fetch starts
+        // mid-log again. Missing a snapshot only ever means a refusal.
+        tracing::info!(
+            partition,
+            start = start.from,
+            log_start,
+            "no snapshot at or above the log start in the tail; reading the whole insights partition"
+        );
         start = choose_start(ctx, partition, c, Search::Whole)?;
     }
     if start.path == RestorePath::Resume {
@@ -686,21 +704,28 @@ fn latest_snapshot(
         Search::Tail => 16,
         Search::Whole => i64::MAX,
     };
+    /// What decides whether a snapshot is usable, parsed without its aggregate.
+    #[derive(serde::Deserialize)]
+    struct Head {
+        topic: String,
+        partition: i32,
+        next_offset: i64,
+    }
     loop {
         let from = low.max(high.saturating_sub(window));
-        let mut values = Vec::new();
+        // Only the newest usable value is kept: a whole-partition read must not
+        // hold every snapshot in memory.
+        let mut newest = None;
         reader.read(&[(partition, kafka::StartAt::Offset(from), None)], |r| {
-            if let Some(v) = r.record.value {
-                values.push(v);
+            let Some(v) = r.record.value else { return };
+            let usable = serde_json::from_slice::<Head>(&v).is_ok_and(|h| {
+                h.topic == ctx.process.input_topic && h.partition == partition && h.next_offset <= c
+            });
+            if usable {
+                newest = Some(v);
             }
         })?;
-        // Newest first, stopping at the first usable one (snapshots are large:
-        // parsing the whole window would cost more than reading it).
-        let newest = values.iter().rev().find_map(|v| {
-            serde_json::from_slice::<Snapshot>(v).ok().filter(|s| {
-                s.topic == ctx.process.input_topic && s.partition == partition && s.next_offset <= c
-            })
-        });
+        let newest = newest.and_then(|v| serde_json::from_slice::<Snapshot>(&v).ok());
         if newest.is_some() || from <= low {
             return Ok(newest);
         }
