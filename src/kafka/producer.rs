@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -16,7 +16,7 @@ use super::connection::{
     CALL_TIMEOUT, Connection, Result, TRANSACTION_TIMEOUT_MS, ctx, is_fenced_code,
 };
 use super::consumer::GroupConsumer;
-use crate::model::{Destination, OutputRecord};
+use crate::model::{Destination, OutputRecord, headers};
 
 /// A transaction call failed; what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -104,14 +104,26 @@ fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// The key of [`TxnProducer::probe_fencing`]'s record.
+const PROBE_KEY: &[u8] = b"tally-fencing-probe";
+
 /// Collects failed deliveries that concern one record, for the pipeline to
 /// dead-letter on the transaction's retry. Other failures make the commit fail
 /// and are only logged: the 1st, 2nd, 4th, 8th... (an abort purges thousands of
 /// queued records at once).
+///
+/// The transactional producer asks librdkafka for failed deliveries only
+/// (`delivery.report.only.error`): a report per delivered record, with a boxed
+/// origin as its opaque, cost a delivery event, a callback and an allocation
+/// per record (the `producer pollin` thread took 3 times the CPU of `tally
+/// copy`'s). A failed record is blamed by what it carries (see [`origin_of`]).
 #[derive(Debug, Default)]
 pub struct DeliveryContext {
-    /// The fencing probe's record was delivered (see [`TxnProducer::probe_fencing`]).
-    probe_delivered: AtomicBool,
+    /// The insights topic of the transactional producer: its records are
+    /// snapshots of the input partition they are written to, and the probe.
+    insights: Option<String>,
+    /// The fencing probe's record failed (see [`TxnProducer::probe_fencing`]).
+    probe_failed: AtomicBool,
     failures: AtomicU64,
     record_failures: Mutex<Vec<RecordFailure>>,
 }
@@ -119,28 +131,61 @@ pub struct DeliveryContext {
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Origin>;
-    fn delivery(&self, result: &DeliveryResult<'_>, origin: Box<Origin>) {
-        if *origin == Origin::Probe {
-            self.probe_delivered.store(result.is_ok(), Ordering::SeqCst);
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let Err((e, m)) = result else {
+            return;
+        };
+        let origin = origin_of(m, self.insights.as_deref());
+        if origin == Origin::Probe {
+            self.probe_failed.store(true, Ordering::SeqCst);
             return;
         }
-        if let Err((e, m)) = result {
-            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
-            if per_record && *origin != Origin::Unknown {
-                tracing::warn!(topic = m.topic(), origin = ?origin, error = %e, "record refused by the broker");
-                self.record_failures
-                    .lock()
-                    .expect("not poisoned")
-                    .push(RecordFailure {
-                        origin: *origin,
-                        error: format!("producing to {}: {e}", m.topic()),
-                    });
-            } else if n.is_power_of_two() {
-                tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, failures = n, "delivery failed");
-            }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
+        if per_record && origin != Origin::Unknown {
+            tracing::warn!(topic = m.topic(), origin = ?origin, error = %e, "record refused by the broker");
+            self.record_failures
+                .lock()
+                .expect("not poisoned")
+                .push(RecordFailure {
+                    origin,
+                    error: format!("producing to {}: {e}", m.topic()),
+                });
+        } else if n.is_power_of_two() {
+            tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, failures = n, "delivery failed");
         }
+    }
+}
+
+/// Which record a delivery was produced for, read from the record itself:
+/// - on the insights topic, the probe by its key, else the snapshot of the input
+///   partition numbered like the insights partition (they are co-partitioned);
+/// - elsewhere, the input record named by the source headers that every
+///   processed record and DLQ entry carries (`event::source_headers`);
+/// - `Unknown` for anything else (the plain producer's records).
+fn origin_of<M: Message>(m: &M, insights: Option<&str>) -> Origin {
+    if insights == Some(m.topic()) {
+        return if m.key() == Some(PROBE_KEY) {
+            Origin::Probe
+        } else {
+            Origin::Snapshot {
+                partition: m.partition(),
+            }
+        };
+    }
+    let header = |name: &str| {
+        m.headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+            .map(str::to_owned)
+    };
+    let partition = header(headers::SOURCE_PARTITION).and_then(|v| v.parse().ok());
+    let offset = header(headers::SOURCE_OFFSET).and_then(|v| v.parse().ok());
+    match (partition, offset) {
+        (Some(partition), Some(offset)) => Origin::Input { partition, offset },
+        _ => Origin::Unknown,
     }
 }
 
@@ -236,12 +281,17 @@ impl TxnProducer {
             // is 1 GiB); `send` waits on QueueFull.
             ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
             ("transaction.timeout.ms", &txn_timeout),
+            // Failed deliveries only: see `DeliveryContext`.
+            ("delivery.report.only.error", "true"),
         ]);
         config
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true");
         let producer = config
-            .create_with_context(DeliveryContext::default())
+            .create_with_context(DeliveryContext {
+                insights: Some(topics.insights.clone()),
+                ..DeliveryContext::default()
+            })
             .map_err(ctx("creating the transactional producer"))?;
         Ok(TxnProducer {
             producer,
@@ -276,15 +326,14 @@ impl TxnProducer {
         }
     }
 
-    /// Enqueues a record of the open transaction (non-blocking). `origin` comes
-    /// back with a delivery failure that concerns this record (see
-    /// [`TxnProducer::take_record_failures`]).
-    pub fn send(&self, rec: OutputRecord, origin: Origin) -> Result<(), SendError> {
+    /// Enqueues a record of the open transaction (non-blocking). A delivery
+    /// failure that concerns this record comes back with its origin, read from
+    /// the record (see [`origin_of`] and [`TxnProducer::take_record_failures`]).
+    pub fn send(&self, rec: OutputRecord) -> Result<(), SendError> {
         let topic = self.topics.of(rec.destination);
-        let mut br: BaseRecord<'_, [u8], [u8], Box<Origin>> =
-            BaseRecord::with_opaque_to(topic, Box::new(origin))
-                .payload(rec.value.as_slice())
-                .headers(owned_headers(&rec.headers));
+        let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .payload(rec.value.as_slice())
+            .headers(owned_headers(&rec.headers));
         if let Some(k) = &rec.key {
             br = br.key(k.as_slice());
         }
@@ -390,23 +439,28 @@ impl TxnProducer {
         }
         let probe = OutputRecord {
             destination: Destination::Insights { partition: 0 },
-            key: Some(b"tally-fencing-probe".to_vec()),
+            key: Some(PROBE_KEY.to_vec()),
             value: br#"{"probe":"fencing"}"#.to_vec(),
             headers: Vec::new(),
             timestamp_ms: None,
         };
         let context = self.producer.context();
-        context.probe_delivered.store(false, Ordering::SeqCst);
+        context.probe_failed.store(false, Ordering::SeqCst);
         let unproven = |why: &str| {
             TxnError::Fenced(format!(
                 "the transactional producer could not be shown unfenced ({why})"
             ))
         };
-        if let Err(e) = self.send(probe, Origin::Probe) {
+        if let Err(e) = self.send(probe) {
             return Err(unproven(&format!("probe not sent: {e}")));
         }
         self.await_deliveries(CALL_TIMEOUT);
-        if !context.probe_delivered.load(Ordering::SeqCst) {
+        // Only failures are reported, and a failure's report is served before
+        // its record leaves the in-flight count: nothing in flight and no failure
+        // means the broker acknowledged the probe.
+        let delivered =
+            self.producer.in_flight_count() == 0 && !context.probe_failed.load(Ordering::SeqCst);
+        if !delivered {
             // A fenced producer is in a fatal state: say so rather than guess.
             return Err(self.abort().err().unwrap_or_else(|| {
                 unproven(&format!("probe not delivered within {CALL_TIMEOUT:?}"))
@@ -491,8 +545,7 @@ impl PlainProducer {
     ) -> Result<()> {
         let deadline = std::time::Instant::now() + CALL_TIMEOUT;
         loop {
-            let mut br: BaseRecord<'_, [u8], [u8], Box<Origin>> =
-                BaseRecord::with_opaque_to(topic, Box::new(Origin::Unknown));
+            let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
             if let Some(p) = partition {
                 br = br.partition(p);
             }
@@ -528,5 +581,99 @@ impl PlainProducer {
         self.producer
             .flush(Duration::from_secs(120))
             .map_err(ctx("flushing the producer"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::*;
+    use crate::event::{Filters, Limits, OutputLimits, ProcessConfig, dead_letter, process};
+    use crate::model::InputRecord;
+
+    fn message(topic: &str, partition: i32, rec: &OutputRecord) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(rec.value.clone()),
+            rec.key.clone(),
+            topic.to_string(),
+            Timestamp::NotAvailable,
+            partition,
+            0,
+            Some(owned_headers(&rec.headers)),
+        )
+    }
+
+    fn cfg() -> ProcessConfig {
+        ProcessConfig {
+            input_topic: "in".into(),
+            limits: Limits::default(),
+            filters: Filters::default(),
+            output_limits: OutputLimits::default(),
+        }
+    }
+
+    fn input(value: &[u8]) -> InputRecord {
+        InputRecord {
+            partition: 4,
+            offset: 12_345_678_901,
+            key: Some(b"k".to_vec()),
+            value: Some(value.to_vec()),
+            timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    /// A failed delivery is blamed on the record it was produced for, from the
+    /// record alone: what the boxed opaque used to carry.
+    #[test]
+    fn a_failed_record_names_its_origin() {
+        let good = br#"{"user_id":"u","app_version":"1.0.0","device_type":"iOS","ip":"10.1.2.3","locale":"en_US","device_id":"d","timestamp":1699999999}"#;
+        let out = process(&input(good), &cfg());
+        let processed = out.output().expect("processed");
+        assert_eq!(processed.destination, Destination::Processed);
+        let from_input = Origin::Input {
+            partition: 4,
+            offset: 12_345_678_901,
+        };
+        assert_eq!(
+            origin_of(&message("out", 1, processed), Some("ins")),
+            from_input
+        );
+        let rejection = crate::event::Rejection {
+            reason: crate::event::Reason::InvalidJson,
+            message: "x".into(),
+        };
+        let dlq = dead_letter(input(b"{"), &rejection, &cfg());
+        assert_eq!(origin_of(&message("dlq", 0, &dlq), Some("ins")), from_input);
+
+        let snapshot = OutputRecord {
+            destination: Destination::Insights { partition: 3 },
+            key: Some(b"snapshot".to_vec()),
+            value: b"{}".to_vec(),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        };
+        assert_eq!(
+            origin_of(&message("ins", 3, &snapshot), Some("ins")),
+            Origin::Snapshot { partition: 3 }
+        );
+        let probe = OutputRecord {
+            key: Some(PROBE_KEY.to_vec()),
+            ..snapshot.clone()
+        };
+        assert_eq!(
+            origin_of(&message("ins", 0, &probe), Some("ins")),
+            Origin::Probe
+        );
+        // The plain producer's records, and anything without the headers.
+        assert_eq!(
+            origin_of(&message("ins", 3, &snapshot), None),
+            Origin::Unknown
+        );
+        assert_eq!(
+            origin_of(&message("out", 3, &snapshot), Some("ins")),
+            Origin::Unknown
+        );
     }
 }

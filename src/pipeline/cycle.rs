@@ -157,7 +157,7 @@ impl Pipeline {
             let sent = if failpoints::error("queue-full") {
                 Err(SendError::QueueFull(rec))
             } else {
-                self.producer.send(rec, origin)
+                self.producer.send(rec)
             };
             match sent {
                 Ok(()) => return Ok(true),
