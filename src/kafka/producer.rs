@@ -61,9 +61,9 @@ fn is_retriable(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(rd) if rd.is_retriable())
 }
 
-/// Which input record (or partition snapshot) an output record was produced for;
-/// carried through librdkafka as the delivery opaque so a failed delivery, which
-/// arrives asynchronously, can be blamed on its record.
+/// Which input record (or partition snapshot) an output record was produced for,
+/// so a failed delivery, which arrives asynchronously, can be blamed on its
+/// record. Read back from the failed record itself (see [`origin_of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
     Input {
@@ -143,7 +143,11 @@ impl ProducerContext for DeliveryContext {
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
-        if per_record && origin != Origin::Unknown {
+        // The transactional producer (the one that knows its insights topic)
+        // hands on every per-record failure, even one it cannot attribute: the
+        // poison rule counts that as a strike, where dropping it would leave the
+        // transaction to abort forever.
+        if per_record && self.insights.is_some() {
             tracing::warn!(topic = m.topic(), origin = ?origin, error = %e, "record refused by the broker");
             self.record_failures
                 .lock()
@@ -159,21 +163,13 @@ impl ProducerContext for DeliveryContext {
 }
 
 /// Which record a delivery was produced for, read from the record itself:
+/// - the input record named by the source headers that every processed record
+///   and DLQ entry carries (`event::source_headers`), first: snapshots and the
+///   probe never carry them, so no topic naming can make an output look like one;
 /// - on the insights topic, the probe by its key, else the snapshot of the input
 ///   partition numbered like the insights partition (they are co-partitioned);
-/// - elsewhere, the input record named by the source headers that every
-///   processed record and DLQ entry carries (`event::source_headers`);
 /// - `Unknown` for anything else (the plain producer's records).
 fn origin_of<M: Message>(m: &M, insights: Option<&str>) -> Origin {
-    if insights == Some(m.topic()) {
-        return if m.key() == Some(PROBE_KEY) {
-            Origin::Probe
-        } else {
-            Origin::Snapshot {
-                partition: m.partition(),
-            }
-        };
-    }
     let header = |name: &str| {
         m.headers()?
             .iter()
@@ -185,6 +181,10 @@ fn origin_of<M: Message>(m: &M, insights: Option<&str>) -> Origin {
     let offset = header(headers::SOURCE_OFFSET).and_then(|v| v.parse().ok());
     match (partition, offset) {
         (Some(partition), Some(offset)) => Origin::Input { partition, offset },
+        _ if insights == Some(m.topic()) && m.key() == Some(PROBE_KEY) => Origin::Probe,
+        _ if insights == Some(m.topic()) => Origin::Snapshot {
+            partition: m.partition(),
+        },
         _ => Origin::Unknown,
     }
 }
@@ -239,6 +239,10 @@ pub struct TxnProducer {
     producer: ThreadedProducer<DeliveryContext>,
     topics: OutputTopics,
     input_topic: String,
+    /// By then every record sent has been delivered or reported failed:
+    /// librdkafka caps a transactional producer's `message.timeout.ms` at
+    /// `transaction.timeout.ms`; plus a margin.
+    settled_within: Duration,
 }
 
 impl std::fmt::Debug for TxnProducer {
@@ -287,6 +291,10 @@ impl TxnProducer {
         config
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true");
+        let txn_timeout_ms = config
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(TRANSACTION_TIMEOUT_MS);
         let producer = config
             .create_with_context(DeliveryContext {
                 insights: Some(topics.insights.clone()),
@@ -297,6 +305,7 @@ impl TxnProducer {
             producer,
             topics,
             input_topic: input_topic.to_string(),
+            settled_within: Duration::from_millis(txn_timeout_ms) + Duration::from_secs(5),
         })
     }
 
@@ -454,16 +463,30 @@ impl TxnProducer {
         if let Err(e) = self.send(probe) {
             return Err(unproven(&format!("probe not sent: {e}")));
         }
-        self.await_deliveries(CALL_TIMEOUT);
-        // Only failures are reported, and a failure's report is served before
-        // its record leaves the in-flight count: nothing in flight and no failure
-        // means the broker acknowledged the probe.
-        let delivered =
-            self.producer.in_flight_count() == 0 && !context.probe_failed.load(Ordering::SeqCst);
+        // Only failures are reported, so the probe is known delivered only once
+        // every record of the transaction has settled: wait as long as a record
+        // may take to be delivered or to fail.
+        let deadline = std::time::Instant::now() + self.settled_within;
+        let settled = loop {
+            // Records alone: `rd_kafka_flush` in event mode counts messages, not
+            // queued log lines or events, and a failed record still counts until
+            // its report has been served.
+            if self.producer.flush(Duration::ZERO).is_ok() {
+                break true;
+            }
+            if std::time::Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let delivered = settled && !context.probe_failed.load(Ordering::SeqCst);
         if !delivered {
             // A fenced producer is in a fatal state: say so rather than guess.
             return Err(self.abort().err().unwrap_or_else(|| {
-                unproven(&format!("probe not delivered within {CALL_TIMEOUT:?}"))
+                unproven(&format!(
+                    "probe not delivered within {:?}",
+                    self.settled_within
+                ))
             }));
         }
         self.abort()
@@ -646,6 +669,9 @@ mod tests {
         };
         let dlq = dead_letter(input(b"{"), &rejection, &cfg());
         assert_eq!(origin_of(&message("dlq", 0, &dlq), Some("ins")), from_input);
+        // The headers come first: an output topic named like the insights topic
+        // does not turn an output into a snapshot.
+        assert_eq!(origin_of(&message("ins", 0, &dlq), Some("ins")), from_input);
 
         let snapshot = OutputRecord {
             destination: Destination::Insights { partition: 3 },
