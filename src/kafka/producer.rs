@@ -104,6 +104,20 @@ fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Checks `done` every `step` until it holds (true) or `limit` has passed (false).
+fn poll_until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(step);
+    }
+}
+
 /// The key of [`TxnProducer::probe_fencing`]'s record.
 const PROBE_KEY: &[u8] = b"tally-fencing-probe";
 
@@ -428,10 +442,9 @@ impl TxnProducer {
     /// the commit called). Waiting here in short steps leaves that flush nothing
     /// to wait for. Past `limit`, the commit's own flush reports the failure.
     fn await_deliveries(&self, limit: Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        poll_until(limit, Duration::from_micros(500), || {
+            self.producer.in_flight_count() == 0
+        });
     }
 
     /// Whether another process took this producer's transactional.id. A record
@@ -466,19 +479,12 @@ impl TxnProducer {
         // Only failures are reported, so the probe is known delivered only once
         // every record of the transaction has settled: wait as long as a record
         // may take to be delivered or to fail.
-        let deadline = std::time::Instant::now() + self.settled_within;
-        let settled = loop {
-            // Records alone: `rd_kafka_flush` in event mode counts messages, not
-            // queued log lines or events, and a failed record still counts until
-            // its report has been served.
-            if self.producer.flush(Duration::ZERO).is_ok() {
-                break true;
-            }
-            if std::time::Instant::now() >= deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        // Records alone: `rd_kafka_flush` in event mode counts messages, not
+        // queued log lines or events, and a failed record still counts until its
+        // report has been served.
+        let settled = poll_until(self.settled_within, Duration::from_millis(1), || {
+            self.producer.flush(Duration::ZERO).is_ok()
+        });
         let delivered = settled && !context.probe_failed.load(Ordering::SeqCst);
         if !delivered {
             // A fenced producer is in a fatal state: say so rather than guess.
