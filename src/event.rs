@@ -312,85 +312,93 @@ pub fn validate(
     }
 }
 
-/// The fields of a plain valid event read from borrowed raw JSON, or `None` for
-/// anything else (see [`validate`]).
+/// The fields of a plain valid event, or `None` for anything else (see
+/// [`validate`]): one pass over the text, each field read straight into the
+/// string the event keeps.
 fn fast_fields(text: &str) -> Option<Parsed> {
-    // Keys with escapes fail to borrow and end up on the general path too.
-    let pairs = serde_json::from_str::<RawObject<'_>>(text).ok()?.0;
-    // A handful of members: comparing each with those before it costs less
-    // than collecting and sorting the keys.
-    let duplicate = pairs
-        .iter()
-        .enumerate()
-        .any(|(i, (k, _))| pairs[..i].iter().any(|(seen, _)| seen == k));
-    if duplicate {
-        return None;
-    }
-    let raw = |field: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| *k == field)
-            .map(|(_, v)| v.get())
-    };
-    let string = |field: &str| -> Option<String> {
-        let raw = raw(field)?;
-        let s = match serde_json::from_str::<&str>(raw) {
-            Ok(s) => s.to_string(),
-            Err(_) => serde_json::from_str::<String>(raw).ok()?,
-        };
-        (!s.trim().is_empty()).then_some(s)
-    };
-    let timestamp = match serde_json::from_str::<Value>(raw("timestamp")?).ok()? {
-        Value::Null => return None,
-        v => parse_timestamp(v).ok()?,
-    };
-    let mut extra = Map::new();
-    for (k, v) in &pairs {
-        if !REQUIRED.contains(k) {
-            // Nested values could reach serde_json's depth limit as part of the
-            // whole document but not alone: the general path decides them.
-            if matches!(v.get().as_bytes()[0], b'{' | b'[') {
-                return None;
-            }
-            extra.insert((*k).to_string(), serde_json::from_str(v.get()).ok()?);
-        }
-    }
-    Some(Parsed {
-        user_id: string("user_id")?,
-        app_version_text: string("app_version")?,
-        device_type: string("device_type")?,
-        ip_text: string("ip")?,
-        locale: string("locale")?,
-        device_id: string("device_id")?,
-        timestamp,
-        extra,
-    })
+    serde_json::from_str::<FastEvent>(text).ok().map(|e| e.0)
 }
 
-/// A JSON object's members in document order, as borrowed raw values (duplicates
-/// kept, so the caller can tell).
-struct RawObject<'a>(Vec<(&'a str, &'a RawValue)>);
+/// [`Parsed`] as the fast path reads it: declines (fails to deserialise) at the
+/// first thing that is not a plain valid event.
+struct FastEvent(Parsed);
 
-impl<'de> serde::Deserialize<'de> for RawObject<'de> {
+impl<'de> serde::Deserialize<'de> for FastEvent {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> serde::de::Visitor<'de> for Members {
-            type Value = RawObject<'de>;
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = FastEvent;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a plain valid login event")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
+                let declined =
+                    || <A::Error as serde::de::Error>::custom("left to the general path");
+                // The string fields in `REQUIRED` order, then the timestamp.
+                let mut strings: [Option<String>; 6] = Default::default();
+                let mut timestamp = None;
+                let mut extra = Map::new();
+                // A key with escapes cannot be borrowed: declined here.
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match REQUIRED.iter().position(|r| *r == key) {
+                        Some(6) => {
+                            let t = match map.next_value::<Value>()? {
+                                Value::Null => return Err(declined()),
+                                v => parse_timestamp(v).map_err(|_| declined())?,
+                            };
+                            if timestamp.replace(t).is_some() {
+                                return Err(declined());
+                            }
+                        }
+                        // A non-string (null included) fails to deserialise.
+                        Some(i) => {
+                            let s = map.next_value::<String>()?;
+                            if s.trim().is_empty() || strings[i].replace(s).is_some() {
+                                return Err(declined());
+                            }
+                        }
+                        None => {
+                            // Nested values could reach serde_json's depth limit
+                            // as part of the whole document but not alone: the
+                            // general path decides them.
+                            let raw = map.next_value::<&'de RawValue>()?;
+                            if matches!(raw.get().as_bytes()[0], b'{' | b'[') {
+                                return Err(declined());
+                            }
+                            let v = serde_json::from_str(raw.get()).map_err(|_| declined())?;
+                            if extra.insert(key.to_string(), v).is_some() {
+                                return Err(declined());
+                            }
+                        }
+                    }
                 }
-                Ok(RawObject(members))
+                let [
+                    Some(user_id),
+                    Some(app_version_text),
+                    Some(device_type),
+                    Some(ip_text),
+                    Some(locale),
+                    Some(device_id),
+                ] = strings
+                else {
+                    return Err(declined());
+                };
+                Ok(FastEvent(Parsed {
+                    user_id,
+                    app_version_text,
+                    device_type,
+                    ip_text,
+                    locale,
+                    device_id,
+                    timestamp: timestamp.ok_or_else(declined)?,
+                    extra,
+                }))
             }
         }
-        d.deserialize_map(Members)
+        d.deserialize_map(Fields)
     }
 }
 
@@ -623,30 +631,91 @@ impl Filters {
 
 /// Masks an address to its network: IPv4 keeps its /24, IPv6 its /48.
 pub fn mask_ip(ip: IpAddr) -> String {
+    let mut masked = Vec::with_capacity(18);
+    push_masked_ip(&mut masked, ip);
+    String::from_utf8(masked).expect("digits, dots, colons and hex are ASCII")
+}
+
+/// [`mask_ip`], appended to `out`.
+fn push_masked_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             // Per processed record: digits by itoa, not through `format!`'s
             // machinery (which showed in `cargo bench --bench core` profiles).
-            let mut masked = String::with_capacity(18);
             let mut digits = itoa::Buffer::new();
             for octet in &v4.octets()[..3] {
-                masked.push_str(digits.format(*octet));
-                masked.push('.');
+                out.extend_from_slice(digits.format(*octet).as_bytes());
+                out.push(b'.');
             }
-            masked.push_str("0/24");
-            masked
+            out.extend_from_slice(b"0/24");
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            format!("{}/48", Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+            let net = Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+            out.extend_from_slice(format!("{net}/48").as_bytes());
         }
     }
+}
+
+/// Appends `s` as a JSON string, byte for byte as serde_json writes it: it
+/// escapes only control characters, `"` and `\`, so a string without them is
+/// copied whole (every field of a usual event), skipping the serializer's
+/// per-byte escape machinery.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        serde_json::to_writer(&mut *out, s).expect("a string serialises");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// The event time as RFC 3339 in UTC to the second (`2023-11-14T22:13:20Z`), or
+/// empty when chrono cannot represent it.
+fn login_time(timestamp: i64) -> Option<DateTime<chrono::Utc>> {
+    DateTime::from_timestamp(timestamp, 0)
+}
+
+/// [`login_time`] as a JSON string appended to `out`: the same bytes as
+/// `to_rfc3339_opts(SecondsFormat::Secs, true)` quoted, written digit by digit
+/// for the four-digit years every real event has.
+fn push_login_time(out: &mut Vec<u8>, timestamp: i64) {
+    use chrono::{Datelike, Timelike};
+    out.push(b'"');
+    if let Some(t) = login_time(timestamp) {
+        match u16::try_from(t.year()) {
+            Ok(year) if year <= 9999 => {
+                let two = |out: &mut Vec<u8>, n: u32, sep: u8| {
+                    out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8, sep]);
+                };
+                out.extend_from_slice(&[
+                    b'0' + (year / 1000) as u8,
+                    b'0' + (year / 100 % 10) as u8,
+                    b'0' + (year / 10 % 10) as u8,
+                    b'0' + (year % 10) as u8,
+                    b'-',
+                ]);
+                two(out, t.month(), b'-');
+                two(out, t.day(), b'T');
+                two(out, t.hour(), b':');
+                two(out, t.minute(), b':');
+                two(out, t.second(), b'Z');
+            }
+            // Signed or five-digit years: chrono's own form (no byte to escape).
+            _ => out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Secs, true).as_bytes()),
+        }
+    }
+    out.push(b'"');
 }
 
 /// The transformed event: unknown fields kept, IP masked, time normalised, and the
 /// processing metadata that is a function of the input (source coordinates). Keys
 /// come out sorted, so the bytes are deterministic.
 pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+    if event.extra.is_empty() {
+        return transform_known(event, topic, partition, offset);
+    }
     /// A field of the output: borrowed where the event has it, so building the
     /// output copies each byte once, into the serialised record.
     #[derive(serde::Serialize)]
@@ -657,47 +726,10 @@ pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -
         Bool(bool),
         Json(&'a Value),
     }
-    let login_time = DateTime::from_timestamp(event.timestamp, 0)
+    let login_time = login_time(event.timestamp)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_default();
     let ip = mask_ip(event.ip);
-    let mut bytes = Vec::with_capacity(256);
-    if event.extra.is_empty() {
-        // The usual event: the same bytes as the map below, without building it.
-        // Fields in sorted order (serde writes them in declaration order).
-        #[derive(serde::Serialize)]
-        struct Known<'a> {
-            app_version: &'a str,
-            device_id: &'a str,
-            device_type: &'a str,
-            ip: &'a str,
-            locale: &'a str,
-            login_time: &'a str,
-            processed: bool,
-            source_offset: i64,
-            source_partition: i32,
-            source_topic: &'a str,
-            timestamp: i64,
-            user_id: &'a str,
-        }
-        let known = Known {
-            app_version: event.app_version.as_str(),
-            device_id: &event.device_id,
-            device_type: &event.device_type,
-            ip: &ip,
-            locale: &event.locale,
-            login_time: &login_time,
-            processed: true,
-            source_offset: offset,
-            source_partition: partition,
-            source_topic: topic,
-            timestamp: event.timestamp,
-            user_id: &event.user_id,
-        };
-        serde_json::to_writer(&mut bytes, &known)
-            .expect("a struct of strings and numbers serialises");
-        return bytes;
-    }
     // Sorted keys (a BTreeMap, like serde_json's `Map`), so the bytes are
     // deterministic; the known fields win over unknown ones of the same name.
     let mut out: BTreeMap<&str, Field<'_>> = event
@@ -722,6 +754,48 @@ pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -
     let mut bytes = Vec::with_capacity(256);
     serde_json::to_writer(&mut bytes, &out).expect("a JSON map always serialises");
     bytes
+}
+
+/// [`transform`] of the usual event, without unknown fields: the same bytes as
+/// the map above, written field by field in sorted key order into one buffer
+/// sized up front (no intermediate strings, no growth).
+fn transform_known(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+    let strings = [
+        event.app_version.as_str(),
+        &event.device_id,
+        &event.device_type,
+        &event.locale,
+        topic,
+        &event.user_id,
+    ];
+    // Keys, punctuation, the masked IP, the time and three numbers fit in 256
+    // bytes; strings that need escapes may still grow the buffer.
+    let mut out = Vec::with_capacity(256 + strings.iter().map(|s| s.len()).sum::<usize>());
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"app_version\":");
+    push_json_str(&mut out, event.app_version.as_str());
+    out.extend_from_slice(b",\"device_id\":");
+    push_json_str(&mut out, &event.device_id);
+    out.extend_from_slice(b",\"device_type\":");
+    push_json_str(&mut out, &event.device_type);
+    out.extend_from_slice(b",\"ip\":\"");
+    push_masked_ip(&mut out, event.ip);
+    out.extend_from_slice(b"\",\"locale\":");
+    push_json_str(&mut out, &event.locale);
+    out.extend_from_slice(b",\"login_time\":");
+    push_login_time(&mut out, event.timestamp);
+    out.extend_from_slice(b",\"processed\":true,\"source_offset\":");
+    out.extend_from_slice(digits.format(offset).as_bytes());
+    out.extend_from_slice(b",\"source_partition\":");
+    out.extend_from_slice(digits.format(partition).as_bytes());
+    out.extend_from_slice(b",\"source_topic\":");
+    push_json_str(&mut out, topic);
+    out.extend_from_slice(b",\"timestamp\":");
+    out.extend_from_slice(digits.format(event.timestamp).as_bytes());
+    out.extend_from_slice(b",\"user_id\":");
+    push_json_str(&mut out, &event.user_id);
+    out.push(b'}');
+    out
 }
 
 /// What becomes of one input record.
@@ -1560,6 +1634,49 @@ mod tests {
             if let Ok(e) = fast {
                 prop_assert_eq!(transform(&e, "t", 1, 2), transform_via_value(&e, "t", 1, 2));
             }
+        }
+    }
+
+    /// Strings as they come: plain, any Unicode, and the characters JSON escapes.
+    fn arb_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9_.-]{1,12}",
+            any::<String>(),
+            "[\\x00-\\x1f\\x7f\"\\\\/é€😀a]{0,6}",
+        ]
+    }
+
+    proptest! {
+        /// The field-by-field writer of the usual event and the generic map writer
+        /// give the same bytes for any field values, time and coordinates.
+        #[test]
+        fn written_output_equals_the_serialised_map(
+            texts in proptest::collection::vec(arb_text(), 5),
+            version in (0u32..30, 0u32..30, 0u32..1000),
+            ip in any::<IpAddr>(),
+            timestamp in prop_oneof![0i64..4_102_444_800, -70_000_000_000i64..300_000_000_000, any::<i64>()],
+            partition in any::<i32>(),
+            offset in any::<i64>(),
+            with_extra in any::<bool>(),
+        ) {
+            let mut extra = Map::new();
+            if with_extra {
+                extra.insert("z".to_string(), Value::from(1));
+            }
+            let event = LoginEvent {
+                user_id: texts[0].clone(),
+                app_version: format!("{}.{}.{}", version.0, version.1, version.2).parse().unwrap(),
+                device_type: texts[1].clone(),
+                ip,
+                locale: texts[2].clone(),
+                device_id: texts[3].clone(),
+                timestamp,
+                extra,
+            };
+            prop_assert_eq!(
+                transform(&event, &texts[4], partition, offset),
+                transform_via_value(&event, &texts[4], partition, offset)
+            );
         }
     }
 
