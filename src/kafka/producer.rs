@@ -286,14 +286,7 @@ impl TxnProducer {
     ) -> Result<Self> {
         let txn_timeout = TRANSACTION_TIMEOUT_MS.to_string();
         let mut config = conn.config(&[
-            // Fewer, larger produce requests. An idempotent producer keeps at most
-            // 5 requests in flight per partition, and librdkafka's broker thread
-            // spins while a partition has a batch ready and 5 in flight (it
-            // wakes itself for the ready batch, then may not send it): with 5 ms
-            // batches that is whenever the broker answers in over 25 ms, as on a
-            // backlog drain. Latency pays nothing for it: the output becomes
-            // visible at the commit, which flushes whatever lingers.
-            ("linger.ms", "20"),
+            ("linger.ms", "5"),
             // Each record is sized against its topic's own max.message.bytes by
             // `event::process` (read at start), so librdkafka's client-wide limit
             // only has to stay out of the way: the largest a request may be.
