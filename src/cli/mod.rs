@@ -23,7 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use tally::event::{
     AppVersion, Filters, KAFKA_DEFAULT_MAX_MESSAGE_BYTES, Limits, OutputLimits, ProcessConfig,
 };
-use tally::kafka::{self, Connection, OutputTopics};
+use tally::kafka::{Connection, OutputTopics, TopicAdmin};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -249,10 +249,10 @@ impl ProcessArgs {
     /// The configuration with the output and DLQ topics' size limits read from the
     /// broker (the flags are the fallback). `run` and `verify` both resolve them
     /// this way, so they truncate DLQ entries identically.
-    pub async fn resolve(&self, conn: &Connection, topics: &TopicArgs) -> ProcessConfig {
+    pub async fn resolve(&self, admin: &TopicAdmin, topics: &TopicArgs) -> ProcessConfig {
         let mut cfg = self.config(&topics.input_topic);
         let names = [topics.output_topic.as_str(), topics.dlq_topic.as_str()];
-        let read = match kafka::max_message_bytes(conn, &names).await {
+        let read = match admin.max_message_bytes(&names).await {
             Ok(_) if tally::failpoints::error("topic-limits-unreadable") => vec![None, None],
             Ok(v) => v,
             Err(e) => {

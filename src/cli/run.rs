@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use tally::aggregate::Horizon;
-use tally::kafka::MemberConfig;
+use tally::kafka::{MemberConfig, TopicAdmin};
 use tally::observe;
 use tally::pipeline::{Pipeline, PipelineConfig, RestoreOptions};
 use tally_state::StateStore;
@@ -214,15 +214,16 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     // Everything below asks the cluster, so it comes after the wait: an
     // unreachable cluster is waited for, not reported as a missing topic or an
     // unreadable limit.
-    let process = a.process.resolve(&connection, &a.topics).await;
+    let admin = TopicAdmin::new(&connection)?;
+    let process = a.process.resolve(&admin, &a.topics).await;
     // State is restored from the insights topic: refuse to run on one that
     // cannot serve.
-    tally::kafka::check_insights_topic(
-        &connection,
-        &a.topics.input_topic,
-        &a.topics.insights_topic,
-    )
-    .await?;
+    admin
+        .check_insights_topic(&a.topics.input_topic, &a.topics.insights_topic)
+        .await?;
+    // Not kept for the pipeline's lifetime: an idle client still holds its
+    // connections and refreshes metadata.
+    drop(admin);
     let cfg = PipelineConfig {
         connection,
         process,

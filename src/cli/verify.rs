@@ -1,6 +1,7 @@
 //! `tally verify`: every input record exactly once in the output or the DLQ.
 
 use clap::Args;
+use tally::kafka::TopicAdmin;
 use tally::verify;
 
 use super::{KafkaArgs, ProcessArgs, TopicArgs, blocking, progress};
@@ -29,7 +30,7 @@ const EXIT_VIOLATIONS: i32 = 4;
 
 pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
-    let cfg = a.process.resolve(&conn, &a.topics).await;
+    let cfg = a.process.resolve(&TopicAdmin::new(&conn)?, &a.topics).await;
     let (group, out, dlq) = (
         a.group_id.clone(),
         a.topics.output_topic.clone(),

@@ -642,10 +642,10 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     let [output_max, dlq_max] = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(kafka::max_message_bytes(
-            &conn,
-            &[&drill.names.output, &drill.names.dlq],
-        ))?[..]
+        .block_on(
+            kafka::TopicAdmin::new(&conn)?
+                .max_message_bytes(&[&drill.names.output, &drill.names.dlq]),
+        )?[..]
     else {
         bail!("describing two topics gave another number of results");
     };

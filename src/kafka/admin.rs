@@ -88,13 +88,13 @@ pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec
         }
     }
     // Wait for metadata so the topics are usable when we return.
-    let probe: BaseConsumer = conn
-        .config(&[])
-        .create()
-        .map_err(ctx("creating metadata client"))?;
     for s in specs {
         let deadline = Instant::now() + CALL_TIMEOUT;
-        while partitions(&probe, &s.name).map(|p| p.len()).unwrap_or(0) < s.partitions as usize {
+        while partitions(admin.inner(), &s.name)
+            .map(|p| p.len())
+            .unwrap_or(0)
+            < s.partitions as usize
+        {
             if Instant::now() > deadline {
                 return Err(Error::Other(format!(
                     "topic {} did not appear in metadata",
@@ -107,56 +107,100 @@ pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec
     Ok(out)
 }
 
-/// Checks that the insights topic can serve as the aggregates' changelog: as many
-/// partitions as the input (input partition p's snapshots go to insights partition
-/// p, and a restore reads only that partition's tail) and compacted (the latest
-/// snapshot per partition outlives any retention).
-pub async fn check_insights_topic(conn: &Connection, input: &str, insights: &str) -> Result<()> {
-    let probe: BaseConsumer = conn
-        .config(&[])
-        .create()
-        .map_err(ctx("creating metadata client"))?;
-    let (ni, ns) = (
-        partitions(&probe, input)?.len(),
-        partitions(&probe, insights)?.len(),
-    );
-    if ni != ns {
-        return Err(Error::Other(format!(
-            "insights topic {insights} has {ns} partitions but the input {input} has {ni}: \
-             snapshots of input partition p are written to insights partition p, so both need \
-             the same number; recreate {insights} with {ni} partitions (`tally create-topics` \
-             creates it so) or name another one with --insights-topic"
-        )));
+/// Start-up's questions about the pipeline's topics, asked through one admin
+/// client: every client costs threads, connections and a metadata fetch, and
+/// `run` used to open three for these questions alone.
+pub struct TopicAdmin {
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl std::fmt::Debug for TopicAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicAdmin").finish_non_exhaustive()
     }
-    let admin: AdminClient<DefaultClientContext> = conn
-        .config(&[])
-        .create()
-        .map_err(ctx("creating admin client"))?;
-    let res = admin
-        .describe_configs(
-            [&ResourceSpecifier::Topic(insights)],
-            &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
-        )
-        .await
-        .map_err(ctx(format!("describing the configuration of {insights}")))?;
-    let policy = res
-        .into_iter()
-        .next()
-        .and_then(|r| r.ok())
-        .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
-    match policy {
-        Some(p) if p.contains("compact") => Ok(()),
-        Some(p) => Err(Error::Other(format!(
-            "insights topic {insights} has cleanup.policy={p}: retention would delete the \
-             snapshots state is restored from; set cleanup.policy=compact (`tally create-topics` \
-             creates it so)"
-        ))),
-        None => {
-            tracing::warn!(
-                topic = insights,
-                "could not read the insights topic's cleanup.policy; make sure it is compact"
-            );
-            Ok(())
+}
+
+impl TopicAdmin {
+    pub fn new(conn: &Connection) -> Result<Self> {
+        Ok(TopicAdmin {
+            admin: conn
+                .config(&[])
+                .create()
+                .map_err(ctx("creating admin client"))?,
+        })
+    }
+
+    /// Each topic's `max.message.bytes` as the broker reports it (`None`: the
+    /// topic or its configuration could not be read, e.g. DescribeConfigs is not
+    /// authorised).
+    pub async fn max_message_bytes(&self, topics: &[&str]) -> Result<Vec<Option<usize>>> {
+        let specs: Vec<ResourceSpecifier<'_>> =
+            topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let results = self
+            .admin
+            .describe_configs(
+                specs.iter(),
+                &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
+            )
+            .await
+            .map_err(ctx("describing topic configs"))?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.ok()?
+                    .get("max.message.bytes")?
+                    .value
+                    .as_deref()?
+                    .parse()
+                    .ok()
+            })
+            .collect())
+    }
+
+    /// Checks that the insights topic can serve as the aggregates' changelog: as
+    /// many partitions as the input (input partition p's snapshots go to insights
+    /// partition p, and a restore reads only that partition's tail) and compacted
+    /// (the latest snapshot per partition outlives any retention).
+    pub async fn check_insights_topic(&self, input: &str, insights: &str) -> Result<()> {
+        let (ni, ns) = (
+            partitions(self.admin.inner(), input)?.len(),
+            partitions(self.admin.inner(), insights)?.len(),
+        );
+        if ni != ns {
+            return Err(Error::Other(format!(
+                "insights topic {insights} has {ns} partitions but the input {input} has {ni}: \
+                 snapshots of input partition p are written to insights partition p, so both \
+                 need the same number; recreate {insights} with {ni} partitions \
+                 (`tally create-topics` creates it so) or name another one with --insights-topic"
+            )));
+        }
+        let res = self
+            .admin
+            .describe_configs(
+                [&ResourceSpecifier::Topic(insights)],
+                &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
+            )
+            .await
+            .map_err(ctx(format!("describing the configuration of {insights}")))?;
+        let policy = res
+            .into_iter()
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
+        match policy {
+            Some(p) if p.contains("compact") => Ok(()),
+            Some(p) => Err(Error::Other(format!(
+                "insights topic {insights} has cleanup.policy={p}: retention would delete the \
+                 snapshots state is restored from; set cleanup.policy=compact \
+                 (`tally create-topics` creates it so)"
+            ))),
+            None => {
+                tracing::warn!(
+                    topic = insights,
+                    "could not read the insights topic's cleanup.policy; make sure it is compact"
+                );
+                Ok(())
+            }
         }
     }
 }
@@ -189,35 +233,6 @@ pub async fn delete_records(
         }
     }
     Ok(())
-}
-
-/// Each topic's `max.message.bytes` as the broker reports it (`None`: the topic or
-/// its configuration could not be read, e.g. DescribeConfigs is not authorised).
-pub async fn max_message_bytes(conn: &Connection, topics: &[&str]) -> Result<Vec<Option<usize>>> {
-    let admin: AdminClient<DefaultClientContext> = conn
-        .config(&[])
-        .create()
-        .map_err(ctx("creating admin client"))?;
-    let specs: Vec<ResourceSpecifier<'_>> =
-        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    let results = admin
-        .describe_configs(
-            specs.iter(),
-            &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
-        )
-        .await
-        .map_err(ctx("describing topic configs"))?;
-    Ok(results
-        .into_iter()
-        .map(|r| {
-            r.ok()?
-                .get("max.message.bytes")?
-                .value
-                .as_deref()?
-                .parse()
-                .ok()
-        })
-        .collect())
 }
 
 /// Group administration: state, committed offsets and offset resets.
@@ -277,7 +292,7 @@ impl GroupAdmin {
     }
 
     pub fn partitions(&self, topic: &str) -> Result<Vec<i32>> {
-        partitions(&self.consumer, topic)
+        partitions(self.consumer.client(), topic)
     }
 
     /// Committed offsets of `topic` by partition (absent: no commit).

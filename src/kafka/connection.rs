@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -256,11 +256,8 @@ pub(super) fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-pub(super) fn partitions<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-) -> Result<Vec<i32>> {
-    let md = consumer
+pub(super) fn partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<Vec<i32>> {
+    let md = client
         .fetch_metadata(Some(topic), CALL_TIMEOUT)
         .map_err(ctx(format!("reading metadata of {topic}")))?;
     let t = md

@@ -18,8 +18,8 @@ pub mod producer;
 pub mod reader;
 
 pub use admin::{
-    GroupAdmin, GroupDescription, TopicSpec, check_insights_topic, create_topics, delete_records,
-    max_message_bytes, pipeline_topic_specs,
+    GroupAdmin, GroupDescription, TopicAdmin, TopicSpec, create_topics, delete_records,
+    pipeline_topic_specs,
 };
 pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};

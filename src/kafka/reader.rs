@@ -92,7 +92,7 @@ impl TopicReader {
 
     /// The topic's partitions (error if the topic does not exist).
     pub fn partitions(&self) -> Result<Vec<i32>> {
-        partitions(&self.consumer, &self.topic)
+        partitions(self.consumer.client(), &self.topic)
     }
 
     pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
