@@ -338,7 +338,9 @@ fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
 }
 
 /// `tally run` refuses an insights topic that cannot serve restores: not
-/// co-partitioned with the input, or not compacted.
+/// co-partitioned with the input, not compacted, or missing (and asking about a
+/// missing one does not create it, as a producer-type client's metadata request
+/// would on a Kafka with auto.create.topics.enable).
 #[test]
 fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
     let names = Names::create("insck", 2);
@@ -357,6 +359,19 @@ fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
         assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
         assert!(run.log().contains(expect), "{}", run.log());
     }
+    let missing = unique("insck-missing");
+    let bad = Names {
+        insights: missing.clone(),
+        ..names.clone()
+    };
+    let mut run = TallyProc::start(&bad, "insck-1", &dir.path().join("s"), &[], &[]);
+    assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
+    assert!(
+        run.log().contains(&format!("topic {missing}")) && run.log().contains("exist"),
+        "{}",
+        run.log()
+    );
+    assert!(!topic_exists(&missing), "run created {missing}");
 }
 
 /// The latest snapshot's offset in the insights topic, by input partition.

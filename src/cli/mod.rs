@@ -248,11 +248,16 @@ pub struct ProcessArgs {
 impl ProcessArgs {
     /// The configuration with the output and DLQ topics' size limits read from the
     /// broker (the flags are the fallback). `run` and `verify` both resolve them
-    /// this way, so they truncate DLQ entries identically.
-    pub async fn resolve(&self, admin: &TopicAdmin, topics: &TopicArgs) -> ProcessConfig {
+    /// this way, so they truncate DLQ entries identically. `admin` is `None` when
+    /// no admin client could be made: the flags then.
+    pub async fn resolve(&self, admin: Option<&TopicAdmin>, topics: &TopicArgs) -> ProcessConfig {
         let mut cfg = self.config(&topics.input_topic);
         let names = [topics.output_topic.as_str(), topics.dlq_topic.as_str()];
-        let read = match admin.max_message_bytes(&names).await {
+        let read = match admin {
+            Some(admin) => admin.max_message_bytes(&names).await,
+            None => Ok(vec![None, None]),
+        };
+        let read = match read {
             Ok(_) if tally::failpoints::error("topic-limits-unreadable") => vec![None, None],
             Ok(v) => v,
             Err(e) => {

@@ -215,15 +215,15 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     // unreachable cluster is waited for, not reported as a missing topic or an
     // unreadable limit.
     let admin = TopicAdmin::new(&connection)?;
-    let process = a.process.resolve(&admin, &a.topics).await;
+    let process = a.process.resolve(Some(&admin), &a.topics).await;
     // State is restored from the insights topic: refuse to run on one that
     // cannot serve.
     admin
         .check_insights_topic(&a.topics.input_topic, &a.topics.insights_topic)
         .await?;
     // Not kept for the pipeline's lifetime: an idle client still holds its
-    // connections and refreshes metadata.
-    drop(admin);
+    // connections and refreshes metadata. Dropping it joins its threads.
+    blocking(move || drop(admin)).await;
     let cfg = PipelineConfig {
         connection,
         process,

@@ -30,7 +30,13 @@ const EXIT_VIOLATIONS: i32 = 4;
 
 pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
-    let cfg = a.process.resolve(&TopicAdmin::new(&conn)?, &a.topics).await;
+    let admin = TopicAdmin::new(&conn)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot read the topics' size limits; using the flags");
+        })
+        .ok();
+    let cfg = a.process.resolve(admin.as_ref(), &a.topics).await;
+    blocking(move || drop(admin)).await;
     let (group, out, dlq) = (
         a.group_id.clone(),
         a.topics.output_topic.clone(),

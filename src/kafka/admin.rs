@@ -1,7 +1,9 @@
-//! Administration: creating the pipeline's topics, describing a group, reading
-//! and overwriting its committed offsets.
+//! Administration: creating the pipeline's topics, checking the ones `run`
+//! depends on (partition counts, size limits, cleanup policy), describing a
+//! group, reading and overwriting its committed offsets.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -53,10 +55,8 @@ pub fn pipeline_topic_specs(
 
 /// Creates the topics; ones that already exist are left as they are.
 pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec<(String, bool)>> {
-    let admin: AdminClient<DefaultClientContext> = conn
-        .config(&[])
-        .create()
-        .map_err(ctx("creating admin client"))?;
+    let topic_admin = TopicAdmin::new(conn)?;
+    let admin = &topic_admin.admin;
     let topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {
@@ -90,7 +90,9 @@ pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec
     // Wait for metadata so the topics are usable when we return.
     for s in specs {
         let deadline = Instant::now() + CALL_TIMEOUT;
-        while partitions(admin.inner(), &s.name)
+        while topic_admin
+            .partitions(&s.name)
+            .await
             .map(|p| p.len())
             .unwrap_or(0)
             < s.partitions as usize
@@ -107,11 +109,11 @@ pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec
     Ok(out)
 }
 
-/// Start-up's questions about the pipeline's topics, asked through one admin
-/// client: every client costs threads, connections and a metadata fetch, and
-/// `run` used to open three for these questions alone.
+/// Questions about the pipeline's topics (partitions, configuration), asked
+/// through one admin client: every client costs threads, connections and a
+/// metadata fetch at start-up.
 pub struct TopicAdmin {
-    admin: AdminClient<DefaultClientContext>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
 }
 
 impl std::fmt::Debug for TopicAdmin {
@@ -122,12 +124,25 @@ impl std::fmt::Debug for TopicAdmin {
 
 impl TopicAdmin {
     pub fn new(conn: &Connection) -> Result<Self> {
+        let mut config = conn.config(&[]);
+        // After the -X properties, so none turns it back on. An admin client is a
+        // producer-type client, for which librdkafka asks the broker to create a
+        // topic its metadata request names; on a Kafka with
+        // auto.create.topics.enable (the default) a mistyped --input-topic would
+        // become a new one-partition topic instead of a refusal.
+        config.set("allow.auto.create.topics", "false");
         Ok(TopicAdmin {
-            admin: conn
-                .config(&[])
-                .create()
-                .map_err(ctx("creating admin client"))?,
+            admin: Arc::new(config.create().map_err(ctx("creating admin client"))?),
         })
+    }
+
+    /// The topic's partitions; an error when it does not exist. The metadata
+    /// request blocks, so it runs off the async runtime.
+    async fn partitions(&self, topic: &str) -> Result<Vec<i32>> {
+        let (admin, topic) = (Arc::clone(&self.admin), topic.to_string());
+        tokio::task::spawn_blocking(move || partitions(admin.inner(), &topic))
+            .await
+            .expect("metadata task panicked")
     }
 
     /// Each topic's `max.message.bytes` as the broker reports it (`None`: the
@@ -163,8 +178,8 @@ impl TopicAdmin {
     /// (the latest snapshot per partition outlives any retention).
     pub async fn check_insights_topic(&self, input: &str, insights: &str) -> Result<()> {
         let (ni, ns) = (
-            partitions(self.admin.inner(), input)?.len(),
-            partitions(self.admin.inner(), insights)?.len(),
+            self.partitions(input).await?.len(),
+            self.partitions(insights).await?.len(),
         );
         if ni != ns {
             return Err(Error::Other(format!(

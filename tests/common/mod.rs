@@ -41,6 +41,18 @@ pub fn client_config() -> ClientConfig {
     c
 }
 
+/// Whether the cluster has the topic, asked by a consumer (which never makes the
+/// broker create the topic it asks about).
+pub fn topic_exists(name: &str) -> bool {
+    let consumer: BaseConsumer = client_config().create().expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(name), Duration::from_secs(30))
+        .expect("metadata");
+    md.topics()
+        .first()
+        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+}
+
 pub fn create_topic(name: &str, partitions: i32) {
     create_topic_with(name, partitions, &[]);
 }
