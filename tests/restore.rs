@@ -337,10 +337,10 @@ fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
     assert_insights_match(&names, &all);
 }
 
-/// `tally run` refuses an insights topic that cannot serve restores: not
-/// co-partitioned with the input, not compacted, or missing (and asking about a
-/// missing one does not create it, as a producer-type client's metadata request
-/// would on a Kafka with auto.create.topics.enable).
+/// `tally run` refuses an insights topic that cannot serve restores (not
+/// co-partitioned with the input, not compacted) and missing topics; asking
+/// about a missing one does not create it, as a producer-type client's metadata
+/// request would on a Kafka with auto.create.topics.enable.
 #[test]
 fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
     let names = Names::create("insck", 2);
@@ -359,19 +359,46 @@ fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
         assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
         assert!(run.log().contains(expect), "{}", run.log());
     }
-    let missing = unique("insck-missing");
-    let bad = Names {
-        insights: missing.clone(),
-        ..names.clone()
-    };
-    let mut run = TallyProc::start(&bad, "insck-1", &dir.path().join("s"), &[], &[]);
-    assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
-    assert!(
-        run.log().contains(&format!("topic {missing}")) && run.log().contains("exist"),
-        "{}",
-        run.log()
+    // A missing insights, output or DLQ topic is refused, and not created (a
+    // topic being auto-created would answer LeaderNotAvailable first).
+    let (ins, out, dlq) = (
+        unique("insck-no-ins"),
+        unique("insck-no-out"),
+        unique("insck-no-dlq"),
     );
-    assert!(!topic_exists(&missing), "run created {missing}");
+    for (bad, name) in [
+        (
+            Names {
+                insights: ins.clone(),
+                ..names.clone()
+            },
+            &ins,
+        ),
+        (
+            Names {
+                output: out.clone(),
+                ..names.clone()
+            },
+            &out,
+        ),
+        (
+            Names {
+                dlq: dlq.clone(),
+                ..names.clone()
+            },
+            &dlq,
+        ),
+    ] {
+        let mut run = TallyProc::start(&bad, "insck-1", &dir.path().join("s"), &[], &[]);
+        assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
+        let log = run.log();
+        assert!(
+            log.contains(&format!("topic {name}")) && log.contains("exist"),
+            "{log}"
+        );
+        assert!(!log.contains("LeaderNotAvailable"), "{log}");
+        assert!(!topic_exists(name), "run created {name}");
+    }
 }
 
 /// The latest snapshot's offset in the insights topic, by input partition.

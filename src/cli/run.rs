@@ -215,6 +215,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     // unreachable cluster is waited for, not reported as a missing topic or an
     // unreadable limit.
     let admin = TopicAdmin::new(&connection)?;
+    admin
+        .require_topics(&[&a.topics.output_topic, &a.topics.dlq_topic])
+        .await?;
     let process = a.process.resolve(Some(&admin), &a.topics).await;
     // State is restored from the insights topic: refuse to run on one that
     // cannot serve.

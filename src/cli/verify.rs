@@ -32,7 +32,7 @@ pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
     let admin = TopicAdmin::new(&conn)
         .inspect_err(|e| {
-            tracing::warn!(error = %e, "cannot read the topics' size limits; using the flags");
+            tracing::warn!(error = %e, "cannot create an admin client; size limits from the flags");
         })
         .ok();
     let cfg = a.process.resolve(admin.as_ref(), &a.topics).await;

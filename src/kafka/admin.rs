@@ -172,6 +172,18 @@ impl TopicAdmin {
             .collect())
     }
 
+    /// Checks that the topics exist. For the ones `run` only produces to: a
+    /// producer asks the broker to create a topic it does not know, so on a Kafka
+    /// with auto.create.topics.enable a mistyped --output-topic or --dlq-topic
+    /// would become a new topic with the broker's defaults (one partition, a
+    /// 1 MiB limit) instead of a refusal.
+    pub async fn require_topics(&self, topics: &[&str]) -> Result<()> {
+        for topic in topics {
+            self.partitions(topic).await?;
+        }
+        Ok(())
+    }
+
     /// Checks that the insights topic can serve as the aggregates' changelog: as
     /// many partitions as the input (input partition p's snapshots go to insights
     /// partition p, and a restore reads only that partition's tail) and compacted

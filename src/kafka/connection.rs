@@ -256,9 +256,9 @@ pub(super) fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// The topic's partitions, sorted. `client` must not have
-/// `allow.auto.create.topics` on (a consumer's default; see `TopicAdmin::new`),
-/// or asking about a missing topic may create it.
+/// The topic's partitions, sorted. Asking about a missing topic may create it
+/// unless `client` has `allow.auto.create.topics` off: consumers have it off by
+/// default, producer-type clients (admin clients too) on; see `TopicAdmin::new`.
 pub(super) fn partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<Vec<i32>> {
     let md = client
         .fetch_metadata(Some(topic), CALL_TIMEOUT)

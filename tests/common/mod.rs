@@ -42,15 +42,21 @@ pub fn client_config() -> ClientConfig {
 }
 
 /// Whether the cluster has the topic, asked by a consumer (which never makes the
-/// broker create the topic it asks about).
+/// broker create the topic it asks about). A topic still being created (no
+/// leader yet, say) counts as existing: only "unknown topic" or no partitions
+/// at all mean it does not.
 pub fn topic_exists(name: &str) -> bool {
     let consumer: BaseConsumer = client_config().create().expect("consumer");
     let md = consumer
         .fetch_metadata(Some(name), Duration::from_secs(30))
         .expect("metadata");
-    md.topics()
-        .first()
-        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+    md.topics().first().is_some_and(|t| match t.error() {
+        Some(e) => {
+            rdkafka::error::RDKafkaErrorCode::from(e)
+                != rdkafka::error::RDKafkaErrorCode::UnknownTopicOrPartition
+        }
+        None => !t.partitions().is_empty(),
+    })
 }
 
 pub fn create_topic(name: &str, partitions: i32) {
