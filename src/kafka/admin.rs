@@ -145,10 +145,9 @@ impl TopicAdmin {
             .expect("metadata task panicked")
     }
 
-    /// Each topic's `max.message.bytes` as the broker reports it (`None`: the
-    /// topic or its configuration could not be read, e.g. DescribeConfigs is not
-    /// authorised).
-    pub async fn max_message_bytes(&self, topics: &[&str]) -> Result<Vec<Option<usize>>> {
+    /// One configuration entry of each topic, in order (`None`: the topic or the
+    /// entry could not be read, e.g. DescribeConfigs is not authorised).
+    async fn config_entry(&self, topics: &[&str], key: &str) -> Result<Vec<Option<String>>> {
         let specs: Vec<ResourceSpecifier<'_>> =
             topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
         let results = self
@@ -158,17 +157,24 @@ impl TopicAdmin {
                 &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
             )
             .await
-            .map_err(ctx("describing topic configs"))?;
+            .map_err(ctx(format!(
+                "describing the configuration of {}",
+                topics.join(", ")
+            )))?;
         Ok(results
             .into_iter()
-            .map(|r| {
-                r.ok()?
-                    .get("max.message.bytes")?
-                    .value
-                    .as_deref()?
-                    .parse()
-                    .ok()
-            })
+            .map(|r| r.ok()?.get(key)?.value.clone())
+            .collect())
+    }
+
+    /// Each topic's `max.message.bytes` as the broker reports it (`None`: not
+    /// readable, see [`Self::config_entry`]).
+    pub async fn max_message_bytes(&self, topics: &[&str]) -> Result<Vec<Option<usize>>> {
+        Ok(self
+            .config_entry(topics, "max.message.bytes")
+            .await?
+            .into_iter()
+            .map(|v| v?.parse().ok())
             .collect())
     }
 
@@ -201,19 +207,12 @@ impl TopicAdmin {
                  (`tally create-topics` creates it so) or name another one with --insights-topic"
             )));
         }
-        let res = self
-            .admin
-            .describe_configs(
-                [&ResourceSpecifier::Topic(insights)],
-                &AdminOptions::new().request_timeout(Some(CALL_TIMEOUT)),
-            )
-            .await
-            .map_err(ctx(format!("describing the configuration of {insights}")))?;
-        let policy = res
+        let policy = self
+            .config_entry(&[insights], "cleanup.policy")
+            .await?
             .into_iter()
             .next()
-            .and_then(|r| r.ok())
-            .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
+            .flatten();
         match policy {
             Some(p) if p.contains("compact") => Ok(()),
             Some(p) => Err(Error::Other(format!(

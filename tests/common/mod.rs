@@ -12,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -51,10 +51,7 @@ pub fn topic_exists(name: &str) -> bool {
         .fetch_metadata(Some(name), Duration::from_secs(30))
         .expect("metadata");
     md.topics().first().is_some_and(|t| match t.error() {
-        Some(e) => {
-            rdkafka::error::RDKafkaErrorCode::from(e)
-                != rdkafka::error::RDKafkaErrorCode::UnknownTopicOrPartition
-        }
+        Some(e) => RDKafkaErrorCode::from(e) != RDKafkaErrorCode::UnknownTopicOrPartition,
         None => !t.partitions().is_empty(),
     })
 }
