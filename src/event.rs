@@ -756,6 +756,26 @@ pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -
     bytes
 }
 
+/// The input record a processed record comes from, as [`transform`] wrote it in
+/// the payload's processing metadata. Processed records carry their source only
+/// there; DLQ entries carry it in the `tally.source.*` headers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ProcessedSource<'a> {
+    #[serde(rename = "source_topic", borrow)]
+    pub topic: std::borrow::Cow<'a, str>,
+    #[serde(rename = "source_partition")]
+    pub partition: i32,
+    #[serde(rename = "source_offset")]
+    pub offset: i64,
+}
+
+/// Reads [`ProcessedSource`] back from a processed record's payload (`None`: not
+/// a processed record). Parses the whole payload: for checks and failed
+/// deliveries, not for the per-record path.
+pub fn processed_source(value: &[u8]) -> Option<ProcessedSource<'_>> {
+    serde_json::from_slice(value).ok()
+}
+
 /// [`transform`] of the usual event, without unknown fields: the same bytes as
 /// the map above, written field by field in sorted key order into one buffer
 /// sized up front (no intermediate strings, no growth).
@@ -1025,7 +1045,12 @@ pub fn process_owned(rec: InputRecord, cfg: &ProcessConfig) -> Outcome {
                 destination: Destination::Processed,
                 key: Some(event.user_id.clone().into_bytes()),
                 value,
-                headers: source_headers(cfg, rec.partition, rec.offset),
+                // No headers: the payload names its source (`processed_source`).
+                // Three source headers per record cost more than all the rest of
+                // producing it (each is an allocation librdkafka copies,
+                // serialises and frees); DLQ entries, whose payload is the input
+                // as received, keep them.
+                headers: Vec::new(),
                 timestamp_ms: rec.timestamp_ms,
             };
             let size = record_size(output.key.as_deref(), &output.value, &output.headers);
@@ -1673,11 +1698,34 @@ mod tests {
                 timestamp,
                 extra,
             };
-            prop_assert_eq!(
-                transform(&event, &texts[4], partition, offset),
-                transform_via_value(&event, &texts[4], partition, offset)
-            );
+            let out = transform(&event, &texts[4], partition, offset);
+            prop_assert_eq!(&out, &transform_via_value(&event, &texts[4], partition, offset));
+            // The payload names its source, the only place a processed record does.
+            let source = processed_source(&out).unwrap();
+            prop_assert_eq!((source.topic.as_ref(), source.partition, source.offset), (texts[4].as_str(), partition, offset));
         }
+    }
+
+    #[test]
+    fn source_fields_of_the_input_do_not_forge_the_processed_source() {
+        let mut v = good();
+        v["source_topic"] = Value::from("elsewhere");
+        v["source_partition"] = Value::from(7);
+        v["source_offset"] = Value::from("forged");
+        let mut rec = rejected(Some(b"k".to_vec()), v.to_string().into_bytes());
+        (rec.partition, rec.offset) = (1, 9);
+        let Outcome::Processed { output, .. } = process(&rec, &cfg_with_dlq_limit(1 << 20)) else {
+            panic!("not processed")
+        };
+        assert!(output.headers.is_empty(), "{:?}", output.headers);
+        let source = processed_source(&output.value).unwrap();
+        assert_eq!(
+            (source.topic.as_ref(), source.partition, source.offset),
+            ("user-login", 1, 9)
+        );
+        // What is not a processed record has no source.
+        assert_eq!(processed_source(b"{\"user_id\":\"u\"}"), None);
+        assert_eq!(processed_source(b"not json"), None);
     }
 
     proptest! {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::event::{Outcome, ProcessConfig, Reason, dead_letter, process};
+use crate::event::{self, Outcome, ProcessConfig, Reason, dead_letter, process};
 use crate::kafka::{self, Connection, GroupAdmin, ReadRecord, TopicReader};
 use crate::model::{Destination, headers};
 
@@ -118,8 +118,44 @@ struct OutputSource {
     offset: i64,
 }
 
-fn header_i64(r: &ReadRecord, key: &str) -> Option<i64> {
+fn header_num<T: std::str::FromStr>(r: &ReadRecord, key: &str) -> Option<T> {
     std::str::from_utf8(r.header(key)?).ok()?.parse().ok()
+}
+
+/// The input record an output says it comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    /// Partition and offset of a record of the input topic.
+    Input(i32, i64),
+    /// A record of another topic: another pipeline writing to the same outputs.
+    OtherTopic,
+    /// No source coordinates: nothing tally wrote.
+    Missing,
+}
+
+/// DLQ entries name their source in the `tally.source.*` headers, processed
+/// records in their payload (`event::processed_source`); headers win, so a
+/// hand-written record with them is judged by them.
+fn source_of(r: &ReadRecord, dest: Destination, input_topic: &str) -> Source {
+    let named = match r.header(headers::SOURCE_TOPIC) {
+        Some(topic) => Some((
+            topic == input_topic.as_bytes(),
+            header_num(r, headers::SOURCE_PARTITION),
+            header_num(r, headers::SOURCE_OFFSET),
+        )),
+        None if dest == Destination::Processed => r
+            .record
+            .value
+            .as_deref()
+            .and_then(event::processed_source)
+            .map(|s| (s.topic == input_topic, Some(s.partition), Some(s.offset))),
+        None => None,
+    };
+    match named {
+        Some((false, _, _)) => Source::OtherTopic,
+        Some((true, Some(p), Some(o))) => Source::Input(p, o),
+        _ => Source::Missing,
+    }
 }
 
 /// Runs the check; blocking (readers poll).
@@ -251,26 +287,20 @@ pub fn verify_with_progress(
                 progress(Step::Record);
                 next.insert((i, r.record.partition), r.record.offset + 1);
                 let at = format!("{topic}/{}@{}", r.record.partition, r.record.offset);
-                let source_topic = r
-                    .header(headers::SOURCE_TOPIC)
-                    .map(|t| t == cfg.input_topic.as_bytes());
-                let (Some(sp), Some(so), Some(true)) = (
-                    header_i64(&r, headers::SOURCE_PARTITION),
-                    header_i64(&r, headers::SOURCE_OFFSET),
-                    source_topic,
-                ) else {
-                    if source_topic == Some(false) {
-                        return; // another pipeline's record
+                let (sp, so) = match source_of(&r, dest, &cfg.input_topic) {
+                    Source::Input(p, o) => (p, o),
+                    Source::OtherTopic => return,
+                    Source::Missing => {
+                        summary.violate(Violation {
+                            kind: "stray",
+                            partition: -1,
+                            offset: -1,
+                            detail: format!("{at} has no source coordinates"),
+                        });
+                        return;
                     }
-                    summary.violate(Violation {
-                        kind: "stray",
-                        partition: -1,
-                        offset: -1,
-                        detail: format!("{at} has no source coordinates"),
-                    });
-                    return;
                 };
-                let (sp, coord) = (sp as i32, (sp as i32, so));
+                let coord = (sp, so);
                 match committed.get(&sp) {
                     Some(c) if so < *c => {}
                     // Past the offsets read at the start, or of a partition the
@@ -406,4 +436,82 @@ pub fn verify_with_progress(
         .filter(|e| matches!(e, Expect::Filtered))
         .count() as u64;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Filters, Limits, OutputLimits};
+    use crate::model::{InputRecord, OutputRecord};
+
+    fn read(out: &OutputRecord) -> ReadRecord {
+        ReadRecord {
+            record: InputRecord {
+                partition: 0,
+                offset: 0,
+                key: out.key.clone(),
+                value: Some(out.value.clone()),
+                timestamp_ms: None,
+            },
+            headers: out
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn outcome(value: &[u8]) -> Outcome {
+        let cfg = ProcessConfig {
+            input_topic: "in".into(),
+            limits: Limits::default(),
+            filters: Filters::default(),
+            output_limits: OutputLimits::default(),
+        };
+        let rec = InputRecord {
+            partition: 4,
+            offset: 77,
+            key: Some(b"k".to_vec()),
+            value: Some(value.to_vec()),
+            timestamp_ms: Some(1_700_000_000_000),
+        };
+        process(&rec, &cfg)
+    }
+
+    #[test]
+    fn outputs_name_their_source_in_headers_or_payload() {
+        let good = br#"{"user_id":"u","app_version":"1.0.0","device_type":"iOS","ip":"10.1.2.3","locale":"en_US","device_id":"d","timestamp":1699999999}"#;
+        let processed = read(outcome(good).output().unwrap());
+        assert!(processed.headers.is_empty());
+        assert_eq!(
+            source_of(&processed, Destination::Processed, "in"),
+            Source::Input(4, 77)
+        );
+        assert_eq!(
+            source_of(&processed, Destination::Processed, "other"),
+            Source::OtherTopic
+        );
+        // On the DLQ only headers count: its payload is an input as received.
+        assert_eq!(
+            source_of(&processed, Destination::DeadLetter, "in"),
+            Source::Missing
+        );
+        let dlq = read(outcome(b"{").output().unwrap());
+        assert_eq!(
+            source_of(&dlq, Destination::DeadLetter, "in"),
+            Source::Input(4, 77)
+        );
+        assert_eq!(
+            source_of(&dlq, Destination::DeadLetter, "other"),
+            Source::OtherTopic
+        );
+        // Headers win over a payload that names another record.
+        let mut both = processed;
+        both.headers = dlq.headers.clone();
+        both.headers.retain(|(k, _)| k != headers::SOURCE_OFFSET);
+        assert_eq!(
+            source_of(&both, Destination::Processed, "in"),
+            Source::Missing
+        );
+    }
 }

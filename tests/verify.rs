@@ -31,7 +31,9 @@ fn output_of_a_partition_the_group_never_committed_is_a_violation() {
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     assert_verified(&names, 50, 0);
 
-    // An output claiming to come from partition 0, which the group never committed.
+    // Outputs claiming to come from partition 0, which the group never committed:
+    // one naming it in headers (as DLQ entries do), one in its payload (as
+    // processed records do).
     let p = producer();
     let headers = [
         ("tally.source.topic", names.input.as_str()),
@@ -52,8 +54,15 @@ fn output_of_a_partition_the_group_never_committed_is_a_violation() {
     )
     .map_err(|(e, _)| e)
     .unwrap();
+    let payload = format!(
+        r#"{{"processed":true,"source_offset":0,"source_partition":0,"source_topic":"{}"}}"#,
+        names.input
+    );
+    p.send(BaseRecord::<[u8], [u8]>::to(&names.output).payload(payload.as_bytes()))
+        .map_err(|(e, _)| e)
+        .unwrap();
     p.flush(TIMEOUT).unwrap();
     let (code, s) = verify(&names);
     assert_eq!(code, 4, "{s:#}");
-    assert_eq!(s["stray"], 1, "{s:#}");
+    assert_eq!(s["stray"], 2, "{s:#}");
 }

@@ -16,6 +16,7 @@ use super::connection::{
     CALL_TIMEOUT, Connection, Result, TRANSACTION_TIMEOUT_MS, ctx, is_fenced_code,
 };
 use super::consumer::GroupConsumer;
+use crate::event;
 use crate::model::{Destination, OutputRecord, headers};
 
 /// A transaction call failed; what to do about it.
@@ -176,10 +177,12 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// Which record a delivery was produced for, read from the record itself:
-/// - the input record named by the source headers that every processed record
-///   and DLQ entry carries (`event::source_headers`), first: snapshots and the
-///   probe never carry them, so no topic naming can make an output look like one;
+/// Which record a delivery was produced for, read from the record itself (only
+/// failed deliveries are read, so parsing a payload here costs nothing per record):
+/// - the input record named by a DLQ entry's source headers
+///   (`event::source_headers`) or a processed record's payload
+///   (`event::processed_source`), first: snapshots and the probe carry neither,
+///   so no topic naming can make an output look like one;
 /// - on the insights topic, the probe by its key, else the snapshot of the input
 ///   partition numbered like the insights partition (they are co-partitioned);
 /// - `Unknown` for anything else (the plain producer's records).
@@ -193,13 +196,23 @@ fn origin_of<M: Message>(m: &M, insights: Option<&str>) -> Origin {
     };
     let partition = header(headers::SOURCE_PARTITION).and_then(|v| v.parse().ok());
     let offset = header(headers::SOURCE_OFFSET).and_then(|v| v.parse().ok());
-    match (partition, offset) {
-        (Some(partition), Some(offset)) => Origin::Input { partition, offset },
-        _ if insights == Some(m.topic()) && m.key() == Some(PROBE_KEY) => Origin::Probe,
-        _ if insights == Some(m.topic()) => Origin::Snapshot {
+    if let (Some(partition), Some(offset)) = (partition, offset) {
+        return Origin::Input { partition, offset };
+    }
+    if let Some(s) = m.payload().and_then(event::processed_source) {
+        return Origin::Input {
+            partition: s.partition,
+            offset: s.offset,
+        };
+    }
+    if insights != Some(m.topic()) {
+        Origin::Unknown
+    } else if m.key() == Some(PROBE_KEY) {
+        Origin::Probe
+    } else {
+        Origin::Snapshot {
             partition: m.partition(),
-        },
-        _ => Origin::Unknown,
+        }
     }
 }
 
@@ -665,6 +678,8 @@ mod tests {
             partition: 4,
             offset: 12_345_678_901,
         };
+        // A processed record names its input in its payload alone.
+        assert!(processed.headers.is_empty(), "{:?}", processed.headers);
         assert_eq!(
             origin_of(&message("out", 1, processed), Some("ins")),
             from_input
@@ -675,9 +690,25 @@ mod tests {
         };
         let dlq = dead_letter(input(b"{"), &rejection, &cfg());
         assert_eq!(origin_of(&message("dlq", 0, &dlq), Some("ins")), from_input);
-        // The headers come first: an output topic named like the insights topic
+        // The source comes first: an output topic named like the insights topic
         // does not turn an output into a snapshot.
         assert_eq!(origin_of(&message("ins", 0, &dlq), Some("ins")), from_input);
+        assert_eq!(
+            origin_of(&message("ins", 0, processed), Some("ins")),
+            from_input
+        );
+        // A real snapshot's payload names no input record.
+        let real = crate::insights::snapshot_record(
+            "in",
+            3,
+            12_345_678_901,
+            &crate::aggregate::Aggregate::default(),
+            &crate::insights::Fingerprint::of(&cfg(), crate::aggregate::Horizon::default()),
+        );
+        assert_eq!(
+            origin_of(&message("ins", 3, &real), Some("ins")),
+            Origin::Snapshot { partition: 3 }
+        );
 
         let snapshot = OutputRecord {
             destination: Destination::Insights { partition: 3 },
