@@ -1,6 +1,6 @@
 //! The pure core per record, without a broker: what the loop thread of `tally
 //! run` spends on a record besides librdkafka (validation, transform, the output
-//! record and its headers, the aggregate). `scripts/bench.sh` measures the whole
+//! record, the aggregate). `scripts/bench.sh` measures the whole
 //! process on a broker; this isolates the part tally's own code decides.
 //!
 //!   cargo bench --bench core

@@ -4,6 +4,7 @@
 //! given input record and configuration it always yields the same outcome and,
 //! for processed records, the same output bytes.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -120,7 +121,9 @@ fn reject<T>(reason: Reason, message: impl Into<String>) -> Result<T, Rejection>
 /// `-`/`+` suffix is kept for display and ignored in comparisons.
 #[derive(Debug, Clone, Eq)]
 pub struct AppVersion {
-    parts: Vec<u64>,
+    /// Missing components are 0, as comparisons count them; an array, not a
+    /// `Vec`: one allocation less per event.
+    parts: [u64; 4],
     text: String,
 }
 
@@ -136,20 +139,19 @@ impl AppVersion {
         Ok(AppVersion { parts, text: s })
     }
 
-    fn parts(s: &str) -> Result<Vec<u64>, String> {
+    fn parts(s: &str) -> Result<[u64; 4], String> {
+        let bad = || format!("{s:?} is not a version like 2.13.1 (1 to 4 dot-separated numbers)");
         let numeric = s.split(['-', '+']).next().unwrap_or_default();
-        let parts: Result<Vec<u64>, _> = numeric.split('.').map(str::parse::<u64>).collect();
-        match parts {
-            Ok(parts)
-                if (1..=4).contains(&parts.len())
-                    && numeric.chars().all(|c| c.is_ascii_digit() || c == '.') =>
-            {
-                Ok(parts)
-            }
-            _ => Err(format!(
-                "{s:?} is not a version like 2.13.1 (1 to 4 dot-separated numbers)"
-            )),
+        if !numeric.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+            return Err(bad());
         }
+        let mut parts = [0; 4];
+        let mut n = 0;
+        for part in numeric.split('.') {
+            *parts.get_mut(n).ok_or_else(bad)? = part.parse().map_err(|_| bad())?;
+            n += 1;
+        }
+        Ok(parts)
     }
 }
 
@@ -174,12 +176,7 @@ impl PartialOrd for AppVersion {
 
 impl Ord for AppVersion {
     fn cmp(&self, other: &Self) -> Ordering {
-        let n = self.parts.len().max(other.parts.len());
-        let get = |v: &AppVersion, i: usize| v.parts.get(i).copied().unwrap_or(0);
-        (0..n)
-            .map(|i| get(self, i).cmp(&get(other, i)))
-            .find(|o| o.is_ne())
-            .unwrap_or(Ordering::Equal)
+        self.parts.cmp(&other.parts)
     }
 }
 
@@ -315,19 +312,19 @@ pub fn validate(
 /// The fields of a plain valid event, or `None` for anything else (see
 /// [`validate`]): one pass over the text, each field read straight into the
 /// string the event keeps.
-fn fast_fields(text: &str) -> Option<Parsed> {
+fn fast_fields(text: &str) -> Option<Parsed<'_>> {
     serde_json::from_str::<FastEvent>(text).ok().map(|e| e.0)
 }
 
 /// [`Parsed`] as the fast path reads it: declines (fails to deserialise) at the
 /// first thing that is not a plain valid event.
-struct FastEvent(Parsed);
+struct FastEvent<'de>(Parsed<'de>);
 
-impl<'de> serde::Deserialize<'de> for FastEvent {
+impl<'de> serde::Deserialize<'de> for FastEvent<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Fields;
         impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = FastEvent;
+            type Value = FastEvent<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a plain valid login event")
             }
@@ -339,6 +336,9 @@ impl<'de> serde::Deserialize<'de> for FastEvent {
                     || <A::Error as serde::de::Error>::custom("left to the general path");
                 // The string fields in `REQUIRED` order, then the timestamp.
                 let mut strings: [Option<String>; 6] = Default::default();
+                // The IP is only parsed, never kept: borrowed (one escaped is
+                // declined, and the general path decides it the same way).
+                let mut ip: Option<&'de str> = None;
                 let mut timestamp = None;
                 let mut extra = Map::new();
                 // A key with escapes cannot be borrowed: declined here.
@@ -354,6 +354,12 @@ impl<'de> serde::Deserialize<'de> for FastEvent {
                             }
                         }
                         // A non-string (null included) fails to deserialise.
+                        Some(3) => {
+                            let s = map.next_value::<&'de str>()?;
+                            if s.trim().is_empty() || ip.replace(s).is_some() {
+                                return Err(declined());
+                            }
+                        }
                         Some(i) => {
                             let s = map.next_value::<String>()?;
                             if s.trim().is_empty() || strings[i].replace(s).is_some() {
@@ -379,18 +385,21 @@ impl<'de> serde::Deserialize<'de> for FastEvent {
                     Some(user_id),
                     Some(app_version_text),
                     Some(device_type),
-                    Some(ip_text),
+                    None,
                     Some(locale),
                     Some(device_id),
                 ] = strings
                 else {
                     return Err(declined());
                 };
+                let Some(ip_text) = ip else {
+                    return Err(declined());
+                };
                 Ok(FastEvent(Parsed {
                     user_id,
                     app_version_text,
                     device_type,
-                    ip_text,
+                    ip_text: Cow::Borrowed(ip_text),
                     locale,
                     device_id,
                     timestamp: timestamp.ok_or_else(declined)?,
@@ -403,11 +412,11 @@ impl<'de> serde::Deserialize<'de> for FastEvent {
 }
 
 /// The fields of a record, read but not yet checked for meaning.
-struct Parsed {
+struct Parsed<'a> {
     user_id: String,
     app_version_text: String,
     device_type: String,
-    ip_text: String,
+    ip_text: Cow<'a, str>,
     locale: String,
     device_id: String,
     timestamp: i64,
@@ -477,7 +486,7 @@ fn validate_value(
             user_id,
             app_version_text,
             device_type,
-            ip_text,
+            ip_text: Cow::Owned(ip_text),
             locale,
             device_id,
             timestamp,
@@ -490,7 +499,7 @@ fn validate_value(
 
 /// The checks of meaning, after the fields were read.
 fn finish(
-    p: Parsed,
+    p: Parsed<'_>,
     record_timestamp_ms: Option<i64>,
     limits: &Limits,
 ) -> Result<LoginEvent, Rejection> {
@@ -759,21 +768,36 @@ pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -
 /// The input record a processed record comes from, as [`transform`] wrote it in
 /// the payload's processing metadata. Processed records carry their source only
 /// there; DLQ entries carry it in the `tally.source.*` headers.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessedSource<'a> {
-    #[serde(rename = "source_topic", borrow)]
-    pub topic: std::borrow::Cow<'a, str>,
-    #[serde(rename = "source_partition")]
+    pub topic: Cow<'a, str>,
     pub partition: i32,
-    #[serde(rename = "source_offset")]
     pub offset: i64,
 }
 
 /// Reads [`ProcessedSource`] back from a processed record's payload (`None`: not
-/// a processed record). Parses the whole payload: for checks and failed
-/// deliveries, not for the per-record path.
+/// a processed record: not an object with `"processed":true` and the three
+/// fields). Parses the whole payload: for checks and failed deliveries, not for
+/// the per-record path.
 pub fn processed_source(value: &[u8]) -> Option<ProcessedSource<'_>> {
-    serde_json::from_slice(value).ok()
+    #[derive(serde::Deserialize)]
+    struct Fields<'a> {
+        processed: bool,
+        #[serde(borrow)]
+        source_topic: Cow<'a, str>,
+        source_partition: i32,
+        source_offset: i64,
+    }
+    // A derived struct also reads a JSON array by position.
+    if value.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let f: Fields<'_> = serde_json::from_slice(value).ok()?;
+    f.processed.then_some(ProcessedSource {
+        topic: f.source_topic,
+        partition: f.source_partition,
+        offset: f.source_offset,
+    })
 }
 
 /// [`transform`] of the usual event, without unknown fields: the same bytes as
@@ -1257,6 +1281,11 @@ mod tests {
         assert!("1..2".parse::<AppVersion>().is_err());
         assert!("v1.2".parse::<AppVersion>().is_err());
         assert!("1.2.3.4.5".parse::<AppVersion>().is_err());
+        assert!("".parse::<AppVersion>().is_err());
+        assert!("+1".parse::<AppVersion>().is_err());
+        assert!("1.2.".parse::<AppVersion>().is_err());
+        assert_eq!(v("1.2.3.4+b7").as_str(), "1.2.3.4+b7");
+        assert!(v("1.2.3.4") > v("1.2.3"));
     }
 
     #[test]
@@ -1726,6 +1755,10 @@ mod tests {
         // What is not a processed record has no source.
         assert_eq!(processed_source(b"{\"user_id\":\"u\"}"), None);
         assert_eq!(processed_source(b"not json"), None);
+        assert_eq!(processed_source(br#"[true, "user-login", 1, 9]"#), None);
+        let unprocessed =
+            br#"{"processed":false,"source_topic":"t","source_partition":1,"source_offset":9}"#;
+        assert_eq!(processed_source(unprocessed), None);
     }
 
     proptest! {

@@ -151,13 +151,20 @@ impl ProducerContext for DeliveryContext {
         let Err((e, m)) = result else {
             return;
         };
-        let origin = origin_of(m, self.insights.as_deref());
+        let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
+        // Only these failures need their record named, which may parse its
+        // payload: an abort purges thousands of queued records at once.
+        let maybe_probe = self.insights.as_deref() == Some(m.topic()) && m.key() == Some(PROBE_KEY);
+        let origin = if maybe_probe || (per_record && self.insights.is_some()) {
+            origin_of(m, self.insights.as_deref())
+        } else {
+            Origin::Unknown
+        };
         if origin == Origin::Probe {
             self.probe_failed.store(true, Ordering::SeqCst);
             return;
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
         // The transactional producer (the one that knows its insights topic)
         // hands on every per-record failure, even one it cannot attribute: the
         // poison rule counts that as a strike, where dropping it would leave the
@@ -178,7 +185,7 @@ impl ProducerContext for DeliveryContext {
 }
 
 /// Which record a delivery was produced for, read from the record itself (only
-/// failed deliveries are read, so parsing a payload here costs nothing per record):
+/// for failures that concern one record, and probes: it may parse the payload):
 /// - the input record named by a DLQ entry's source headers
 ///   (`event::source_headers`) or a processed record's payload
 ///   (`event::processed_source`), first: snapshots and the probe carry neither,
@@ -367,9 +374,13 @@ impl TxnProducer {
     /// the record (see [`origin_of`] and [`TxnProducer::take_record_failures`]).
     pub fn send(&self, rec: OutputRecord) -> Result<(), SendError> {
         let topic = self.topics.of(rec.destination);
-        let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-            .payload(rec.value.as_slice())
-            .headers(owned_headers(&rec.headers));
+        let mut br: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).payload(rec.value.as_slice());
+        // Even an empty header list is an allocation in librdkafka: processed
+        // records and snapshots carry none.
+        if !rec.headers.is_empty() {
+            br = br.headers(owned_headers(&rec.headers));
+        }
         if let Some(k) = &rec.key {
             br = br.key(k.as_slice());
         }
@@ -729,7 +740,7 @@ mod tests {
             origin_of(&message("ins", 0, &probe), Some("ins")),
             Origin::Probe
         );
-        // The plain producer's records, and anything without the headers.
+        // The plain producer's records, and anything that names no source.
         assert_eq!(
             origin_of(&message("ins", 3, &snapshot), None),
             Origin::Unknown

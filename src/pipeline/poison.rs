@@ -4,7 +4,8 @@
 //!
 //! Delivery failures arrive asynchronously and surface as a failed commit. When a
 //! failure concerns one record (too large, invalid, refused by a topic policy) and
-//! the failed record names its input record (its source headers), that record
+//! the failed record names its input record (a DLQ entry's source headers, a
+//! processed record's `source_*` fields), that record
 //! alone is to blame: it is
 //! dead-lettered as `unproducible` after one abort. A record-level failure that
 //! cannot be pinned on an input record (a snapshot, or the DLQ entry of a record
