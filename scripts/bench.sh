@@ -16,7 +16,10 @@
 #
 #   scripts/bench.sh [EVENTS] [PARTITIONS]
 #   env: RATE (2000), LATENCY_EVENTS (20000; 0 skips the latency phase),
-#        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN
+#        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN,
+#        REPEAT (1): rows per kind, alternating kinds; with more than one, a second
+#        table gives each kind's median per column (the local broker's run-to-run
+#        spread is 10 to 30%, see README)
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
 set -euo pipefail
@@ -139,8 +142,30 @@ EOF
 
 echo "bench: $events events, $partitions partitions, latency at $rate events/s ($latency_events events)" >&2
 rows=()
-for kind in $kinds; do
-  rows+=("$(measure "$kind")")
+for _ in $(seq 1 "${REPEAT:-1}"); do
+  for kind in $kinds; do
+    rows+=("$(measure "$kind")")
+  done
 done
-printf '%-9s %10s %10s %9s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "live MiB" "brk us/rec" "p50 ms" "p99 ms"
+header() { printf '%-9s %10s %10s %9s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "live MiB" "brk us/rec" "p50 ms" "p99 ms"; }
+header
 printf '%s\n' "${rows[@]}"
+if [ "${REPEAT:-1}" -gt 1 ]; then
+  echo
+  echo "median of $REPEAT rows per kind:"
+  header
+  printf '%s\n' "${rows[@]}" | python3 -c '
+import sys, statistics
+rows = {}
+for line in sys.stdin:
+    f = line.split()
+    rows.setdefault(f[0], []).append(f[1:])
+for kind, rs in rows.items():
+    def med(i):
+        vals = [float(r[i].replace(",", "")) for r in rs if r[i] != "-"]
+        return statistics.median(vals) if vals else None
+    m = [med(i) for i in range(7)]
+    fmt = lambda v, w, p: "-".rjust(w) if v is None else f"{v:>{w},.{p}f}"
+    print(f"{kind:<9} {fmt(m[0],10,0)} {fmt(m[1],10,2)} {fmt(m[2],9,1)} {fmt(m[3],9,1)} {fmt(m[4],9,1)} {fmt(m[5],7,0)} {fmt(m[6],7,0)}")
+'
+fi
