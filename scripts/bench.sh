@@ -5,7 +5,10 @@
 #
 #   records/s      EVENTS generated events (5% malformed) already in the input,
 #                  from process start (joining the group included) to all committed
-#   CPU us/rec     the process's own CPU time (user + system) per record
+#   CPU us/rec     the process's own CPU time (user + system) per record, until all
+#                  is committed: `tally copy` exits there by itself; `tally run` is
+#                  sampled when the lag probe sees everything committed (its shutdown
+#                  and the probe's polling delay are printed apart, on stderr)
 #   peak RSS       peak resident set of the process on the backlog, and on the
 #                  live stream of the latency phase ("live")
 #   broker us/rec  the local broker's CPU time per record during that phase
@@ -88,14 +91,21 @@ measure() {
   port=$(tally_free_port)
   b0=$(broker_cpu); t0=$(now)
   start_processor "$kind" "$id" "$events" "$port"
+  local at_committed=
   if [ "$kind" = copy ]; then
     wait "$proc_pid"
   else
     "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null
+    at_committed=$(cpu_secs "$(pgrep -P "$proc_pid")")
   fi
   t1=$(now); b1=$(broker_cpu)
   [ "$kind" = copy ] || stop_processor "$kind"
   read -r user sys rss < "$work/$id.time"
+  if [ -n "$at_committed" ]; then
+    python3 -c 'import sys; k, n, a, u, s = sys.argv[1:]; print(f"bench: {k}: {(float(u) + float(s) - float(a)) / int(n) * 1e6:.2f} us/rec more until exit (shutdown, idle)", file=sys.stderr)' \
+      "$kind" "$events" "$at_committed" "$user" "$sys"
+    user=$at_committed sys=0
+  fi
   if [ "$kind" != copy ]; then
     # shellcheck disable=SC2046
     "$tally" verify $(topics_of "$id") --group-id "$id" --complete > /dev/null 2>&1 \
