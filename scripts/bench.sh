@@ -7,8 +7,8 @@
 #                  from process start (joining the group included) to all committed
 #   CPU us/rec     the process's own CPU time (user + system) per record, until all
 #                  is committed: `tally copy` exits there by itself; `tally run` is
-#                  sampled when the lag probe sees everything committed (its shutdown
-#                  and the probe's polling delay are printed apart, on stderr)
+#                  sampled when the lag probe sees everything committed (up to 100 ms
+#                  later; the CPU of its shutdown is printed apart, on stderr)
 #   peak RSS       peak resident set of the process on the backlog, and on the
 #                  live stream of the latency phase ("live")
 #   broker us/rec  the local broker's CPU time per record during that phase
@@ -83,8 +83,8 @@ stop_processor() {
 # One row of the table: throughput, CPU, RSS and broker CPU on a backlog, then
 # latency on a live stream.
 measure() {
-  local kind=$1 id port b0 b1 t0 t1 user sys rss
-  id=bench-$kind-$(date +%s)
+  local kind=$1 id port b0 b1 t0 t1 user sys rss child
+  id=bench-$kind-$2-$(date +%s)
   fresh "$id"
   # The backlog: the same seed, so every row reads the same records.
   "$tally" generate --topic "$id-in" --count "$events" --invalid-ratio 0.05 --huge false --seed 7 > /dev/null 2>&1
@@ -95,8 +95,14 @@ measure() {
   if [ "$kind" = copy ]; then
     wait "$proc_pid"
   else
-    "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null
-    at_committed=$(cpu_secs "$(pgrep -P "$proc_pid")")
+    "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null \
+      || echo "bench: $kind: not all committed within 900 s" >&2
+    child=$(pgrep -P "$proc_pid" | head -1) || true
+    if [ -n "$child" ]; then
+      at_committed=$(cpu_secs "$child")
+    else
+      echo "bench: $kind: tally run had exited; its row counts the CPU until exit" >&2
+    fi
   fi
   t1=$(now); b1=$(broker_cpu)
   [ "$kind" = copy ] || stop_processor "$kind"
@@ -152,9 +158,9 @@ EOF
 
 echo "bench: $events events, $partitions partitions, latency at $rate events/s ($latency_events events)" >&2
 rows=()
-for _ in $(seq 1 "${REPEAT:-1}"); do
+for r in $(seq 1 "${REPEAT:-1}"); do
   for kind in $kinds; do
-    rows+=("$(measure "$kind")")
+    rows+=("$(measure "$kind" "$r")")
   done
 done
 header() { printf '%-9s %10s %10s %9s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "live MiB" "brk us/rec" "p50 ms" "p99 ms"; }
@@ -169,6 +175,8 @@ import sys, statistics
 rows = {}
 for line in sys.stdin:
     f = line.split()
+    if len(f) < 8:
+        continue
     rows.setdefault(f[0], []).append(f[1:])
 for kind, rs in rows.items():
     def med(i):
