@@ -146,10 +146,8 @@ impl AppVersion {
             return Err(bad());
         }
         let mut parts = [0; 4];
-        let mut n = 0;
-        for part in numeric.split('.') {
+        for (n, part) in numeric.split('.').enumerate() {
             *parts.get_mut(n).ok_or_else(bad)? = part.parse().map_err(|_| bad())?;
-            n += 1;
         }
         Ok(parts)
     }
