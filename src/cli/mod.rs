@@ -71,6 +71,9 @@ pub enum Command {
     /// their timestamp to a read_committed consumer (p50/p99 as JSON).
     #[command(hide = true)]
     Latency(latency::LatencyArgs),
+    /// Benchmark cleanup: delete the input, output, DLQ and insights topics.
+    #[command(hide = true)]
+    DeleteTopics(create_topics::DeleteTopicsArgs),
 }
 
 /// Runs the chosen subcommand; the result is the process's exit status.
@@ -84,6 +87,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Lag(a) => Some(&a.kafka),
         Command::Copy(a) => Some(&a.kafka),
         Command::Latency(a) => Some(&a.kafka),
+        Command::DeleteTopics(a) => Some(&a.kafka),
         // `run` waits for the cluster itself; `state` reads only the local store.
         Command::Run(_) | Command::State(_) => None,
     };
@@ -101,6 +105,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Lag(a) => lag::run(a).await,
         Command::Copy(a) => copy::run(a).await.map(|()| 0),
         Command::Latency(a) => latency::run(a).await,
+        Command::DeleteTopics(a) => create_topics::delete(a).await.map(|()| 0),
     }
 }
 

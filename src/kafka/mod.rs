@@ -19,7 +19,7 @@ pub mod reader;
 
 pub use admin::{
     GroupAdmin, GroupDescription, TopicAdmin, TopicSpec, create_topics, delete_records,
-    pipeline_topic_specs,
+    delete_topics, pipeline_topic_specs,
 };
 pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};

@@ -99,10 +99,13 @@ impl InternalEvent for TransactionCommitted {
         Metrics::count(&m.transactions, "committed", 1);
         m.commit_seconds.observe(self.commit.as_secs_f64());
         let now = now_ms();
+        // One sample per record: observed locally (no atomics per sample) and
+        // published to the shared histogram once per transaction.
+        let latency = m.end_to_end_latency_seconds.local();
         for ts in c.timestamps_ms {
-            m.end_to_end_latency_seconds
-                .observe((now - ts).max(0) as f64 / 1000.0);
+            latency.observe((now - ts).max(0) as f64 / 1000.0);
         }
+        latency.flush();
         m.last_commit_timestamp.set(now as f64 / 1000.0);
         tracing::trace!(
             records = c.processed + c.dead_lettered + c.filtered,
