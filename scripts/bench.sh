@@ -25,6 +25,9 @@
 #        spread is 10 to 30%, see README)
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
+# FETCH_LIMITS=1 puts scripts/fetch-limit-proxy.py in front of the local broker,
+# so fetches are cut to fetch.max.bytes as on Kafka (the memory figures then mean
+# what they would there; the broker column still counts the broker alone).
 # Every row deletes its topics when measured: the local broker slows down as
 # topics accumulate (its CPU per record doubled over five rows kept), and a
 # real cluster should not keep a benchmark's records either.

@@ -20,10 +20,38 @@ tally_ensure_broker() {
   export KAFKA_BOOTSTRAP
 }
 
+tally_proxy_pid=
+
+# With FETCH_LIMITS=1 (benchmarks only), every client reaches the local broker
+# through scripts/fetch-limit-proxy.py, which cuts fetch answers to
+# `fetch.max.bytes` and `max.partition.fetch.bytes` as Kafka does (the test
+# broker ignores both, so a consumer's memory would follow the backlog).
+tally_fetch_limits() {
+  [ "${FETCH_LIMITS:-0}" = 1 ] || return 0
+  if [ -z "$tally_broker_dir" ]; then
+    echo "FETCH_LIMITS=1 is for the local broker; unset KAFKA_BOOTSTRAP" >&2
+    exit 2
+  fi
+  local port
+  port=$(tally_free_port)
+  python3 scripts/fetch-limit-proxy.py "$port" "${KAFKA_BOOTSTRAP##*:}" 2> "$tally_broker_dir/proxy.log" &
+  tally_proxy_pid=$!
+  for _ in $(seq 1 50); do
+    python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2> /dev/null && break
+    sleep 0.1
+  done
+  export KAFKA_BOOTSTRAP=127.0.0.1:$port
+  echo "fetch limits: clients go through the proxy on $KAFKA_BOOTSTRAP" >&2
+}
+
 # Stops the broker tally_ensure_broker started, if any (by its PID file), after
 # any tally process still pointed at it (left behind by an interrupted test: they
-# name this broker's unique port on their command line).
+# name this broker's unique port on their command line), and the fetch-limit proxy.
 tally_stop_broker() {
+  if [ -n "$tally_proxy_pid" ]; then
+    kill "$tally_proxy_pid" 2>/dev/null || true
+    tally_proxy_pid=
+  fi
   if [ -n "$tally_broker_dir" ]; then
     pkill -KILL -f -- "--bootstrap-servers $KAFKA_BOOTSTRAP" 2>/dev/null || true
     BROKER_DIR=$tally_broker_dir scripts/broker.sh stop || true
@@ -59,6 +87,7 @@ tally_bench_start() {
   work=$(mktemp -d "${TMPDIR:-/tmp}/tally-$1.XXXXXX")
   tally_traps tally_bench_stop_run
   tally_ensure_broker
+  tally_fetch_limits
 }
 
 tally_bench_stop_run() {

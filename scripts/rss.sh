@@ -16,6 +16,8 @@
 # the events at N/s while tally runs (a live stream) instead of as a backlog;
 # RSS_RUN_BIN runs another `tally` binary (e.g. an older build) for `tally run`.
 # Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
+# FETCH_LIMITS=1 measures through scripts/fetch-limit-proxy.py, which makes the
+# local broker honour fetch.max.bytes as Kafka does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-50000}
