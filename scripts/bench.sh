@@ -62,8 +62,7 @@ fresh() { # name -> creates its topics
   "$tally" create-topics $(topics_of "$1") --partitions "$partitions" > /dev/null
 }
 cleanup() { # name -> deletes its topics
-  # shellcheck disable=SC2046
-  "$tally" delete-topics $(topics_of "$1") --yes > /dev/null \
+  "$tally" delete-topics --yes "$1-in" "$1-out" "$1-dlq" "$1-ins" > /dev/null \
     || echo "bench: could not delete the topics of $1" >&2
 }
 

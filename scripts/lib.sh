@@ -21,6 +21,7 @@ tally_ensure_broker() {
 }
 
 tally_proxy_pid=
+tally_broker_bootstrap=
 
 # With FETCH_LIMITS=1 (benchmarks only), every client reaches the local broker
 # through scripts/fetch-limit-proxy.py, which cuts fetch answers to
@@ -36,10 +37,21 @@ tally_fetch_limits() {
   port=$(tally_free_port)
   python3 scripts/fetch-limit-proxy.py "$port" "${KAFKA_BOOTSTRAP##*:}" 2> "$tally_broker_dir/proxy.log" &
   tally_proxy_pid=$!
+  local up=
   for _ in $(seq 1 50); do
-    python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2> /dev/null && break
+    if python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2> /dev/null; then
+      up=1
+      break
+    fi
+    kill -0 "$tally_proxy_pid" 2> /dev/null || break
     sleep 0.1
   done
+  if [ -z "$up" ]; then
+    echo "the fetch-limit proxy did not start:" >&2
+    cat "$tally_broker_dir/proxy.log" >&2
+    exit 2
+  fi
+  tally_broker_bootstrap=$KAFKA_BOOTSTRAP
   export KAFKA_BOOTSTRAP=127.0.0.1:$port
   echo "fetch limits: clients go through the proxy on $KAFKA_BOOTSTRAP" >&2
 }
@@ -51,9 +63,15 @@ tally_stop_broker() {
   if [ -n "$tally_proxy_pid" ]; then
     kill "$tally_proxy_pid" 2>/dev/null || true
     tally_proxy_pid=
+    # Its parse errors only drop a connection (the client reconnects): say so.
+    if [ -s "$tally_broker_dir/proxy.log" ]; then
+      echo "fetch-limit proxy:" >&2
+      cat "$tally_broker_dir/proxy.log" >&2
+    fi
   fi
   if [ -n "$tally_broker_dir" ]; then
     pkill -KILL -f -- "--bootstrap-servers $KAFKA_BOOTSTRAP" 2>/dev/null || true
+    [ -z "$tally_broker_bootstrap" ] || pkill -KILL -f -- "--bootstrap-servers $tally_broker_bootstrap" 2>/dev/null || true
     BROKER_DIR=$tally_broker_dir scripts/broker.sh stop || true
     rm -rf "$tally_broker_dir"
     tally_broker_dir=

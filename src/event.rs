@@ -139,15 +139,30 @@ impl AppVersion {
         Ok(AppVersion { parts, text: s })
     }
 
+    /// One pass over the bytes (splitting and parsing each part showed in
+    /// profiles): the numeric prefix before any `-`/`+`, 1 to 4 non-empty
+    /// decimal parts, each within u64.
     fn parts(s: &str) -> Result<[u64; 4], String> {
         let bad = || format!("{s:?} is not a version like 2.13.1 (1 to 4 dot-separated numbers)");
-        let numeric = s.split(['-', '+']).next().unwrap_or_default();
-        if !numeric.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
-            return Err(bad());
+        let mut parts = [0u64; 4];
+        let (mut n, mut digits) = (0, 0);
+        for &c in s.as_bytes() {
+            match c {
+                b'0'..=b'9' => {
+                    let part = parts.get_mut(n).ok_or_else(bad)?;
+                    *part = part
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(u64::from(c - b'0')))
+                        .ok_or_else(bad)?;
+                    digits += 1;
+                }
+                b'.' if digits > 0 => (n, digits) = (n + 1, 0),
+                b'-' | b'+' => break,
+                _ => return Err(bad()),
+            }
         }
-        let mut parts = [0; 4];
-        for (n, part) in numeric.split('.').enumerate() {
-            *parts.get_mut(n).ok_or_else(bad)? = part.parse().map_err(|_| bad())?;
+        if digits == 0 {
+            return Err(bad());
         }
         Ok(parts)
     }
@@ -1470,6 +1485,29 @@ mod tests {
         assert_eq!(output.value, value, "the DLQ takes it whole");
         let small = rejected(Some(b"u".to_vec()), good().to_string().into_bytes());
         assert!(matches!(process(&small, &cfg), Outcome::Processed { .. }));
+    }
+
+    /// The split-and-parse reading of a version that `AppVersion::parts` does in
+    /// one pass: the reference it must agree with.
+    fn parts_by_splitting(s: &str) -> Option<[u64; 4]> {
+        let numeric = s.split(['-', '+']).next().unwrap_or_default();
+        if !numeric.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+            return None;
+        }
+        let mut parts = [0; 4];
+        for (n, part) in numeric.split('.').enumerate() {
+            *parts.get_mut(n)? = part.parse().ok()?;
+        }
+        Some(parts)
+    }
+
+    proptest! {
+        #[test]
+        fn app_version_parts_agree_with_splitting(
+            s in "[0-9.+a-]{0,12}|[0-9]{1,21}(\\.[0-9]{0,21}){0,5}([-+][0-9a-z.]{0,4})?",
+        ) {
+            prop_assert_eq!(AppVersion::parts(&s).ok(), parts_by_splitting(&s), "{:?}", s);
+        }
     }
 
     proptest! {

@@ -38,10 +38,11 @@ pub async fn run(a: CreateTopicsArgs) -> anyhow::Result<()> {
 pub struct DeleteTopicsArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub topics: TopicArgs,
-    /// Required: the topics' records are gone for good, and the topic names
-    /// have defaults (a bare `tally delete-topics` would name the production ones).
+    /// The topics to delete, named in full: no defaults, so no production topic
+    /// is ever deleted by leaving a name out.
+    #[arg(required = true)]
+    pub topics: Vec<String>,
+    /// Required: the topics' records are gone for good.
     #[arg(long)]
     pub yes: bool,
 }
@@ -50,19 +51,22 @@ pub async fn delete(a: DeleteTopicsArgs) -> anyhow::Result<()> {
     if !a.yes {
         anyhow::bail!("delete-topics deletes the topics and every record in them; pass --yes");
     }
-    let conn = a.kafka.connection();
-    let outputs = a.topics.outputs();
-    let names = [
-        a.topics.input_topic.as_str(),
-        &outputs.processed,
-        &outputs.dead_letter,
-        &outputs.insights,
-    ];
-    for (name, deleted) in kafka::delete_topics(&conn, &names).await? {
-        println!(
-            "{name}: {}",
-            if deleted { "deleted" } else { "did not exist" }
-        );
+    let mut names: Vec<&str> = a.topics.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut failed = Vec::new();
+    for (name, result) in kafka::delete_topics(&a.kafka.connection(), &names).await? {
+        match result {
+            Ok(true) => println!("{name}: deleted"),
+            Ok(false) => println!("{name}: did not exist"),
+            Err(why) => {
+                println!("{name}: not deleted: {why}");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("could not delete {}", failed.join(", "));
     }
     Ok(())
 }

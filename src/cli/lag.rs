@@ -34,13 +34,14 @@ pub async fn run(a: LagArgs) -> anyhow::Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let rows = blocking(move || -> anyhow::Result<Option<Vec<LagRow>>> {
         let admin = kafka::GroupAdmin::new(&conn, &group)?;
+        let partitions = admin.partitions(&topic)?;
         loop {
-            let committed = admin.committed(&topic)?;
+            let committed = admin.committed_of(&topic, &partitions)?;
             if a.wait_for
                 .is_none_or(|n| committed.values().sum::<i64>() >= n)
             {
                 let mut rows = Vec::new();
-                for p in admin.partitions(&topic)? {
+                for p in partitions {
                     rows.push((
                         p,
                         committed.get(&p).copied(),

@@ -71,7 +71,7 @@ pub enum Command {
     /// their timestamp to a read_committed consumer (p50/p99 as JSON).
     #[command(hide = true)]
     Latency(latency::LatencyArgs),
-    /// Benchmark cleanup: delete the input, output, DLQ and insights topics.
+    /// Benchmark cleanup: delete the named topics.
     #[command(hide = true)]
     DeleteTopics(create_topics::DeleteTopicsArgs),
 }
