@@ -29,8 +29,8 @@
 # so fetches are cut to fetch.max.bytes as on Kafka (the memory figures then mean
 # what they would there; the broker column still counts the broker alone).
 # Every row deletes its topics when measured: the local broker slows down as
-# topics accumulate (its CPU per record doubled over five rows kept), and a
-# real cluster should not keep a benchmark's records either.
+# topics accumulate (its CPU per record rose by about 60% over five rows kept),
+# and a real cluster should not keep a benchmark's records either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}

@@ -70,8 +70,9 @@ tally_stop_broker() {
     fi
   fi
   if [ -n "$tally_broker_dir" ]; then
-    pkill -KILL -f -- "--bootstrap-servers $KAFKA_BOOTSTRAP" 2>/dev/null || true
-    [ -z "$tally_broker_bootstrap" ] || pkill -KILL -f -- "--bootstrap-servers $tally_broker_bootstrap" 2>/dev/null || true
+    # Anchored: port 4000 must not match 40001.
+    pkill -KILL -f -- "--bootstrap-servers $KAFKA_BOOTSTRAP( |$)" 2>/dev/null || true
+    [ -z "$tally_broker_bootstrap" ] || pkill -KILL -f -- "--bootstrap-servers $tally_broker_bootstrap( |$)" 2>/dev/null || true
     BROKER_DIR=$tally_broker_dir scripts/broker.sh stop || true
     rm -rf "$tally_broker_dir"
     tally_broker_dir=

@@ -1504,10 +1504,35 @@ mod tests {
     proptest! {
         #[test]
         fn app_version_parts_agree_with_splitting(
-            s in "[0-9.+a-]{0,12}|[0-9]{1,21}(\\.[0-9]{0,21}){0,5}([-+][0-9a-z.]{0,4})?",
+            s in "[0-9.+a-é١１-]{0,12}|[0-9]{1,21}(\\.[0-9]{0,21}){0,5}([-+][0-9a-zé.]{0,4})?",
         ) {
             prop_assert_eq!(AppVersion::parts(&s).ok(), parts_by_splitting(&s), "{:?}", s);
         }
+    }
+
+    #[test]
+    fn app_version_parts_at_the_edges() {
+        for s in [
+            "18446744073709551615",
+            "1.18446744073709551615",
+            "0000000000000000000000001.2",
+            "1é",
+            "١",
+            "１",
+            "1-é",
+            "-1",
+            "+1",
+            "1.2.3.4.5",
+            "1.2.3.4-5.6",
+        ] {
+            assert_eq!(AppVersion::parts(s).ok(), parts_by_splitting(s), "{s:?}");
+        }
+        assert_eq!(
+            AppVersion::parts("18446744073709551615").ok(),
+            Some([u64::MAX, 0, 0, 0])
+        );
+        assert!(AppVersion::parts("18446744073709551616").is_err());
+        assert_eq!(AppVersion::parts("1-é").ok(), Some([1, 0, 0, 0]));
     }
 
     proptest! {

@@ -59,10 +59,7 @@ pub async fn delete(a: DeleteTopicsArgs) -> anyhow::Result<()> {
         match result {
             Ok(true) => println!("{name}: deleted"),
             Ok(false) => println!("{name}: did not exist"),
-            Err(why) => {
-                println!("{name}: not deleted: {why}");
-                failed.push(name);
-            }
+            Err(why) => failed.push(format!("{name} ({why})")),
         }
     }
     if !failed.is_empty() {

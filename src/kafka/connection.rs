@@ -28,8 +28,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 ///   stops fetching a partition for this long (default 1 s). With queues this
 ///   small a backlog fills them in a fraction of a second, so the default idled
 ///   the consumer: through a broker that honours `fetch.max.bytes`, a
-///   200,000-record backlog took 15.4 s with it and 3.4 to 3.9 s at 20 to 100 ms,
-///   at the same peak RSS (about 50 MiB; `scripts/fetch-limit-proxy.py`);
+///   200,000-record backlog took 15.4 s with it and 2.6 to 4.9 s at 20 to 200 ms,
+///   at about the same peak RSS (47 to 55 MiB, against 50.5;
+///   `scripts/fetch-limit-proxy.py`);
 /// - `receive.message.max.bytes`: some brokers (the local test broker among them)
 ///   answer a fetch with more than `fetch.max.bytes`; a generous receive limit
 ///   keeps such an answer from being treated as a corrupt frame.

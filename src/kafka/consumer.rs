@@ -241,18 +241,13 @@ impl GroupConsumer {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while out.len() < max && bytes < max_bytes {
-            let polled = if out.is_empty() {
-                self.consumer.poll(whole_millis(
-                    deadline.saturating_duration_since(Instant::now()),
-                ))
+            let polled = self.consumer.poll(if out.is_empty() {
+                whole_millis(deadline.saturating_duration_since(Instant::now()))
             } else {
-                // Once records flow, take what is queued without a timeout (a
-                // timed poll reads the clock twice per record), then wait only
-                // briefly for more of the same batch (the deadline is checked below).
-                self.consumer
-                    .poll(Duration::ZERO)
-                    .or_else(|| self.consumer.poll(Duration::from_millis(5)))
-            };
+                // Once records flow, only wait briefly for more of the same batch
+                // (the deadline is checked below).
+                Duration::from_millis(5)
+            });
             let generation = self.generation();
             match polled {
                 Some(Ok(m)) => {
