@@ -22,7 +22,7 @@
 #        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN,
 #        REPEAT (1): rows per kind, alternating kinds; with more than one, a second
 #        table gives each kind's median per column (the local broker's run-to-run
-#        spread is 10 to 30%, see README)
+#        spread is 10 to 40%, see README)
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
 # FETCH_LIMITS=1 puts scripts/fetch-limit-proxy.py in front of the local broker,
