@@ -11,8 +11,10 @@
 #                  later; the CPU of its shutdown is printed apart, on stderr)
 #   peak RSS       peak resident set of the process on the backlog, and on the
 #                  live stream of the latency phase ("live")
-#   broker us/rec  the local broker's CPU time per record during that phase
+#   broker us/rec  the local Kafka broker's CPU time per record during that phase
 #                  ("-" when KAFKA_BOOTSTRAP names a broker we did not start)
+#   broker RSS     the broker's resident set at the end of the phase (MiB; the
+#                  JVM's heap is sized by KAFKA_HEAP, see scripts/kafka.sh)
 #   p50/p99 ms     end-to-end latency at RATE events/s: from the input record's
 #                  timestamp until a read_committed consumer sees the output
 #                  (`tally latency`), LATENCY_EVENTS events after the processor is ready
@@ -21,16 +23,13 @@
 #   env: RATE (2000), LATENCY_EVENTS (20000; 0 skips the latency phase),
 #        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN,
 #        REPEAT (1): rows per kind, alternating kinds; with more than one, a second
-#        table gives each kind's median per column (the local broker's run-to-run
-#        spread is 10 to 40%, see README)
+#        table gives each kind's median per column (this machine's run-to-run
+#        spread is 10 to 40%, see docs)
 #
-# Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
-# FETCH_LIMITS=1 puts scripts/fetch-limit-proxy.py in front of the local broker,
-# so fetches are cut to fetch.max.bytes as on Kafka (the memory figures then mean
-# what they would there; the broker column still counts the broker alone).
-# Every row deletes its topics when measured: the local broker slows down as
-# topics accumulate (its CPU per record rose by about 60% over five rows kept),
-# and a real cluster should not keep a benchmark's records either.
+# Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and
+# stops it. Every row deletes its topics when measured: a broker's cost per
+# record grows as topics accumulate, and a real cluster should not keep a
+# benchmark's records either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}
@@ -46,13 +45,13 @@ fi
 
 . scripts/lib.sh
 tally_bench_start bench
-broker_pid=
-[ -n "$tally_broker_dir" ] && broker_pid=$(cat "$tally_broker_dir/pid")
+broker_pid=$(tally_broker_pids | head -n 1)
 tick=$(getconf CLK_TCK)
 
 # CPU seconds (user + system) of a live process.
 cpu_secs() { awk -v t="$tick" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
 broker_cpu() { if [ -n "$broker_pid" ]; then cpu_secs "$broker_pid"; else echo 0; fi; }
+broker_rss_kib() { if [ -n "$broker_pid" ]; then awk '$1 == "VmRSS:" { print $2 }' "/proc/$broker_pid/status"; else echo 0; fi; }
 now() { date +%s.%N; }
 
 # Topic names for one phase; the processed topic is "$1-out".
@@ -93,7 +92,7 @@ stop_processor() {
 # One row of the table: throughput, CPU, RSS and broker CPU on a backlog, then
 # latency on a live stream.
 measure() {
-  local kind=$1 id port b0 b1 t0 t1 user sys rss child
+  local kind=$1 id port b0 b1 brss t0 t1 user sys rss child
   id=bench-$kind-$2-$(date +%s)
   fresh "$id"
   # The backlog: the same seed, so every row reads the same records.
@@ -114,7 +113,7 @@ measure() {
       echo "bench: $kind: tally run had exited; its row counts the CPU until exit" >&2
     fi
   fi
-  t1=$(now); b1=$(broker_cpu)
+  t1=$(now); b1=$(broker_cpu); brss=$(broker_rss_kib)
   [ "$kind" = copy ] || stop_processor "$kind"
   read -r user sys rss < "$work/$id.time"
   if [ -n "$at_committed" ]; then
@@ -157,14 +156,15 @@ measure() {
   cleanup "$lid"
   fi
 
-  python3 - "$kind" "$events" "$t0" "$t1" "$user" "$sys" "$rss" "$b0" "$b1" "$broker_pid" "$lat" "$live_rss" <<'EOF'
+  python3 - "$kind" "$events" "$t0" "$t1" "$user" "$sys" "$rss" "$b0" "$b1" "$broker_pid" "$lat" "$live_rss" "$brss" <<'EOF'
 import sys
-kind, n, t0, t1, user, sys_, rss, b0, b1, broker, lat, live = sys.argv[1:]
+kind, n, t0, t1, user, sys_, rss, b0, b1, broker, lat, live, brss = sys.argv[1:]
 n = int(n); wall = float(t1) - float(t0)
 cpu = float(user) + float(sys_)
-brk = f"{(float(b1) - float(b0)) / n * 1e6:9.1f}" if broker else f"{'-':>9}"
+brk = f"{(float(b1) - float(b0)) / n * 1e6:10.1f}" if broker else f"{'-':>10}"
+brss = f"{int(brss) / 1024:>9.0f}" if broker else f"{'-':>9}"
 live = f"{int(live) / 1024:>9.1f}" if int(live) else f"{'-':>9}"
-print(f"{kind:<9} {n / wall:>10,.0f} {cpu / n * 1e6:>10.2f} {int(rss) / 1024:>9.1f} {live} {brk} {lat}")
+print(f"{kind:<9} {n / wall:>10,.0f} {cpu / n * 1e6:>10.2f} {int(rss) / 1024:>9.1f} {live} {brk} {brss} {lat}")
 EOF
 }
 
@@ -175,7 +175,7 @@ for r in $(seq 1 "${REPEAT:-1}"); do
     rows+=("$(measure "$kind" "$r")")
   done
 done
-header() { printf '%-9s %10s %10s %9s %9s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "live MiB" "brk us/rec" "p50 ms" "p99 ms"; }
+header() { printf '%-9s %10s %10s %9s %9s %10s %9s %7s %7s\n' kind "records/s" "CPU us/rec" "RSS MiB" "live MiB" "brk us/rec" "brk MiB" "p50 ms" "p99 ms"; }
 header
 printf '%s\n' "${rows[@]}"
 if [ "${REPEAT:-1}" -gt 1 ]; then
@@ -187,15 +187,15 @@ import sys, statistics
 rows = {}
 for line in sys.stdin:
     f = line.split()
-    if len(f) < 8:
+    if len(f) < 9:
         continue
     rows.setdefault(f[0], []).append(f[1:])
 for kind, rs in rows.items():
     def med(i):
         vals = [float(r[i].replace(",", "")) for r in rs if r[i] != "-"]
         return statistics.median(vals) if vals else None
-    m = [med(i) for i in range(7)]
+    m = [med(i) for i in range(8)]
     fmt = lambda v, w, p: "-".rjust(w) if v is None else f"{v:>{w},.{p}f}"
-    print(f"{kind:<9} {fmt(m[0],10,0)} {fmt(m[1],10,2)} {fmt(m[2],9,1)} {fmt(m[3],9,1)} {fmt(m[4],9,1)} {fmt(m[5],7,0)} {fmt(m[6],7,0)}")
+    print(f"{kind:<9} {fmt(m[0],10,0)} {fmt(m[1],10,2)} {fmt(m[2],9,1)} {fmt(m[3],9,1)} {fmt(m[4],10,1)} {fmt(m[5],9,0)} {fmt(m[6],7,0)} {fmt(m[7],7,0)}")
 '
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job end to end on a local broker: start the broker, create the topics,
+# The main job end to end on a local Apache Kafka: start it, create the topics,
 # generate events in the background, run `tally run` with its progress log. Ctrl+C
 # stops everything this script started, then runs `tally verify` and `tally insights`.
 #
@@ -18,9 +18,9 @@ work=.run/$run_id
 mkdir -p "$work"
 started_broker=false
 if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
-  # A broker that was already running (scripts/broker.sh start) is left running.
-  scripts/broker.sh status > /dev/null 2>&1 || started_broker=true
-  KAFKA_BOOTSTRAP=$(scripts/broker.sh start)
+  # A Kafka that was already running (scripts/kafka.sh start) is left running.
+  scripts/kafka.sh status > /dev/null 2>&1 || started_broker=true
+  KAFKA_BOOTSTRAP=$(scripts/kafka.sh start)
 fi
 export KAFKA_BOOTSTRAP
 
@@ -49,7 +49,7 @@ finish() {
   status=0
   "$tally" verify --complete || status=$?
   "$tally" insights || true
-  if $started_broker; then scripts/broker.sh stop; fi
+  if $started_broker; then scripts/kafka.sh stop; fi
   exit $status
 }
 trap finish INT TERM EXIT

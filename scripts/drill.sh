@@ -7,8 +7,8 @@
 #
 #   scripts/drill.sh [--duration SECS] [--instances N] [--events N] [--seed S] [--rate R] ...
 #
-# Uses KAFKA_BOOTSTRAP when set (e.g. a real Kafka), else starts the local broker
-# (and stops it afterwards). All options: scripts/drill.sh --help.
+# Uses KAFKA_BOOTSTRAP when set (any Kafka cluster), else starts Apache Kafka
+# (scripts/kafka.sh) and stops it afterwards. All options: scripts/drill.sh --help.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

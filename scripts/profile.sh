@@ -6,7 +6,7 @@
 #   scripts/profile.sh [EVENTS] [PARTITIONS]
 #   env: TALLY_BIN, PERF_DATA, COMMIT_INTERVAL_MS (100), TOP (25)
 #
-# Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
+# Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}

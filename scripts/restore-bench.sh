@@ -19,7 +19,7 @@
 # steady 2,000 records/s (commits close on the 100 ms timer), with the default
 # --snapshot-interval and with a snapshot at every commit.
 #
-# Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
+# Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and stops it.
 # TALLY_BIN names a tally binary to use instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,9 +15,8 @@
 # RSS_SCENARIOS (default "normal huge") picks the scenarios; RSS_RATE=N produces
 # the events at N/s while tally runs (a live stream) instead of as a backlog;
 # RSS_RUN_BIN runs another `tally` binary (e.g. an older build) for `tally run`.
-# Uses KAFKA_BOOTSTRAP when set, else starts the local broker (and stops it).
-# FETCH_LIMITS=1 measures through scripts/fetch-limit-proxy.py, which makes the
-# local broker honour fetch.max.bytes as Kafka does.
+# Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and
+# stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-50000}

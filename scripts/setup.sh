@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing tally needs on a fresh Debian machine with
 # Rust: libclang (bindgen, for the rocksdb crate), a C/C++ toolchain, pkg-config,
-# OpenSSL and zlib headers (librdkafka); for the operations tests, Prometheus
-# (which ships promtool) from Debian and, in a venv under .tools/venv, the
-# validators of the deploy files (kubernetes-validate, check-jsonschema). Skips
-# whatever is already there.
+# OpenSSL and zlib headers (librdkafka); a Java 17 JDK and Maven for the test
+# broker, Apache Kafka (scripts/kafka.sh fetches its jars from Maven Central);
+# for the operations tests, Prometheus (which ships promtool) from Debian and,
+# in a venv under .tools/venv, the validators of the deploy files
+# (kubernetes-validate, check-jsonschema). Skips whatever is already there.
 set -euo pipefail
 
 need=()
@@ -13,8 +14,15 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 for pkg in libclang-dev build-essential pkg-config libssl-dev zlib1g-dev prometheus time; do
   have_pkg "$pkg" || need+=("$pkg")
 done
-# python3 (any, e.g. pyenv's) is only needed to fetch the test broker with pip.
-command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+# python3 (any, e.g. pyenv's): free ports for the broker, the deploy validators.
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+# Kafka 4.1 runs on Java 17 or newer; the JDK (not a JRE) because the broker's
+# readiness probe runs as a single Java source file.
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
+if ! command -v javac >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ] 2>/dev/null; then
+  need+=(openjdk-17-jdk-headless)
+fi
+command -v mvn >/dev/null 2>&1 || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   sudo_cmd=()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests and broker tests.
 #
-# Uses the broker named by KAFKA_BOOTSTRAP when set (e.g. a real Kafka) and starts
-# none; otherwise starts the local test broker on a free port and stops it on exit,
+# Uses the broker named by KAFKA_BOOTSTRAP when set (any Kafka cluster) and starts
+# none; otherwise starts Apache Kafka (scripts/kafka.sh) on free ports and stops it on exit,
 # failure or Ctrl+C. Exit status is the tests' status.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -416,9 +416,9 @@ fn forty_second_broker_freeze_mid_stream_is_ridden_out_exactly() {
     );
     run.wait_for_log("partition restored", 1, LONG);
     std::thread::sleep(Duration::from_millis(500));
-    broker.signal("-STOP");
+    broker.node("pause");
     std::thread::sleep(Duration::from_secs(40));
-    broker.signal("-CONT");
+    broker.node("resume");
     let group_args = ["--group-id", names.group.as_str()];
     let (code, out, err) = broker.tally(&[
         "lag",

@@ -212,11 +212,8 @@ impl Drill {
 
     /// Waits until every running instance is ready (`/readyz`), at most
     /// [`READY_LIMIT`]; a longer wait is reported as a stall. The zombie fault
-    /// waits for this because noida-db (the test broker) never answers a JoinGroup
-    /// that is parked while another member's session expires: that member hangs
-    /// for `max.poll.interval.ms`, and once it gives up the coordinator has handed
-    /// the same partitions to two members, whose commits it accepts (it does not
-    /// check generations). Apache Kafka does neither (DESIGN.md, the test broker).
+    /// waits for this so the instance it freezes owns restored partitions and
+    /// has transactions in flight: a zombie that owned nothing proves nothing.
     fn await_ready_group(&mut self, before: &str) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {

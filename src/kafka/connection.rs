@@ -26,21 +26,14 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 ///   oversized record never blocks a partition);
 /// - `fetch.queue.backoff.ms` 50: when the queue is over those limits librdkafka
 ///   stops fetching a partition for this long (default 1 s). With queues this
-///   small a backlog fills them in a fraction of a second, so the default idled
-///   the consumer: through a broker that honours `fetch.max.bytes`, a
-///   200,000-record backlog took 15.4 s with it and 2.6 to 4.9 s at 20 to 200 ms,
-///   at about the same peak RSS (47 to 55 MiB, against 50.5;
-///   `scripts/fetch-limit-proxy.py`);
-/// - `receive.message.max.bytes`: some brokers (the local test broker among them)
-///   answer a fetch with more than `fetch.max.bytes`; a generous receive limit
-///   keeps such an answer from being treated as a corrupt frame.
-const CONSUMER_DEFAULTS: [(&str, &str); 6] = [
+///   small a backlog fills them in a fraction of a second, so the default would
+///   idle the consumer for most of a backlog's drain.
+const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
     ("queued.max.messages.kbytes", "8192"),
     ("queued.min.messages", "10000"),
     ("fetch.queue.backoff.ms", "50"),
     ("fetch.max.bytes", "4194304"),
     ("max.partition.fetch.bytes", "1048576"),
-    ("receive.message.max.bytes", "1000000000"),
 ];
 
 /// Properties tally sets itself because correctness depends on them; `-X` may not

@@ -648,9 +648,9 @@ pub fn assert_verified_with(names: &Names, extra: &[&str], processed: u64, dead_
     }
 }
 
-/// A broker of the test's own (noida-db through `scripts/broker.sh`, on a free
-/// port with a temporary directory), for tests that must kill the broker: that
-/// cannot be done to a shared broker or a real Kafka. Stopped on drop.
+/// An Apache Kafka of the test's own (`scripts/kafka.sh` in a temporary
+/// directory, free ports), for tests that kill, freeze or restart the broker:
+/// that cannot be done to a shared broker. Stopped on drop.
 pub struct PrivateBroker {
     pub bootstrap: String,
     dir: tempfile::TempDir,
@@ -658,36 +658,39 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> PrivateBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = tempfile::tempdir().unwrap();
-        let out =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh"))
-                .arg("start")
-                .env("BROKER_DIR", dir.path())
-                .env("BROKER_PORT", port.to_string())
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("run scripts/broker.sh");
-        assert!(out.status.success(), "scripts/broker.sh start failed");
+        let out = Self::script(dir.path(), &["start"])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run scripts/kafka.sh");
+        assert!(out.status.success(), "scripts/kafka.sh start failed");
         PrivateBroker {
             bootstrap: String::from_utf8_lossy(&out.stdout).trim().to_string(),
             dir,
         }
     }
 
+    fn script(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+        let mut c =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"));
+        c.args(args).env("KAFKA_DIR", dir);
+        c
+    }
+
+    /// `scripts/kafka.sh node 1 <action>` on this broker: `kill` (SIGKILL),
+    /// `stop` (clean shutdown), `start` (restart with its data, waiting until the
+    /// coordinators answer), `pause` (SIGSTOP), `resume` (SIGCONT).
+    pub fn node(&self, action: &str) {
+        let ok = Self::script(self.dir.path(), &["node", "1", action])
+            .status()
+            .expect("run scripts/kafka.sh")
+            .success();
+        assert!(ok, "scripts/kafka.sh node 1 {action} failed");
+    }
+
     /// `kill -9` of this broker only, by the PID its script recorded.
     pub fn kill9(&self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("broker pid file");
-        let ok = std::process::Command::new("kill")
-            .args(["-KILL", pid.trim()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -9 of the broker (pid {pid}) failed");
+        self.node("kill");
     }
 
     /// Fresh names on this broker, the pipeline's topics created (2 partitions)
@@ -719,17 +722,6 @@ impl PrivateBroker {
         names
     }
 
-    /// Sends `sig` (e.g. `-STOP`, `-CONT`) to this broker only, by its PID.
-    pub fn signal(&self, sig: &str) {
-        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("broker pid file");
-        let ok = std::process::Command::new("kill")
-            .args([sig, pid.trim()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} of the broker (pid {pid}) failed");
-    }
-
     /// Runs a tally subcommand against this broker: (exit code, stdout, stderr).
     pub fn tally(&self, args: &[&str]) -> (i32, String, String) {
         tally_on(&self.bootstrap, args)
@@ -738,11 +730,7 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        let _ =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh"))
-                .arg("stop")
-                .env("BROKER_DIR", self.dir.path())
-                .status();
+        let _ = Self::script(self.dir.path(), &["stop"]).status();
     }
 }
 
