@@ -66,3 +66,42 @@ fn output_of_a_partition_the_group_never_committed_is_a_violation() {
     assert_eq!(code, 4, "{s:#}");
     assert_eq!(s["stray"], 2, "{s:#}");
 }
+
+/// A bootstrap server that refuses connections is a transient client error
+/// (librdkafka goes on with the others), not the end of a read: `verify` and
+/// `insights` read through the other server.
+#[test]
+fn readers_ride_out_a_dead_bootstrap_server() {
+    let names = Names::create("deadboot", 2);
+    let input = produce_generated(&names.input, 2_000, 31, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start(&names, "deadboot-1", &dir.path().join("s"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    // Port 1 on loopback: nothing listens there, every connection is refused.
+    let servers = format!("127.0.0.1:1,{}", bootstrap());
+    let mut args = vec!["verify", "--complete", "--json", "--group-id", &names.group];
+    let topic_args = names.topic_args();
+    args.extend(topic_args.iter().map(String::as_str));
+    let (code, out, err) = tally_on(&servers, &args);
+    assert_eq!(code, 0, "{out}{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(s["processed"], input.valid(), "{s:#}");
+    assert_eq!(s["dead_lettered"], input.malformed, "{s:#}");
+    let (code, out, err) = tally_on(
+        &servers,
+        &[
+            "insights",
+            "--json",
+            "--insights-topic",
+            &names.insights,
+            "--input-topic",
+            &names.input,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(v["aggregate"]["processed"], input.valid(), "{v:#}");
+}

@@ -52,6 +52,45 @@ impl ClientContext for ReaderContext {
 
 impl ConsumerContext for ReaderContext {}
 
+/// What a reader does with an error event from `poll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnError {
+    /// librdkafka retries it by itself (a broker down or unreachable, one
+    /// bootstrap server of several refusing connections, a request timing out):
+    /// log it and keep polling; the caller's no-progress limit bounds the wait.
+    Skip,
+    /// Reading cannot succeed (the client is in a fatal state, the topic or
+    /// partition is gone, access is denied): stop with the error.
+    Fail,
+}
+
+/// Readers set a `group.id`, so rust-rdkafka hands librdkafka's transient client
+/// errors to `poll` as well; only the permanent ones end a read.
+fn on_error(code: Option<RDKafkaErrorCode>, client_fatal: bool) -> OnError {
+    use RDKafkaErrorCode as C;
+    if client_fatal {
+        return OnError::Fail;
+    }
+    match code {
+        Some(
+            C::Fatal
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::UnsupportedVersion
+            | C::InvalidArgument
+            | C::InvalidConfig,
+        ) => OnError::Fail,
+        _ => OnError::Skip,
+    }
+}
+
 /// A `read_committed` reader outside any group (assign, never commit).
 pub struct TopicReader {
     consumer: BaseConsumer<ReaderContext>,
@@ -169,7 +208,7 @@ impl TopicReader {
                         open.keys().collect::<Vec<_>>()
                     )));
                 }
-                Some(Err(e)) => return Err(ctx(format!("reading {}", self.topic))(e)),
+                Some(Err(e)) => self.on_error(&format!("reading {}", self.topic), e)?,
                 Some(Ok(m)) => {
                     idle_since = Instant::now();
                     let p = m.partition();
@@ -214,7 +253,7 @@ impl TopicReader {
                         return Ok(false);
                     }
                 }
-                Some(Err(e)) => return Err(ctx(format!("following {}", self.topic))(e)),
+                Some(Err(e)) => self.on_error(&format!("following {}", self.topic), e)?,
                 Some(Ok(m)) => {
                     last = Instant::now();
                     let go_on = f(ReadRecord {
@@ -229,6 +268,22 @@ impl TopicReader {
         }
     }
 
+    /// Skips an error librdkafka recovers from by itself (see [`on_error`]),
+    /// returns any other.
+    fn on_error(&self, what: &str, e: KafkaError) -> Result<()> {
+        let fatal = self.consumer.client().fatal_error();
+        match on_error(e.rdkafka_error_code(), fatal.is_some()) {
+            OnError::Skip => {
+                tracing::warn!(error = %e, topic = %self.topic, "reader: transient client error (librdkafka retries)");
+                Ok(())
+            }
+            OnError::Fail => Err(match fatal {
+                Some((_, reason)) => Error::Other(format!("{what}: fatal client error: {reason}")),
+                None => ctx(what.to_string())(e),
+            }),
+        }
+    }
+
     fn position(&self, partition: i32) -> Result<i64> {
         let pos = self.consumer.position().map_err(ctx("reading position"))?;
         Ok(pos
@@ -238,5 +293,40 @@ impl TopicReader {
                 _ => None,
             })
             .unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_client_errors_are_skipped_permanent_ones_end_the_read() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::Resolve,
+            C::OperationTimedOut,
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NetworkException,
+        ] {
+            assert_eq!(on_error(Some(code), false), OnError::Skip, "{code:?}");
+        }
+        assert_eq!(on_error(None, false), OnError::Skip);
+        for code in [
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+        ] {
+            assert_eq!(on_error(Some(code), false), OnError::Fail, "{code:?}");
+        }
+        // A client in a fatal state fails whatever the event says.
+        assert_eq!(
+            on_error(Some(C::BrokerTransportFailure), true),
+            OnError::Fail
+        );
     }
 }
