@@ -13,6 +13,8 @@
 //! `hold-commits` (commits are held as after a pause; evaluated once a batch is
 //! in the open transaction, before the cycle may close) and
 //! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit);
+//! `before-init-transactions` (use `sleep(ms)`: start-up waits that long after
+//! logging "initialising transactions", so a test can stop the broker first);
 //! `restore-hold` (with `sleep(ms)`: a partition's restore waits that long before
 //! it starts, so tests can watch `/readyz` say why the instance is not ready).
 //! Restores: `restore-delay-<partition>` (use `sleep(ms)`: that partition's

@@ -253,7 +253,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         poison_aborts: a.poison_aborts,
         max_batch_bytes: a.max_batch_bytes,
     };
-    let pipeline = Pipeline::start(cfg).await?;
-    pipeline.run(shutdown).await?;
+    if let Some(pipeline) = Pipeline::start(cfg, shutdown).await? {
+        pipeline.run().await?;
+    }
     Ok(())
 }

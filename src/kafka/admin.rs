@@ -367,14 +367,20 @@ impl GroupAdmin {
                 "reading committed offsets of group {}",
                 self.group
             )))?;
-        Ok(got
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect())
+        // A partition's error is an error, never "not committed" (see
+        // `GroupConsumer::committed`).
+        let mut out = BTreeMap::new();
+        for e in got.elements() {
+            e.error().map_err(ctx(format!(
+                "reading the committed offset of group {} on {topic}/{}",
+                self.group,
+                e.partition()
+            )))?;
+            if let Offset::Offset(o) = e.offset() {
+                out.insert(e.partition(), o);
+            }
+        }
+        Ok(out)
     }
 
     /// First offset of each partition whose record timestamp is at or after `ms`

@@ -303,24 +303,31 @@ impl GroupConsumer {
         tpl
     }
 
-    /// The group's committed offsets (`None`: no commit yet).
+    /// The group's committed offsets (`None`: no commit yet). An error for one
+    /// partition (its offsets unstable past librdkafka's retries, the
+    /// coordinator moving) fails the whole call: it says nothing about whether
+    /// the partition was ever committed, so it must never read as "no offset".
     pub fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>> {
         let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
         let got = self
             .consumer
             .committed_offsets(tpl, CALL_TIMEOUT)
             .map_err(ctx("reading committed offsets"))?;
-        Ok(got
-            .elements()
+        got.elements()
             .iter()
             .map(|e| {
+                e.error().map_err(ctx(format!(
+                    "reading the committed offset of {}/{}",
+                    self.topic,
+                    e.partition()
+                )))?;
                 let o = match e.offset() {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 };
-                (e.partition(), o)
+                Ok((e.partition(), o))
             })
-            .collect())
+            .collect()
     }
 
     /// `(low, high)` watermarks of a partition.

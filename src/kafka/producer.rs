@@ -62,6 +62,10 @@ fn is_retriable(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(rd) if rd.is_retriable())
 }
 
+/// How long one `init_transactions` call may wait before it is asked again: the
+/// call is resumable, and short calls let a shutdown signal end the wait.
+const INIT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which input record (or partition snapshot) an output record was produced for,
 /// so a failed delivery, which arrives asynchronously, can be blamed on its
 /// record. Read back from the failed record itself (see [`origin_of`]).
@@ -273,6 +277,8 @@ pub struct TxnProducer {
     producer: ThreadedProducer<DeliveryContext>,
     topics: OutputTopics,
     input_topic: String,
+    /// `transaction.timeout.ms`: the coordinator aborts a transaction this old.
+    transaction_timeout: Duration,
     /// By then every record sent has been delivered or reported failed:
     /// librdkafka caps a transactional producer's `message.timeout.ms` at
     /// `transaction.timeout.ms`; plus a margin.
@@ -339,16 +345,43 @@ impl TxnProducer {
             producer,
             topics,
             input_topic: input_topic.to_string(),
+            transaction_timeout: Duration::from_millis(txn_timeout_ms),
             settled_within: Duration::from_millis(txn_timeout_ms) + Duration::from_secs(5),
         })
     }
 
     /// Registers our transactional.id, fencing any older producer with it and
-    /// aborting the transaction it left open.
-    pub fn init(&self) -> Result<(), TxnError> {
-        self.producer
-            .init_transactions(CALL_TIMEOUT)
-            .map_err(|e| self.classify("init_transactions", e))
+    /// aborting the transaction it left open. Kafka answers only once that
+    /// transaction is aborted on every partition it touched
+    /// (CONCURRENT_TRANSACTIONS while a partition is leaderless) and the
+    /// transaction coordinator is available; librdkafka reports a call that ran
+    /// out of time as retriable and resumes it when called again. So it is
+    /// called again until it succeeds, fails for good, or `stop` says to give
+    /// up: `Ok(false)`.
+    pub fn init(&self, stop: &dyn Fn() -> bool) -> Result<bool, TxnError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.producer.init_transactions(INIT_CALL_TIMEOUT) {
+                Ok(()) => return Ok(true),
+                Err(e) if is_retriable(&e) => {
+                    if stop() {
+                        return Ok(false);
+                    }
+                    tracing::warn!(
+                        error = %e,
+                        waited_secs = started.elapsed().as_secs(),
+                        "init_transactions has not finished (the transaction coordinator is unavailable, \
+                         or a previous instance's open transaction is still being aborted); still trying"
+                    );
+                }
+                Err(e) => return Err(self.classify("init_transactions", e)),
+            }
+        }
+    }
+
+    /// `transaction.timeout.ms` of this producer.
+    pub fn transaction_timeout(&self) -> Duration {
+        self.transaction_timeout
     }
 
     pub fn begin(&self) -> Result<(), TxnError> {
@@ -423,12 +456,16 @@ impl TxnProducer {
     /// Adds the consumer's next offsets (exclusive: last processed + 1) with its
     /// group metadata to the transaction, then commits it. `refuse` runs right
     /// before each of the two steps; a reason from it fails the commit as
-    /// abortable (a pause may have made this process a zombie).
+    /// abortable (a pause may have made this process a zombie). Retries end by
+    /// `deadline`, when the coordinator would time the transaction out: past it
+    /// the commit fails as abortable, so the transaction is aborted by tally
+    /// rather than by the broker.
     pub fn commit(
         &self,
         consumer: &GroupConsumer,
         offsets: &[(i32, i64)],
         refuse: &dyn Fn() -> Option<String>,
+        deadline: std::time::Instant,
     ) -> Result<(), TxnError> {
         let check = || match refuse() {
             Some(why) => Err(TxnError::Abortable(format!("not committing: {why}"))),
@@ -447,14 +484,13 @@ impl TxnProducer {
                     .expect("valid offset");
             }
             check()?;
-            self.retry("send_offsets_to_transaction", || {
-                self.producer
-                    .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
+            self.retry("send_offsets_to_transaction", deadline, |t| {
+                self.producer.send_offsets_to_transaction(&tpl, &meta, t)
             })?;
         }
         check()?;
-        self.retry("commit_transaction", || {
-            self.producer.commit_transaction(CALL_TIMEOUT)
+        self.retry("commit_transaction", deadline, |t| {
+            self.producer.commit_transaction(t)
         })
     }
 
@@ -522,26 +558,38 @@ impl TxnProducer {
         self.abort()
     }
 
+    /// Aborts the open transaction, retrying for up to two call timeouts.
     pub fn abort(&self) -> Result<(), TxnError> {
-        self.retry("abort_transaction", || {
-            self.producer.abort_transaction(CALL_TIMEOUT)
+        let deadline = std::time::Instant::now() + 2 * CALL_TIMEOUT;
+        self.retry("abort_transaction", deadline, |t| {
+            self.producer.abort_transaction(t)
         })
     }
 
-    /// librdkafka asks for retriable transaction calls to be repeated as they are.
+    /// librdkafka asks for retriable transaction calls to be repeated as they
+    /// are; each attempt gets at most [`CALL_TIMEOUT`] and none runs past
+    /// `deadline`, after which a retriable failure is reported as abortable.
     fn retry(
         &self,
         what: &str,
-        mut call: impl FnMut() -> Result<(), KafkaError>,
+        deadline: std::time::Instant,
+        mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
     ) -> Result<(), TxnError> {
-        let mut attempt = 0;
+        let mut attempt = 0u64;
         loop {
-            match call() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(TxnError::Abortable(format!(
+                    "{what}: not finished before the transaction would outlive \
+                     transaction.timeout.ms ({attempt} attempts)"
+                )));
+            }
+            match call(left.min(CALL_TIMEOUT)) {
                 Ok(()) => return Ok(()),
-                Err(e) if is_retriable(&e) && attempt < 5 => {
+                Err(e) if is_retriable(&e) => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "{what} is retriable; retrying");
-                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                    std::thread::sleep(Duration::from_millis(100 * attempt.min(10)));
                 }
                 Err(e) => return Err(self.classify(what, e)),
             }

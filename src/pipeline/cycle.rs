@@ -3,12 +3,14 @@
 //! and the replacement of a producer that failed fatally.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tally_state::Checkpoint;
 
 use super::{
-    PartitionState, Phase, Pipeline, PipelineError, Result, Snapshots, Txn, blocking, txn_fatal,
+    Fencing, PartitionState, Phase, Pipeline, PipelineError, Result, Snapshots, Txn, blocking,
+    txn_fatal, why_fenced,
 };
 use crate::aggregate::Aggregate;
 use crate::event::{Outcome, dead_letter, dead_letter_stripped, process_owned};
@@ -261,6 +263,11 @@ impl Pipeline {
             offsets.clone(),
         );
         let commit_started = Instant::now();
+        let opened = match self.txn {
+            Txn::Open { since, .. } => since,
+            Txn::Idle => commit_started,
+        };
+        let deadline = opened + self.producer.transaction_timeout();
         let res = if injected {
             Err(TxnError::Abortable(
                 "injected by failpoint commit-error".into(),
@@ -268,7 +275,7 @@ impl Pipeline {
         } else if data && failpoints::error("commit-fatal") {
             Err(TxnError::Fatal("injected by failpoint commit-fatal".into()))
         } else {
-            blocking(move || producer.commit(&consumer, &to_commit, &guard)).await
+            blocking(move || producer.commit(&consumer, &to_commit, &guard, deadline)).await
         };
         match res {
             Ok(()) => {}
@@ -406,43 +413,45 @@ impl Pipeline {
         self.poison.on_abort(&heads, failures);
     }
 
-    /// A transactional producer in a fatal state (not fenced) cannot even abort.
-    /// Replace it: the new one's `init_transactions` aborts whatever the old one
-    /// left open. Whether a failed commit reached the broker is unknown, so every
-    /// partition is then recovered as on assignment, from the group's committed
-    /// offsets and the checkpoints (DESIGN.md's rules), never from memory. Fenced
-    /// errors, and more than 3 replacements a minute, stop the process.
+    /// How long the open transaction has been open (`None`: none is).
+    pub(super) fn open_for(&self) -> Option<Duration> {
+        match self.txn {
+            Txn::Open { since, .. } => Some(since.elapsed()),
+            Txn::Idle => None,
+        }
+    }
+
+    /// A fenced error for a transaction that had been open for `open_for` when
+    /// it failed, if the coordinator timed it out (see [`why_fenced`]): the
+    /// error naming that cause; `None` when another process took the id.
+    pub(super) fn timed_out(&self, open_for: Option<Duration>, why: &str) -> Option<String> {
+        let timeout = self.producer.transaction_timeout();
+        (why_fenced(open_for, timeout) == Fencing::TimedOut).then(|| {
+            format!(
+                "{why} (the transaction was open for longer than transaction.timeout.ms \
+                 {} ms, so the coordinator aborted it and bumped the producer's epoch; \
+                 no other process holds the transactional.id)",
+                timeout.as_millis()
+            )
+        })
+    }
+
+    /// A transactional producer in a fatal state cannot even abort. Replace it:
+    /// the new one's `init_transactions` aborts whatever the old one left open.
+    /// Whether a failed commit reached the broker is unknown, so every partition
+    /// is then recovered as on assignment, from the group's committed offsets and
+    /// the checkpoints (DESIGN.md's rules), never from memory. Fenced errors stop
+    /// the process unless the coordinator timed the transaction out; so do more
+    /// than 3 replacements a minute.
     pub(super) async fn replace_producer(&mut self, e: TxnError) -> Result<()> {
         let why = match e {
             TxnError::Fatal(why) | TxnError::Abortable(why) => why,
-            fenced @ TxnError::Fenced(_) => return Err(txn_fatal(&self.cfg, fenced)),
+            TxnError::Fenced(why) => match self.timed_out(self.open_for(), &why) {
+                Some(why) => why,
+                None => return Err(txn_fatal(&self.cfg, TxnError::Fenced(why))),
+            },
         };
-        let now = Instant::now();
-        self.producer_replacements
-            .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
-        if self.producer_replacements.len() >= 3 {
-            return Err(PipelineError::FatalTxn(format!(
-                "{why} (the producer was already replaced 3 times in the last minute)"
-            )));
-        }
-        self.producer_replacements.push(now);
-        tracing::warn!(error = %why, "transactional producer failed fatally; replacing it and recovering every partition");
-        let fresh = Arc::new(TxnProducer::new(
-            &self.cfg.connection,
-            &self.cfg.transactional_id,
-            self.cfg.topics.clone(),
-            &self.cfg.process.input_topic,
-        )?);
-        let f = fresh.clone();
-        blocking(move || f.init())
-            .await
-            .map_err(|e| txn_fatal(&self.cfg, e))?;
-        // The transaction is gone as after an abort: its record failures and the
-        // verdicts it carried go back to the poison rule before the old producer
-        // (and the failures it collected) is dropped.
-        self.note_abort();
-        let old = std::mem::replace(&mut self.producer, fresh);
-        blocking(move || drop(old)).await;
+        self.renew_producer(&why).await?;
         self.txn = Txn::Idle;
         self.stats.aborted += 1;
         self.cycle = CycleTally::default();
@@ -464,6 +473,47 @@ impl Pipeline {
         // New restores, with new tokens: a restore still running from before is
         // now stale and its result will be ignored.
         self.spawn_restore(all);
+        Ok(())
+    }
+
+    /// Swaps in a new transactional producer (its `init_transactions` fences
+    /// the old one and aborts what it left open), at most 3 times a minute. A
+    /// shutdown signal ends the new producer's wait for the coordinator; the
+    /// loop then stops with no transaction open.
+    pub(super) async fn renew_producer(&mut self, why: &str) -> Result<()> {
+        let now = Instant::now();
+        self.producer_replacements
+            .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if self.producer_replacements.len() >= 3 {
+            return Err(PipelineError::FatalTxn(format!(
+                "{why} (the producer was already replaced 3 times in the last minute)"
+            )));
+        }
+        self.producer_replacements.push(now);
+        tracing::warn!(error = %why, "replacing the transactional producer and recovering every partition");
+        let fresh = Arc::new(TxnProducer::new(
+            &self.cfg.connection,
+            &self.cfg.transactional_id,
+            self.cfg.topics.clone(),
+            &self.cfg.process.input_topic,
+        )?);
+        let (f, stop) = (fresh.clone(), self.shutdown.clone());
+        let initialised = blocking(move || f.init(&|| stop.load(Ordering::SeqCst)))
+            .await
+            .map_err(|e| txn_fatal(&self.cfg, e))?;
+        if !initialised {
+            tracing::warn!(
+                "shutdown requested while the new producer waited for the transaction coordinator"
+            );
+        }
+        // The open transaction is gone as after an abort: its record failures
+        // go to the poison rule before the old producer (which collected them)
+        // is dropped.
+        if matches!(self.txn, Txn::Open { .. }) {
+            self.note_abort();
+        }
+        let old = std::mem::replace(&mut self.producer, fresh);
+        blocking(move || drop(old)).await;
         Ok(())
     }
 }

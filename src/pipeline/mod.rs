@@ -244,6 +244,8 @@ pub struct Pipeline {
     pause_clock: pause::PauseClock,
     /// What the loop is doing, named in the error when the shutdown runs out of time.
     stage: &'static str,
+    /// Set by SIGINT/SIGTERM.
+    shutdown: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -255,7 +257,8 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// Opens the state store, creates the clients and registers the transactional
     /// id (fencing any zombie of ours and aborting its open transaction).
-    pub async fn start(cfg: PipelineConfig) -> Result<Self> {
+    /// `None`: `shutdown` was set while the registration was still waiting.
+    pub async fn start(cfg: PipelineConfig, shutdown: Arc<AtomicBool>) -> Result<Option<Self>> {
         let dir = cfg.state_dir.clone();
         let store = Arc::new(blocking(move || StateStore::open(dir)).await?);
         let (consumer, rebalances) = GroupConsumer::new(&cfg.connection, &cfg.member)?;
@@ -268,16 +271,24 @@ impl Pipeline {
         let producer = Arc::new(producer);
         let p = producer.clone();
         tracing::info!(transactional_id = %cfg.transactional_id, "initialising transactions");
-        blocking(move || p.init())
+        failpoints::error("before-init-transactions");
+        let stop = shutdown.clone();
+        let initialised = blocking(move || p.init(&|| stop.load(Ordering::SeqCst)))
             .await
             .map_err(|e| txn_fatal(&cfg, e))?;
+        if !initialised {
+            tracing::info!(
+                "shutdown requested while initialising transactions; nothing was processed"
+            );
+            return Ok(None);
+        }
         emit(ProducerInitialised);
         observe::telemetry().status.set_horizon(cfg.horizon);
         consumer.subscribe()?;
         let (restored_tx, restored_rx) = unbounded_channel();
         let session_timeout = cfg.member.session_timeout;
         let cfg_poison = cfg.poison_aborts;
-        Ok(Pipeline {
+        Ok(Some(Pipeline {
             ns: Namespace::new(&cfg.member.group, &cfg.process.input_topic),
             fingerprint: Fingerprint::of(&cfg.process, cfg.horizon),
             cfg,
@@ -300,13 +311,15 @@ impl Pipeline {
             last_iteration: Instant::now(),
             pause_clock: pause::PauseClock::start(session_timeout),
             stage: "finishing the current batch",
-        })
+            shutdown,
+        }))
     }
 
     /// Runs until `shutdown` is set, then closes the transaction and leaves the
     /// group, all of it within `shutdown_timeout` of the signal (guarantee 4).
-    pub async fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<()> {
+    pub async fn run(mut self) -> Result<()> {
         let limit = self.cfg.shutdown_timeout;
+        let shutdown = self.shutdown.clone();
         // One clock for the whole shutdown, started when the signal is seen here:
         // the loop may notice it only after a slow commit.
         let signalled = std::sync::OnceLock::new();
@@ -545,9 +558,50 @@ fn fenced(cfg: &PipelineConfig, detail: String) -> PipelineError {
     }
 }
 
+/// Why a transactional producer reads as fenced. Kafka's transaction
+/// coordinator aborts a transaction older than `transaction.timeout.ms` and
+/// bumps the producer's epoch, which librdkafka reports exactly as it reports a
+/// newer producer with the same transactional.id. The coordinator's clock starts
+/// at the transaction's first partition, after tally's (at `begin`), so a
+/// transaction tally has held open for less than the timeout cannot have been
+/// timed out: then another process took the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fencing {
+    TimedOut,
+    AnotherProcess,
+}
+
+fn why_fenced(open_for: Option<Duration>, transaction_timeout: Duration) -> Fencing {
+    match open_for {
+        Some(age) if age >= transaction_timeout => Fencing::TimedOut,
+        _ => Fencing::AnotherProcess,
+    }
+}
+
 fn txn_fatal(cfg: &PipelineConfig, e: TxnError) -> PipelineError {
     match e {
         TxnError::Fenced(detail) => fenced(cfg, detail),
         TxnError::Fatal(m) | TxnError::Abortable(m) => PipelineError::FatalTxn(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_transaction_open_past_its_timeout_was_timed_out_by_the_coordinator() {
+        let timeout = Duration::from_secs(60);
+        assert_eq!(
+            why_fenced(Some(Duration::from_secs(61)), timeout),
+            Fencing::TimedOut
+        );
+        assert_eq!(why_fenced(Some(timeout), timeout), Fencing::TimedOut);
+        assert_eq!(
+            why_fenced(Some(Duration::from_secs(59)), timeout),
+            Fencing::AnotherProcess
+        );
+        // No transaction open: nothing the coordinator could have timed out.
+        assert_eq!(why_fenced(None, timeout), Fencing::AnotherProcess);
     }
 }

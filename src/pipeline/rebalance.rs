@@ -43,6 +43,7 @@ impl Pipeline {
         tracing::warn!(error = %detail, "consumer fenced; asking the broker whether the transactional producer is fenced too");
         let open = matches!(self.txn, Txn::Open { .. });
         let p = self.producer.clone();
+        let open_for = self.open_for();
         let probed = blocking(move || p.probe_fencing(open)).await;
         self.txn = Txn::Idle;
         if open {
@@ -55,9 +56,12 @@ impl Pipeline {
         }
         match probed {
             Ok(()) => {}
-            Err(TxnError::Fenced(why)) => {
-                return Err(fenced(&self.cfg, format!("{detail}; {why}")));
-            }
+            // The coordinator may have timed the transaction out: then no other
+            // process holds the id and only this producer needs replacing.
+            Err(TxnError::Fenced(why)) => match self.timed_out(open_for, &why) {
+                Some(why) => self.renew_producer(&why).await?,
+                None => return Err(fenced(&self.cfg, format!("{detail}; {why}"))),
+            },
             Err(e) => return Err(txn_fatal(&self.cfg, e)),
         }
         let lost: Vec<i32> = self.partitions.keys().copied().collect();

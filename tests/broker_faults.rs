@@ -1,0 +1,154 @@
+//! What Apache Kafka does to a transactional consumer that a well-behaved
+//! broker never shows in a quick run: a coordinator that times a transaction
+//! out, an `init_transactions` that cannot finish while the broker is gone, a
+//! broker restarted (with its data) while a transaction is open. Each test
+//! checks the guarantee (every record exactly once, no exit) and not how the
+//! broker got there. Tests that stop or restart the broker use one of their own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// `tally lag --wait-for` on `broker`: every input record committed.
+fn wait_drained(broker: &PrivateBroker, names: &Names, events: u64, run: &mut TallyProc) {
+    let count = events.to_string();
+    let (code, out, err) = broker.tally(&[
+        "lag",
+        "--group-id",
+        &names.group,
+        "--input-topic",
+        &names.input,
+        "--wait-for",
+        &count,
+        "--timeout",
+        "180",
+    ]);
+    assert_eq!(
+        code,
+        0,
+        "the group did not drain: {out}{err}\n{}",
+        run.log()
+    );
+}
+
+/// `tally verify --complete` on `broker`: `events` records, each exactly once.
+fn assert_exactly_once(broker: &PrivateBroker, names: &Names, events: u64) {
+    let topic_args = names.topic_args();
+    let mut args = vec!["verify", "--complete", "--json", "--group-id", &names.group];
+    args.extend(topic_args.iter().map(String::as_str));
+    let (code, out, err) = broker.tally(&args);
+    let s: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(code, 0, "{s:#}\n{err}");
+    for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
+        assert_eq!(s[k], 0, "{k}: {s:#}");
+    }
+    let total = ["processed", "dead_lettered", "filtered"]
+        .iter()
+        .map(|k| s[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(total, events, "{s:#}");
+}
+
+/// Kafka answers `InitProducerId` only once the cluster can serve it; librdkafka
+/// reports a call that ran out of time as retriable. A broker frozen for longer
+/// than one call's timeout while tally starts is waited out, not a crash.
+#[test]
+fn init_transactions_outlasting_a_frozen_broker_is_retried() {
+    const EVENTS: u64 = 2_000;
+    let broker = PrivateBroker::start();
+    let names = broker.pipeline("initwait", EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start_on(
+        &broker.bootstrap,
+        &names,
+        "initwait-1",
+        &dir.path().join("state"),
+        &[],
+        &[("FAILPOINTS", "before-init-transactions=sleep(3000)")],
+    );
+    run.wait_for_log("initialising transactions", 1, LONG);
+    broker.node("pause");
+    // Longer than init_transactions' 30 s call timeout.
+    std::thread::sleep(Duration::from_secs(40));
+    broker.node("resume");
+    wait_drained(&broker, &names, EVENTS, &mut run);
+    assert!(!run.exited(), "tally exited: {}", run.log());
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    assert_exactly_once(&broker, &names, EVENTS);
+}
+
+/// A transaction that outlives `transaction.timeout.ms` (here: the process is
+/// stopped right before its commit) is aborted by the coordinator, which bumps
+/// the producer's epoch; librdkafka then calls the producer fenced. No other
+/// process holds the id: tally replaces its producer, recovers its partitions
+/// and goes on, and every record still ends up exactly once.
+#[test]
+fn a_transaction_the_broker_timed_out_is_recovered_not_fenced() {
+    const EVENTS: u64 = 3_000;
+    let broker = PrivateBroker::start();
+    let names = broker.pipeline("txntimeout", EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start_on(
+        &broker.bootstrap,
+        &names,
+        "txntimeout-1",
+        &dir.path().join("state"),
+        &[
+            "--max-batch-records",
+            "500",
+            "--session-timeout",
+            "6000",
+            "-X",
+            "transaction.timeout.ms=40000",
+        ],
+        &[("FAILPOINTS", "stop-before-commit=1*return")],
+    );
+    run.wait_stopped(LONG);
+    // Past the transaction timeout and the coordinator's 1 s abort sweep.
+    std::thread::sleep(Duration::from_secs(48));
+    run.cont_signal();
+    wait_drained(&broker, &names, EVENTS, &mut run);
+    let log = run.log();
+    assert!(!run.exited(), "tally exited: {log}");
+    assert!(!log.contains("fenced: another process"), "{log}");
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    assert_exactly_once(&broker, &names, EVENTS);
+}
+
+/// The broker (group coordinator, transaction coordinator and partition leader
+/// of a one-node cluster) restarts with its data while a transaction is open:
+/// once by a clean shutdown, once by `kill -9`. tally rides both out.
+#[test]
+fn broker_restarts_mid_transaction_lose_and_duplicate_nothing() {
+    const EVENTS: u64 = 30_000;
+    let broker = PrivateBroker::start();
+    let names = broker.pipeline("bounce", EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    // Small batches and 1 s cycles: a transaction is open almost all the time.
+    let mut run = TallyProc::start_on(
+        &broker.bootstrap,
+        &names,
+        "bounce-1",
+        &dir.path().join("state"),
+        &["--max-batch-records", "50", "--commit-interval", "1000"],
+        &[],
+    );
+    run.wait_for_log("partition restored", 1, LONG);
+    std::thread::sleep(Duration::from_secs(2));
+    broker.node("stop");
+    std::thread::sleep(Duration::from_secs(2));
+    broker.node("start");
+    std::thread::sleep(Duration::from_secs(3));
+    broker.node("kill");
+    std::thread::sleep(Duration::from_secs(2));
+    broker.node("start");
+    wait_drained(&broker, &names, EVENTS, &mut run);
+    assert!(!run.exited(), "tally exited: {}", run.log());
+    assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    assert_exactly_once(&broker, &names, EVENTS);
+}
