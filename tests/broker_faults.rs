@@ -73,7 +73,7 @@ fn init_transactions_outlasting_a_frozen_broker_is_retried() {
     );
     run.wait_for_log("initialising transactions", 1, LONG);
     broker.node("pause");
-    // Longer than init_transactions' 30 s call timeout.
+    // Longer than any one broker call may take (30 s).
     std::thread::sleep(Duration::from_secs(40));
     broker.node("resume");
     wait_drained(&broker, &names, EVENTS, &mut run);

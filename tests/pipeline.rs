@@ -313,7 +313,7 @@ fn zombie_paused_right_before_its_commit_does_not_commit_on_resume() {
 
 /// Shutdown ends within `--shutdown-timeout` even when the broker dies during
 /// it. The test kills the broker, so it starts a private one (its own port and
-/// directory, killed by PID): never the shared test broker or a real Kafka.
+/// directory, killed by PID), never the shared one.
 #[test]
 fn shutdown_is_bounded_when_the_broker_dies() {
     let broker = PrivateBroker::start();

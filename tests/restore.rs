@@ -67,13 +67,10 @@ fn new_host_after_retention_restores_from_snapshots() {
     );
 }
 
-/// A read_committed fetch that starts mid-log must not hide a producer's
-/// committed snapshots behind an older aborted transaction of the same producer.
-/// The local test broker lists aborted transactions that ended before the fetch
-/// offset, so librdkafka drops every later record of that producer: the restore's
-/// tail read then saw no snapshot after a commit had once been aborted, and a new
-/// host refused although the latest snapshot sat at `C` (drill seed 2314). Kafka
-/// lists only overlapping transactions; the restore must be right on both.
+/// A restore finds a partition's latest committed snapshot even when the
+/// producer that wrote it aborted a transaction on the insights partition
+/// before, and other producers wrote snapshots in between: a read_committed
+/// read of the tail skips only the aborted records, never a later commit.
 #[test]
 fn a_snapshot_behind_an_aborted_transaction_is_found() {
     let names = Names::create("abortsnap", 1);

@@ -143,7 +143,7 @@ pub(crate) fn parse_positive(s: &str) -> Result<usize, String> {
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers (host:port,...).
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
     pub bootstrap_servers: String,
     /// librdkafka property passed through unchanged (repeatable), e.g. -X security.protocol=SSL (env: `;`-separated).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';')]
@@ -186,7 +186,7 @@ pub(crate) fn unreachable_cluster(
 ) -> anyhow::Error {
     anyhow::anyhow!(
         "no Kafka broker at {bootstrap} answered within {} s ({e}); check --bootstrap-servers / KAFKA_BOOTSTRAP \
-         and that the brokers are up and reachable from here (for the local test broker: scripts/broker.sh start)",
+         and that the brokers are up and reachable from here (a local Apache Kafka for trying tally: scripts/kafka.sh start)",
         waited.as_secs()
     )
 }

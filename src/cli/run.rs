@@ -143,7 +143,7 @@ async fn wait_for_cluster(k: &KafkaArgs, shutdown: &AtomicBool) -> anyhow::Resul
                         bootstrap = %k.bootstrap_servers,
                         waited_secs = waited.as_secs(),
                         error = %e,
-                        "cannot reach the kafka cluster; retrying (check --bootstrap-servers and that the brokers are up; local broker: scripts/broker.sh start)"
+                        "cannot reach the kafka cluster; retrying (check --bootstrap-servers and that the brokers are up; a local Apache Kafka: scripts/kafka.sh start)"
                     );
                     last_warn = Some(Instant::now());
                 }

@@ -39,7 +39,7 @@ pub use report::Report;
 )]
 pub struct DrillArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
     pub bootstrap_servers: String,
     /// Seconds of faults, rounded up to whole rounds of every fault kind (then the
     /// drill drains and checks).
@@ -78,9 +78,7 @@ pub struct DrillArgs {
     /// Every this many events, a run of junk records of the next size: 3 MB (over
     /// the 2 MiB DLQ), 1.5 MB (over the broker's default, the input allows 8 MiB),
     /// exactly the DLQ's limit, the largest value the DLQ takes whole and one byte
-    /// more, a burst of ten 1 MiB records. 0: none. (The local test broker answers
-    /// a fetch with the whole log, ignoring fetch.max.bytes: past 1 GB of input a
-    /// reader cannot take the answer, so long drills keep the junk sparse.)
+    /// more, a burst of ten 1 MiB records. 0: none.
     #[arg(long, env = "DRILL_OVERSIZE_EVERY", default_value_t = 10_000)]
     pub oversize_every: u64,
     /// Seconds allowed for the group to drain after the faults.

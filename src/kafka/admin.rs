@@ -111,9 +111,8 @@ pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec
 
 /// Deletes the topics: per topic, `Ok(false)` when it did not exist, `Err` with
 /// the broker's answer when it could not be deleted. Used by the
-/// benchmark to clean up after each row: the local test broker slows down as
-/// topics accumulate (its CPU per record rose from 10.7 to 16.9 µs over five
-/// 200,000-record rows kept, and stayed within 6.8 to 9.2 with them deleted).
+/// benchmark to clean up after each row: a broker's cost per record grows as
+/// topics accumulate.
 pub async fn delete_topics(
     conn: &Connection,
     names: &[&str],
@@ -315,7 +314,14 @@ impl GroupAdmin {
         let mut config = conn.config(&[]);
         config
             .set("group.id", group)
-            .set("enable.auto.commit", "false");
+            .set("enable.auto.commit", "false")
+            // The offsets a group has committed, without waiting for those of a
+            // transaction still open: read_committed (librdkafka's default) asks
+            // for stable offsets, and Kafka answers UNSTABLE_OFFSET_COMMIT until
+            // that transaction ends, which for a crashed member's takes up to its
+            // transaction.timeout.ms. Restores do wait (`GroupConsumer::committed`):
+            // they must start after a previous owner's last commit.
+            .set("isolation.level", "read_uncommitted");
         Ok(GroupAdmin {
             consumer: config
                 .create()

@@ -66,6 +66,10 @@ fn is_retriable(e: &KafkaError) -> bool {
 /// call is resumable, and short calls let a shutdown signal end the wait.
 const INIT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The least time a transaction call is started with: a step of a commit that
+/// times out is not always resumable, so a call too short to finish is not made.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
 /// Which input record (or partition snapshot) an output record was produced for,
 /// so a failed delivery, which arrives asynchronously, can be blamed on its
 /// record. Read back from the failed record itself (see [`origin_of`]).
@@ -567,8 +571,11 @@ impl TxnProducer {
     }
 
     /// librdkafka asks for retriable transaction calls to be repeated as they
-    /// are; each attempt gets at most [`CALL_TIMEOUT`] and none runs past
-    /// `deadline`, after which a retriable failure is reported as abortable.
+    /// are; each attempt gets at most [`CALL_TIMEOUT`] and none starts with
+    /// less than [`MIN_ATTEMPT`] before `deadline`: then a retriable failure is
+    /// reported as abortable. A conflict (another call, e.g. a commit that timed
+    /// out, must be resumed first) is not retried: the caller aborts, and an
+    /// abort that conflicts replaces the producer.
     fn retry(
         &self,
         what: &str,
@@ -578,7 +585,7 @@ impl TxnProducer {
         let mut attempt = 0u64;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+            if left < MIN_ATTEMPT {
                 return Err(TxnError::Abortable(format!(
                     "{what}: not finished before the transaction would outlive \
                      transaction.timeout.ms ({attempt} attempts)"
@@ -586,7 +593,10 @@ impl TxnProducer {
             }
             match call(left.min(CALL_TIMEOUT)) {
                 Ok(()) => return Ok(()),
-                Err(e) if is_retriable(&e) => {
+                Err(e)
+                    if is_retriable(&e)
+                        && e.rdkafka_error_code() != Some(RDKafkaErrorCode::Conflict) =>
+                {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "{what} is retriable; retrying");
                     std::thread::sleep(Duration::from_millis(100 * attempt.min(10)));

@@ -3,14 +3,13 @@
 //! and the replacement of a producer that failed fatally.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tally_state::Checkpoint;
 
 use super::{
     Fencing, PartitionState, Phase, Pipeline, PipelineError, Result, Snapshots, Txn, blocking,
-    txn_fatal, why_fenced,
+    init_producer, txn_fatal, why_fenced,
 };
 use crate::aggregate::Aggregate;
 use crate::event::{Outcome, dead_letter, dead_letter_stripped, process_owned};
@@ -456,7 +455,6 @@ impl Pipeline {
         self.stats.aborted += 1;
         self.cycle = CycleTally::default();
         emit(TransactionAborted);
-        emit(ProducerReplaced);
         for st in self.partitions.values_mut() {
             st.phase = Phase::Restoring;
             st.pending = Aggregate::default();
@@ -490,15 +488,14 @@ impl Pipeline {
             )));
         }
         self.producer_replacements.push(now);
-        tracing::warn!(error = %why, "replacing the transactional producer and recovering every partition");
+        tracing::warn!(error = %why, "transactional producer failed; replacing it and recovering every partition");
         let fresh = Arc::new(TxnProducer::new(
             &self.cfg.connection,
             &self.cfg.transactional_id,
             self.cfg.topics.clone(),
             &self.cfg.process.input_topic,
         )?);
-        let (f, stop) = (fresh.clone(), self.shutdown.clone());
-        let initialised = blocking(move || f.init(&|| stop.load(Ordering::SeqCst)))
+        let initialised = init_producer(fresh.clone(), self.shutdown.clone())
             .await
             .map_err(|e| txn_fatal(&self.cfg, e))?;
         if !initialised {
@@ -514,6 +511,7 @@ impl Pipeline {
         }
         let old = std::mem::replace(&mut self.producer, fresh);
         blocking(move || drop(old)).await;
+        emit(ProducerReplaced);
         Ok(())
     }
 }

@@ -272,8 +272,7 @@ impl Pipeline {
         let p = producer.clone();
         tracing::info!(transactional_id = %cfg.transactional_id, "initialising transactions");
         failpoints::error("before-init-transactions");
-        let stop = shutdown.clone();
-        let initialised = blocking(move || p.init(&|| stop.load(Ordering::SeqCst)))
+        let initialised = init_producer(p, shutdown.clone())
             .await
             .map_err(|e| txn_fatal(&cfg, e))?;
         if !initialised {
@@ -556,6 +555,30 @@ fn fenced(cfg: &PipelineConfig, detail: String) -> PipelineError {
         transactional_id: cfg.transactional_id.clone(),
         detail,
     }
+}
+
+/// Registers `producer`'s transactional.id (see [`TxnProducer::init`]). While
+/// it waits on the transaction coordinator, `/healthz` stays alive and
+/// `/readyz` says what it waits for: a long wait is not a dead process, and a
+/// liveness probe must not restart it into the same wait. `false`: `shutdown`
+/// came first.
+async fn init_producer(
+    producer: Arc<TxnProducer>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<bool, TxnError> {
+    blocking(move || {
+        let status = &observe::telemetry().status;
+        let initialised = producer.init(&|| {
+            status.beat();
+            status.set_connecting(Some(
+                "waiting for the transaction coordinator to register the transactional.id".into(),
+            ));
+            shutdown.load(Ordering::SeqCst)
+        });
+        status.set_connecting(None);
+        initialised
+    })
+    .await
 }
 
 /// Why a transactional producer reads as fenced. Kafka's transaction

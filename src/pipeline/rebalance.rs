@@ -43,8 +43,10 @@ impl Pipeline {
         tracing::warn!(error = %detail, "consumer fenced; asking the broker whether the transactional producer is fenced too");
         let open = matches!(self.txn, Txn::Open { .. });
         let p = self.producer.clone();
-        let open_for = self.open_for();
         let probed = blocking(move || p.probe_fencing(open)).await;
+        // After the probe, which may take as long as a record can: the age that
+        // tells a transaction the coordinator timed out from another process.
+        let open_for = self.open_for();
         self.txn = Txn::Idle;
         if open {
             // The records come again; failures of theirs reported meanwhile go to

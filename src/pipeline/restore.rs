@@ -205,16 +205,8 @@ impl Pipeline {
             });
             let (tx, ctx) = (self.restored_tx.clone(), ctx.clone());
             tokio::task::spawn_blocking(move || {
-                // The whole insights partition is read (when the tail read would
-                // refuse) on the first and the last attempt only: it costs a read
-                // of the partition, and in between only an open transaction
-                // holding back what a read can see is waited out.
-                let mut attempt = 0;
-                let outcome = with_retries(p, &cancelled, || {
-                    attempt += 1;
-                    let whole = attempt == 1 || attempt == RETRY_ATTEMPTS;
-                    restore_partition(&ctx, p, &cancelled, whole)
-                });
+                let outcome =
+                    with_retries(p, &cancelled, || restore_partition(&ctx, p, &cancelled));
                 let _ = tx.send(Restored {
                     partition: p,
                     token,
@@ -367,7 +359,6 @@ fn restore_partition(
     ctx: &RestoreContext,
     partition: i32,
     cancelled: &AtomicBool,
-    whole_read: bool,
 ) -> std::result::Result<Recovered, Failure> {
     let started = Instant::now();
     // Tests hold a restore here (`restore-hold=1*sleep(5000)`) to watch /readyz.
@@ -407,27 +398,7 @@ fn restore_partition(
             never_committed: true,
         });
     };
-    let mut start = choose_start(ctx, partition, c, Search::Tail)?;
-    if whole_read && start.path != RestorePath::Resume && start.from < log_start {
-        // Before calling the records needed gone, read the whole insights
-        // partition once: the tail read can miss newer snapshots. A
-        // read_committed fetch starting mid-log drops a producer's committed
-        // records when the broker lists that producer's earlier aborted
-        // transaction (the local test broker lists those that ended before the
-        // fetch offset; Kafka lists only those overlapping it). Seen in drill
-        // seed 2314: a new host found a snapshot 3,600 records behind `C` and
-        // refused, with the one at `C` in plain sight from the log start. This
-        // relies on a fetch from the log start being answered up to the stable
-        // end at once (the local broker answers so): a later fetch starts
-        // mid-log again. Missing a snapshot only ever means a refusal.
-        tracing::info!(
-            partition,
-            start = start.from,
-            log_start,
-            "no snapshot at or above the log start in the tail; reading the whole insights partition"
-        );
-        start = choose_start(ctx, partition, c, Search::Whole)?;
-    }
+    let start = choose_start(ctx, partition, c)?;
     if start.path == RestorePath::Resume {
         if c >= log_start {
             return Ok(recovered(start, c, 0, started));
@@ -579,7 +550,6 @@ fn choose_start(
     ctx: &RestoreContext,
     partition: i32,
     c: i64,
-    search: Search,
 ) -> std::result::Result<Start, Failure> {
     // `K > C` (the group's offsets were reset by `tally replay`): the checkpoint
     // counts records the group will process again; unusable.
@@ -610,8 +580,8 @@ fn choose_start(
             return Ok(candidates.pop().expect("just pushed").2);
         }
     }
-    if let Some(s) = latest_snapshot(ctx, partition, c, search)
-        .map_err(transient("reading the insights topic"))?
+    if let Some(s) =
+        latest_snapshot(ctx, partition, c).map_err(transient("reading the insights topic"))?
     {
         let fp = s.fingerprint.as_ref().map(Fingerprint::encode);
         let changes = fingerprint_changes(ctx, partition, "latest snapshot", fp.as_ref());
@@ -694,16 +664,12 @@ fn latest_snapshot(
     ctx: &RestoreContext,
     partition: i32,
     c: i64,
-    search: Search,
 ) -> kafka::Result<Option<Snapshot>> {
     let reader = TopicReader::new(&ctx.conn, &ctx.insights_topic)?;
     let (low, high) = reader.watermarks(partition)?;
     // Each committed snapshot takes two offsets (the record and the commit
     // marker): the last 16 offsets hold the latest few snapshots.
-    let mut window = match search {
-        Search::Tail => 16,
-        Search::Whole => i64::MAX,
-    };
+    let mut window = 16;
     /// What decides whether a snapshot is usable, parsed without its aggregate.
     #[derive(serde::Deserialize)]
     struct Head {
@@ -713,8 +679,8 @@ fn latest_snapshot(
     }
     loop {
         let from = low.max(high.saturating_sub(window));
-        // Only the newest usable value is kept: a whole-partition read must not
-        // hold every snapshot in memory.
+        // Only the newest usable value is kept: a read back to the log start
+        // must not hold every snapshot in memory.
         let mut newest = None;
         reader.read(&[(partition, kafka::StartAt::Offset(from), None)], |r| {
             let Some(v) = r.record.value else { return };
@@ -731,14 +697,4 @@ fn latest_snapshot(
         }
         window = window.saturating_mul(8);
     }
-}
-
-/// Where [`latest_snapshot`] looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Search {
-    /// A window at the end, widened until it holds a usable snapshot: constant
-    /// time on a compacted or a long topic.
-    Tail,
-    /// From the log start: what a fetch that starts mid-log may hide is seen.
-    Whole,
 }

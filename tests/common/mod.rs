@@ -19,11 +19,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The broker under test: `KAFKA_BOOTSTRAP`, set by `scripts/test.sh` (which starts
-/// the local test broker) or by the caller (a real Kafka).
+/// The cluster under test: `KAFKA_BOOTSTRAP`, set by `scripts/test.sh` (which
+/// starts Apache Kafka with `scripts/kafka.sh`) or by the caller (any cluster).
 pub fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| {
-        panic!("KAFKA_BOOTSTRAP is not set: run the broker tests through ./scripts/test.sh, which starts a local broker")
+        panic!("KAFKA_BOOTSTRAP is not set: run the broker tests through ./scripts/test.sh, which starts Apache Kafka")
     })
 }
 
@@ -771,7 +771,7 @@ pub fn assert_insights_match(names: &Names, input: &Input) {
 }
 
 /// Deletes the records of `topic` partition `partition` below `offset`, as
-/// retention does (one partition per request: the local broker's limit).
+/// retention does.
 pub fn delete_records_below(topic: &str, partition: i32, offset: i64) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
