@@ -658,8 +658,17 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> PrivateBroker {
+        Self::start_with(&[])
+    }
+
+    /// Like [`PrivateBroker::start`], with broker settings added to each node's
+    /// `server.properties` (`KAFKA_EXTRA_PROPERTIES`), e.g.
+    /// `("auto.create.topics.enable", "true")`.
+    pub fn start_with(properties: &[(&str, &str)]) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let out = Self::script(dir.path(), &["start"])
+            .env("KAFKA_EXTRA_PROPERTIES", extra.join("\n"))
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("run scripts/kafka.sh");
