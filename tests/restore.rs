@@ -344,9 +344,13 @@ fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
     let dir = tempfile::tempdir().unwrap();
     let wide = unique("insck-wide");
     create_topic_with(&wide, 3, &[("cleanup.policy", "compact")]);
+    // Compacted, but retention still deletes an idle partition's only snapshot.
+    let both = unique("insck-both");
+    create_topic_with(&both, 2, &[("cleanup.policy", "compact,delete")]);
     for (insights, expect) in [
         (&wide, "has 3 partitions but the input"),
         (&names.output, "cleanup.policy=delete"),
+        (&both, "cleanup.policy=compact,delete: the `delete` policy"),
     ] {
         let bad = Names {
             insights: insights.clone(),
@@ -521,4 +525,169 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     );
     assert_insights_match(&names, &all);
     assert_verified(&names, all.valid(), all.malformed);
+}
+
+/// Issue 29, item 1: the group's committed offsets vanish (expired
+/// `offsets.retention.minutes` after the group emptied, or deleted by an
+/// operator) while the checkpoints and snapshots remain. A restart must not
+/// take that for "never committed" and process the retained log again: it
+/// refuses, naming the partition, K and S; with `--resume-from-state` it resumes
+/// from the newest state (after clean stops, exactly where the group was) and
+/// commits it.
+#[test]
+fn lost_group_offsets_are_refused_then_resumed_from_state() {
+    let names = Names::create("lostoff", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("a");
+    let mut all = produce_generated(&names.input, 2_000, 51, 0.05);
+    let mut a = TallyProc::start(&names, "lostoff-a", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut a]);
+    assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    let committed = committed_offsets(&names.group, &names.input);
+    assert_eq!(
+        latest_snapshot_offsets(&names),
+        committed
+            .iter()
+            .map(|(p, c)| (*p, *c))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "a clean stop leaves every snapshot at C"
+    );
+
+    delete_group(&names.group);
+    assert!(
+        committed_offsets(&names.group, &names.input).is_empty(),
+        "the group's offsets are gone"
+    );
+    all.merge(&produce_generated(&names.input, 500, 52, 0.05));
+
+    let mut refused = TallyProc::start(&names, "lostoff-a", &state, &[], &[]);
+    assert_eq!(
+        refused.wait(Duration::from_secs(60)),
+        Some(1),
+        "refuses instead of processing the retained log again:\n{}",
+        refused.log()
+    );
+    let log = refused.log();
+    let named = committed.iter().any(|(p, c)| {
+        log.contains(&format!(
+            "partition {p}: the group has no committed offset, but a local checkpoint at K={c} \
+             and a snapshot at S={c} exist"
+        ))
+    });
+    assert!(named, "names partition, K and S:\n{log}");
+    assert!(log.contains("--resume-from-state"), "{log}");
+    assert!(
+        committed_offsets(&names.group, &names.input).is_empty(),
+        "nothing committed by the refusing run"
+    );
+
+    let mut resumed = TallyProc::start(&names, "lostoff-a", &state, &["--resume-from-state"], &[]);
+    wait_for_committed(&names.group, &names.input, 2_500, LONG, &mut [&mut resumed]);
+    assert_eq!(resumed.terminate(), Some(0), "{}", resumed.log());
+    let log = resumed.log();
+    assert_eq!(log.matches("RESUMING FROM STATE").count(), 2, "{log}");
+    assert_insights_match(&names, &all);
+    let (code, s) = verify(&names);
+    assert_eq!(code, 0, "{s:#}");
+    for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
+        assert_eq!(s[k], 0, "{k}: {s:#}");
+    }
+    assert_eq!(sum_of(&s), 2_500, "{s:#}");
+}
+
+/// Issue 29, item 4: partitions added to the input while tally runs would send
+/// their snapshots to insights partitions that do not exist. The assignment of
+/// such a partition stops `tally run`, saying to add the same partitions to the
+/// insights topic; nothing of the new partition is processed.
+#[test]
+fn input_partitions_added_at_runtime_stop_the_run() {
+    let names = Names::create("grow", 2);
+    let dir = tempfile::tempdir().unwrap();
+    produce_generated(&names.input, 500, 53, 0.0);
+    let mut run = TallyProc::start(
+        &names,
+        "grow-1",
+        &dir.path().join("s"),
+        // librdkafka notices new partitions at its next metadata refresh.
+        &["-X", "topic.metadata.refresh.interval.ms=1000"],
+        &[],
+    );
+    wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut run]);
+    add_partitions(&names.input, 3);
+    produce(
+        &names.input,
+        Some(2),
+        &[(Some(b"k".to_vec()), Some(b"{}".to_vec()))],
+    );
+    assert_eq!(
+        run.wait(Duration::from_secs(90)),
+        Some(1),
+        "stops when partition 2 is assigned:\n{}",
+        run.log()
+    );
+    let log = run.log();
+    assert!(
+        log.contains(&format!(
+            "input partitions [2] of {} have no insights partition: {} has 2 partitions",
+            names.input, names.insights
+        )) && log.contains("--partitions 3"),
+        "{log}"
+    );
+    assert!(
+        !committed_offsets(&names.group, &names.input).contains_key(&2),
+        "nothing committed for partition 2"
+    );
+    assert!(
+        read_all(&names.output)
+            .iter()
+            .all(|r| r.json()["source_partition"] != 2),
+        "nothing of partition 2 processed"
+    );
+}
+
+/// Issue 29, item 2: retention overtakes the running consumer. librdkafka jumps
+/// to the log start (`auto.offset.reset=earliest`) over records nobody read;
+/// tally must not skip them silently. It stops, naming the partition and the
+/// range, with nothing committed past it; the restart refuses the same gap
+/// unless `--allow-inexact-restore`, which counts it as `uncounted`.
+#[test]
+fn retention_overtaking_the_running_consumer_is_not_skipped_silently() {
+    let names = Names::create("overtaken", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = produce_generated(&names.input, 500, 54, 0.0);
+    let mut run = TallyProc::start(&names, "overtaken-1", &dir.path().join("s"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut run]);
+    // Stopped (well within the session timeout), it fetches nothing while
+    // retention deletes records it has not read.
+    run.stop_signal();
+    produce_generated(&names.input, 1_000, 55, 0.0);
+    delete_records_below(&names.input, 0, 1_100);
+    run.cont_signal();
+    assert_eq!(
+        run.wait(Duration::from_secs(60)),
+        Some(1),
+        "stops instead of jumping over [500, 1100):\n{}",
+        run.log()
+    );
+    let log = run.log();
+    assert!(
+        log.contains(
+            "partition 0: retention deleted input records [500, 1100) before tally read them"
+        ),
+        "{log}"
+    );
+    assert_eq!(committed_offsets(&names.group, &names.input)[&0], 500);
+
+    let mut inexact = TallyProc::start(
+        &names,
+        "overtaken-1",
+        &dir.path().join("s"),
+        &["--allow-inexact-restore"],
+        &[],
+    );
+    wait_for_committed(&names.group, &names.input, 1_500, LONG, &mut [&mut inexact]);
+    assert_eq!(inexact.terminate(), Some(0), "{}", inexact.log());
+    let a = insights(&names)["aggregate"].clone();
+    assert_eq!(a["uncounted"], 600, "{a:#}");
+    assert_eq!(sum_of(&a), first.total + 400, "{a:#}");
 }
