@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, is_fenced_code, partitions};
+use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, is_fenced_code};
 use crate::model::InputRecord;
 
 /// How long a seek waits for librdkafka to start a partition's fetcher.
@@ -328,25 +328,6 @@ impl GroupConsumer {
                 Ok((e.partition(), o))
             })
             .collect()
-    }
-
-    /// The partitions of any topic, from a metadata request (an error when the
-    /// topic does not exist).
-    pub fn topic_partitions(&self, topic: &str) -> Result<Vec<i32>> {
-        partitions(self.consumer.client(), topic)
-    }
-
-    /// Whether the cluster has `topic` (a consumer's metadata request never
-    /// creates it). `Err`: the cluster could not say.
-    pub fn topic_exists(&self, topic: &str) -> Result<bool> {
-        let md = self
-            .consumer
-            .fetch_metadata(Some(topic), CALL_TIMEOUT)
-            .map_err(ctx(format!("reading metadata of {topic}")))?;
-        Ok(md.topics().first().is_some_and(|t| match t.error() {
-            Some(e) => RDKafkaErrorCode::from(e) != RDKafkaErrorCode::UnknownTopicOrPartition,
-            None => !t.partitions().is_empty(),
-        }))
     }
 
     /// `(low, high)` watermarks of a partition.

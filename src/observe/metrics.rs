@@ -28,7 +28,6 @@ pub struct Metrics {
     pub restores: IntCounterVec,
     pub rebalances: IntCounter,
     pub producer_replacements: IntCounter,
-    pub skipped_by_retention: IntCounter,
     pub end_to_end_latency_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
     pub ready: IntGauge,
@@ -143,11 +142,6 @@ impl Metrics {
             "tally_producer_replacements_total",
             "Transactional producers replaced after a fatal (not fencing) error",
         );
-        let skipped_by_retention = counter(
-            "tally_skipped_by_retention_total",
-            "Input records retention deleted before the running consumer read them, counted as \
-             uncounted (--allow-inexact-restore)",
-        );
         let end_to_end_latency_seconds = histogram(
             &r,
             "tally_end_to_end_latency_seconds",
@@ -222,7 +216,6 @@ impl Metrics {
             restores,
             rebalances,
             producer_replacements,
-            skipped_by_retention,
             end_to_end_latency_seconds,
             checkpoint_seconds,
             ready,
@@ -286,7 +279,6 @@ mod tests {
             ("tally_restores_total", "counter"),
             ("tally_rebalances_total", "counter"),
             ("tally_producer_replacements_total", "counter"),
-            ("tally_skipped_by_retention_total", "counter"),
             ("tally_end_to_end_latency_seconds", "histogram"),
             ("tally_checkpoint_seconds", "histogram"),
             ("tally_ready", "gauge"),

@@ -107,34 +107,6 @@ pub enum PipelineError {
     /// Permanent, or transient errors outlived the retries.
     #[error("restoring state failed: {0}")]
     Restore(Box<RestoreError>),
-    #[error(
-        "input partitions {partitions:?} of {input} have no insights partition: {insights} has \
-         {insights_partitions} partitions. Partitions were added to the input while tally ran; \
-         input partition p's snapshots go to insights partition p, so add the same partitions to \
-         {insights} (kafka-topics --alter --topic {insights} --partitions {needed}), then restart"
-    )]
-    InputGrew {
-        input: String,
-        insights: String,
-        partitions: Vec<i32>,
-        insights_partitions: usize,
-        needed: i32,
-    },
-    #[error(
-        "topic {topic} does not exist any more (deleted while tally ran?): the open transaction \
-         was aborted, so nothing past what was produced to it is committed. Re-create it \
-         (`tally create-topics`) or name another one, then restart"
-    )]
-    TopicGone { topic: String },
-    #[error(
-        "partition {partition}: retention deleted input records [{from}, {to}) before tally read \
-         them (the group lagged behind the input's retention); they can be neither processed nor \
-         counted, and nothing past {from} was committed. Restore the records, or accept a lower \
-         bound with --allow-inexact-restore ({count} records counted as `uncounted`); keep the \
-         input's retention longer than the group's lag",
-        count = to - from
-    )]
-    OvertakenByRetention { partition: i32, from: i64, to: i64 },
     #[error("{0}")]
     Other(String),
 }
@@ -248,9 +220,6 @@ pub struct Pipeline {
     restored_rx: UnboundedReceiver<Restored>,
     /// Tokens of restores started so far (see `RestoreTicket`).
     restore_tokens: u64,
-    /// The insights topic's partition count as last read (0: not read yet); see
-    /// `check_insights_partitions`.
-    insights_partitions: usize,
     /// Stored with every checkpoint and snapshot.
     fingerprint: Fingerprint,
     partitions: BTreeMap<i32, PartitionState>,
@@ -329,7 +298,6 @@ impl Pipeline {
             restored_tx,
             restored_rx,
             restore_tokens: 0,
-            insights_partitions: 0,
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),

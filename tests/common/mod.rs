@@ -658,17 +658,8 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> PrivateBroker {
-        Self::start_with(&[])
-    }
-
-    /// Like [`PrivateBroker::start`], with broker settings added to each node's
-    /// `server.properties` (`KAFKA_EXTRA_PROPERTIES`), e.g.
-    /// `("auto.create.topics.enable", "true")`.
-    pub fn start_with(properties: &[(&str, &str)]) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
-        let extra: Vec<String> = properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let out = Self::script(dir.path(), &["start"])
-            .env("KAFKA_EXTRA_PROPERTIES", extra.join("\n"))
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("run scripts/kafka.sh");
@@ -816,55 +807,5 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Deletes consumer group `group`, and with it its committed offsets, as Kafka
-/// does `offsets.retention.minutes` after the group empties (or an operator
-/// with `kafka-consumer-groups --delete`). Waits while the group still has
-/// members (a member that did not leave stays until its session times out).
-pub fn delete_group(group: &str) {
-    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    wait_for(
-        "the group to empty and be deleted",
-        Duration::from_secs(60),
-        || {
-            let res = rt
-                .block_on(admin.delete_groups(
-                    &[group],
-                    &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-                ))
-                .expect("delete_groups request");
-            match &res[..] {
-                [Ok(_)] => Some(()),
-                [Err((_, RDKafkaErrorCode::NonEmptyGroup))] => {
-                    std::thread::sleep(Duration::from_millis(500));
-                    None
-                }
-                other => panic!("delete group {group}: {other:?}"),
-            }
-        },
-    );
-}
-
-/// Grows `topic` to `total` partitions, as `kafka-topics --alter --partitions`.
-pub fn add_partitions(topic: &str, total: usize) {
-    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let res = rt
-        .block_on(admin.create_partitions(
-            [&rdkafka::admin::NewPartitions::new(topic, total)],
-            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-        ))
-        .expect("create_partitions request");
-    for r in res {
-        r.unwrap_or_else(|(t, e)| panic!("add partitions to {t}: {e}"));
     }
 }
