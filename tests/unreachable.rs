@@ -42,7 +42,7 @@ fn tools_fail_within_the_connect_timeout_saying_what_to_check() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
     assert!(err.contains(&addr), "{err}");
-    assert!(err.contains("scripts/broker.sh start"), "{err}");
+    assert!(err.contains("scripts/kafka.sh start"), "{err}");
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn run_waits_for_the_cluster_not_ready_and_gives_up_after_connect_timeout() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(
-        text.contains(&addr) && text.contains("scripts/broker.sh start"),
+        text.contains(&addr) && text.contains("scripts/kafka.sh start"),
         "{text}"
     );
     // A warn line every ~5 s (3 s attempts, 2 s apart) until the 12 s are
