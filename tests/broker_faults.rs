@@ -13,47 +13,6 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(240);
 
-/// `tally lag --wait-for` on `broker`: every input record committed.
-fn wait_drained(broker: &PrivateBroker, names: &Names, events: u64, run: &mut TallyProc) {
-    let count = events.to_string();
-    let (code, out, err) = broker.tally(&[
-        "lag",
-        "--group-id",
-        &names.group,
-        "--input-topic",
-        &names.input,
-        "--wait-for",
-        &count,
-        "--timeout",
-        "180",
-    ]);
-    assert_eq!(
-        code,
-        0,
-        "the group did not drain: {out}{err}\n{}",
-        run.log()
-    );
-}
-
-/// `tally verify --complete` on `broker`: `events` records, each exactly once.
-fn assert_exactly_once(broker: &PrivateBroker, names: &Names, events: u64) {
-    let topic_args = names.topic_args();
-    let mut args = vec!["verify", "--complete", "--json", "--group-id", &names.group];
-    args.extend(topic_args.iter().map(String::as_str));
-    let (code, out, err) = broker.tally(&args);
-    let s: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
-    assert_eq!(code, 0, "{s:#}\n{err}");
-    for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
-        assert_eq!(s[k], 0, "{k}: {s:#}");
-    }
-    let total = ["processed", "dead_lettered", "filtered"]
-        .iter()
-        .map(|k| s[k].as_u64().unwrap())
-        .sum::<u64>();
-    assert_eq!(total, events, "{s:#}");
-}
-
 /// Kafka answers `InitProducerId` only once the cluster can serve it; librdkafka
 /// reports a call that ran out of time as retriable. A broker frozen for longer
 /// than one call's timeout while tally starts is waited out, not a crash.
@@ -76,10 +35,10 @@ fn init_transactions_outlasting_a_frozen_broker_is_retried() {
     // Longer than any one broker call may take (30 s).
     std::thread::sleep(Duration::from_secs(40));
     broker.node("resume");
-    wait_drained(&broker, &names, EVENTS, &mut run);
+    broker.wait_drained(&names, EVENTS, &mut run);
     assert!(!run.exited(), "tally exited: {}", run.log());
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
-    assert_exactly_once(&broker, &names, EVENTS);
+    broker.assert_exactly_once(&names, EVENTS);
 }
 
 /// A transaction that outlives `transaction.timeout.ms` (here: the process is
@@ -112,12 +71,12 @@ fn a_transaction_the_broker_timed_out_is_recovered_not_fenced() {
     // Past the transaction timeout and the coordinator's 1 s abort sweep.
     std::thread::sleep(Duration::from_secs(48));
     run.cont_signal();
-    wait_drained(&broker, &names, EVENTS, &mut run);
+    broker.wait_drained(&names, EVENTS, &mut run);
     let log = run.log();
     assert!(!run.exited(), "tally exited: {log}");
     assert!(!log.contains("fenced: another process"), "{log}");
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
-    assert_exactly_once(&broker, &names, EVENTS);
+    broker.assert_exactly_once(&names, EVENTS);
 }
 
 /// The broker (group coordinator, transaction coordinator and partition leader
@@ -147,8 +106,8 @@ fn broker_restarts_mid_transaction_lose_and_duplicate_nothing() {
     broker.node("kill");
     std::thread::sleep(Duration::from_secs(2));
     broker.node("start");
-    wait_drained(&broker, &names, EVENTS, &mut run);
+    broker.wait_drained(&names, EVENTS, &mut run);
     assert!(!run.exited(), "tally exited: {}", run.log());
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
-    assert_exactly_once(&broker, &names, EVENTS);
+    broker.assert_exactly_once(&names, EVENTS);
 }

@@ -403,8 +403,6 @@ fn forty_second_broker_freeze_mid_stream_is_ridden_out_exactly() {
     const EVENTS: u64 = 20_000;
     let broker = PrivateBroker::start();
     let names = broker.pipeline("freeze", EVENTS);
-    let topic_args = names.topic_args();
-    let count = EVENTS.to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut run = TallyProc::start_on(
         &broker.bootstrap,
@@ -419,44 +417,12 @@ fn forty_second_broker_freeze_mid_stream_is_ridden_out_exactly() {
     broker.node("pause");
     std::thread::sleep(Duration::from_secs(40));
     broker.node("resume");
-    let group_args = ["--group-id", names.group.as_str()];
-    let (code, out, err) = broker.tally(&[
-        "lag",
-        group_args[0],
-        group_args[1],
-        "--input-topic",
-        &names.input,
-        "--wait-for",
-        &count,
-        "--timeout",
-        "180",
-    ]);
-    assert_eq!(
-        code,
-        0,
-        "the group did not drain after the freeze: {out}{err}\n{}",
-        run.log()
-    );
+    broker.wait_drained(&names, EVENTS, &mut run);
     assert!(
         !run.exited(),
         "tally exited during the freeze: {}",
         run.log()
     );
-    let mut args = vec!["verify", "--complete", "--json"];
-    args.extend(group_args);
-    args.extend(topic_args.iter().map(String::as_str));
-    let (code, out, err) = broker.tally(&args);
-    let summary: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
-    assert_eq!(code, 0, "{summary:#}\n{err}");
-    assert_eq!(summary["duplicates"], 0, "{summary:#}");
-    assert_eq!(summary["missing"], 0, "{summary:#}");
-    assert_eq!(
-        summary["processed"].as_u64().unwrap()
-            + summary["dead_lettered"].as_u64().unwrap()
-            + summary["filtered"].as_u64().unwrap(),
-        EVENTS,
-        "{summary:#}"
-    );
+    broker.assert_exactly_once(&names, EVENTS);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
 }

@@ -726,6 +726,48 @@ impl PrivateBroker {
     pub fn tally(&self, args: &[&str]) -> (i32, String, String) {
         tally_on(&self.bootstrap, args)
     }
+
+    /// `tally lag --wait-for`: every one of the `events` input records
+    /// committed within 180 s, else fails with `run`'s log.
+    pub fn wait_drained(&self, names: &Names, events: u64, run: &mut TallyProc) {
+        let count = events.to_string();
+        let (code, out, err) = self.tally(&[
+            "lag",
+            "--group-id",
+            &names.group,
+            "--input-topic",
+            &names.input,
+            "--wait-for",
+            &count,
+            "--timeout",
+            "180",
+        ]);
+        assert_eq!(
+            code,
+            0,
+            "the group did not drain: {out}{err}\n{}",
+            run.log()
+        );
+    }
+
+    /// `tally verify --complete`: `events` input records, each exactly once.
+    pub fn assert_exactly_once(&self, names: &Names, events: u64) {
+        let topic_args = names.topic_args();
+        let mut args = vec!["verify", "--complete", "--json", "--group-id", &names.group];
+        args.extend(topic_args.iter().map(String::as_str));
+        let (code, out, err) = self.tally(&args);
+        let s: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        assert_eq!(code, 0, "{s:#}\n{err}");
+        for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
+            assert_eq!(s[k], 0, "{k}: {s:#}");
+        }
+        let total = ["processed", "dead_lettered", "filtered"]
+            .iter()
+            .map(|k| s[k].as_u64().unwrap())
+            .sum::<u64>();
+        assert_eq!(total, events, "{s:#}");
+    }
 }
 
 impl Drop for PrivateBroker {
