@@ -40,9 +40,11 @@ install_kafka() {
   command -v mvn >/dev/null || die "mvn is missing: run scripts/setup.sh"
   log "installing Apache Kafka $version into $libs (Maven Central)"
   rm -rf "$libs"
+  mkdir -p "$tools"
   mvn -B -q -f "$conf/pom.xml" -Dmaven.repo.local="$tools/m2" \
     org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$libs" >&2
+    -DincludeScope=runtime -DoutputDirectory="$libs" >"$tools/kafka-install.log" 2>&1 \
+    || { cat "$tools/kafka-install.log" >&2; die "installing Kafka from Maven Central failed"; }
   touch "$libs/.complete"
 }
 
