@@ -24,6 +24,12 @@
 //! librdkafka started the partition's fetcher).
 //! `topic-limits-unreadable` (the output topics' `max.message.bytes` cannot be
 //! read: the fallback flags apply, so the broker can be made to refuse a record).
+//! Planted faults, wrong on purpose, to show that the drill and `verify` catch
+//! them: `plant-loss` (a record's output is not sent, yet its offset commits),
+//! `plant-duplicate` (an output is sent twice), `plant-wrong-snapshot` (a
+//! snapshot counts one processed record too many; the next is right again) and
+//! `plant-checkpoint-ahead` (with `return(P)`: partition P's checkpoints are
+//! written one offset past what Kafka committed).
 
 /// Whether `FAILPOINTS` was set: without it the points cost one atomic load,
 /// not a lock of the fail registry on every record.
@@ -61,6 +67,20 @@ pub fn error(name: &str) -> bool {
 #[cfg(not(feature = "failpoints"))]
 pub fn error(_name: &str) -> bool {
     false
+}
+
+/// The value of the point `name` when it is on with `return(value)`.
+#[cfg(feature = "failpoints")]
+pub fn value(name: &str) -> Option<String> {
+    if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    fail::eval(name, |v| v).flatten()
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub fn value(_name: &str) -> Option<String> {
+    None
 }
 
 /// Stops the whole process (SIGSTOP, as a VM pause or `kill -STOP` would) when

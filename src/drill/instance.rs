@@ -3,7 +3,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -83,6 +83,7 @@ impl Instance {
             ])
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(["--min-app-version", super::expect::MIN_APP_VERSION])
             .args([
                 "--session-timeout",
                 &SESSION_TIMEOUT_MS.to_string(),
@@ -178,15 +179,57 @@ impl Instance {
         Some((status, reply.body_mut().read_to_string().ok()?))
     }
 
-    /// `Some(code)` if the process ended by itself.
-    pub(super) fn exited(&mut self) -> Option<Option<i32>> {
+    /// `Some(status)` if the process ended by itself.
+    pub(super) fn exited(&mut self) -> Option<ExitStatus> {
         let c = self.child.as_mut()?;
         match c.try_wait() {
             Ok(Some(st)) => {
                 self.child = None;
-                Some(st.code())
+                Some(st)
             }
             _ => None,
         }
+    }
+
+    /// The log of the latest start (also after the process ended).
+    pub(super) fn this_run_log(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.rfind(START_MARKER)
+            .map_or(log.clone(), |i| log[i..].to_string())
+    }
+
+    /// The sum of a metric's series (all label sets) on the running process's
+    /// `/metrics`; `None` when it does not answer.
+    pub(super) fn metric(&self, name: &str) -> Option<f64> {
+        let (200, body) = self.get("/metrics")? else {
+            return None;
+        };
+        Some(metric_sum(&body, name))
+    }
+}
+
+/// The sum of every sample of `name` in a Prometheus text exposition.
+fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_sums_every_series_of_exactly_that_name() {
+        let body = "# HELP tally_rebalances_total x\n\
+                    tally_rebalances_total 3\n\
+                    tally_rebalances_total_other 100\n\
+                    tally_transactions_total{result=\"aborted\"} 2\n\
+                    tally_transactions_total{result=\"committed\"} 40\n";
+        assert_eq!(super::metric_sum(body, "tally_rebalances_total"), 3.0);
+        assert_eq!(super::metric_sum(body, "tally_transactions_total"), 42.0);
+        assert_eq!(super::metric_sum(body, "tally_missing"), 0.0);
     }
 }

@@ -8,11 +8,15 @@
 //! Errors are `anyhow`: the drill is a harness whose every error ends the run
 //! with its message, like a binary's edge.
 
+mod expect;
 mod instance;
 mod report;
+mod stall;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,11 +30,13 @@ use serde::Serialize;
 
 use crate::aggregate::Horizon;
 use crate::event::{Filters, Limits, OutputLimits, ProcessConfig};
-use crate::generate::{Generator, Recount};
-use crate::insights::Latest;
+use crate::generate::Generator;
+use crate::insights::{Latest, Snapshot};
 use crate::kafka::{self, Connection, GroupAdmin, OutputTopics, PlainProducer, TopicReader};
+use expect::{Expectations, Label, Written};
 use instance::Instance;
 pub use report::Report;
+use stall::StallWatch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +90,57 @@ pub struct DrillArgs {
     /// Seconds allowed for the group to drain after the faults.
     #[arg(long, env = "DRILL_DRAIN_TIMEOUT", default_value_t = 240)]
     pub drain_timeout: u64,
+    /// Fault kinds to apply, comma-separated: `all`, `none`, or kinds such as
+    /// `kill9-restart,zombie`.
+    #[arg(long, env = "DRILL_FAULTS", default_value = "all", value_parser = parse_faults)]
+    pub faults: FaultSet,
+    /// Plants a fault in every instance: a failpoint that makes tally do the
+    /// wrong thing on purpose. The drill must then fail; this shows it can.
+    #[arg(long, env = "DRILL_PLANT", value_enum)]
+    pub plant: Option<Plant>,
+}
+
+/// The fault kinds a drill applies, every one once per round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSet(pub Vec<Fault>);
+
+fn parse_faults(s: &str) -> Result<FaultSet, String> {
+    use clap::ValueEnum as _;
+    match s.trim() {
+        "all" => Ok(FaultSet(Fault::value_variants().to_vec())),
+        "none" => Ok(FaultSet(Vec::new())),
+        list => list
+            .split(',')
+            .map(|k| Fault::from_str(k.trim(), true))
+            .collect::<Result<Vec<_>, _>>()
+            .map(FaultSet),
+    }
+}
+
+/// A fault planted in tally (see `src/failpoints.rs`), each of which the drill
+/// must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Plant {
+    /// One valid record's output is never written, yet its offset commits.
+    Loss,
+    /// One record's output is written twice.
+    Duplicate,
+    /// One snapshot counts a processed record too many; later ones are right.
+    WrongSnapshot,
+    /// Partition 0's checkpoints are written one offset past Kafka's.
+    CheckpointAhead,
+}
+
+impl Plant {
+    fn failpoints(self) -> &'static str {
+        match self {
+            Plant::Loss => "plant-loss=200*off->1*return->off",
+            Plant::Duplicate => "plant-duplicate=200*off->1*return->off",
+            Plant::WrongSnapshot => "plant-wrong-snapshot=5*off->1*return->off",
+            Plant::CheckpointAhead => "plant-checkpoint-ahead=return(0)",
+        }
+    }
 }
 
 const SESSION_TIMEOUT_MS: u64 = 6000;
@@ -111,7 +168,7 @@ fn oversize_runs(input_topic: &str, dlq_limit: usize) -> Vec<(usize, u64)> {
     ]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     Kill9Restart,
@@ -131,6 +188,11 @@ pub enum Fault {
 
 /// How long a group may take to be ready again after a fault.
 const READY_LIMIT: Duration = Duration::from_secs(60);
+
+/// The signal [`crate::failpoints::crash`] ends the process with.
+const SIGABRT: i32 = 6;
+/// `tally run`'s exit code when fenced.
+const FENCED_EXIT: i32 = 3;
 
 const CRASH_POINTS: [&str; 3] = [
     "after-produce",
@@ -154,6 +216,12 @@ struct Drill {
     instances: Vec<Instance>,
     rng: ChaCha8Rng,
     report: Report,
+    admin: GroupAdmin,
+    input: TopicReader,
+    watch: StallWatch,
+    last_sample: Instant,
+    /// Crash points applied so far: the next one is the next in [`CRASH_POINTS`].
+    crash_rounds: usize,
 }
 
 impl Drill {
@@ -163,7 +231,57 @@ impl Drill {
 
     fn start(&mut self, i: usize, failpoints: Option<&str>) -> anyhow::Result<()> {
         let (tally, bootstrap) = (self.tally.clone(), self.args.bootstrap_servers.clone());
-        self.instances[i].start(&tally, &bootstrap, &self.names, failpoints)
+        let planted = self.args.plant.map(Plant::failpoints);
+        let failpoints = match (failpoints, planted) {
+            (Some(a), Some(b)) => Some(format!("{a};{b}")),
+            (a, b) => a.or(b).map(str::to_string),
+        };
+        self.instances[i].start(&tally, &bootstrap, &self.names, failpoints.as_deref())
+    }
+
+    /// Records that `fault` struck, with its evidence.
+    fn struck(&mut self, fault: &str, evidence: String) {
+        self.log(format!("{fault} struck: {evidence}"));
+        *self.report.struck.entry(fault.to_string()).or_default() += 1;
+    }
+
+    fn not_struck(&mut self, msg: String) {
+        self.log(&msg);
+        self.report.not_struck.push(msg);
+    }
+
+    /// The input's log start and high watermark per partition.
+    fn watermarks(&self) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+        let mut out = BTreeMap::new();
+        for p in 0..self.args.partitions {
+            out.insert(p, self.input.watermarks(p)?);
+        }
+        Ok(out)
+    }
+
+    /// Once a second: committed offsets and high watermarks, for the stall
+    /// watch. A sample that fails (the broker busy) is skipped.
+    fn sample_progress(&mut self) {
+        if self.last_sample.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_sample = Instant::now();
+        let partitions: Vec<i32> = (0..self.args.partitions).collect();
+        let (Ok(committed), Ok(marks)) = (
+            self.admin.committed_of(&self.names.input, &partitions),
+            self.watermarks(),
+        ) else {
+            return;
+        };
+        let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
+        for (p, c, h) in self.watch.sample(Instant::now(), &committed, &high) {
+            let msg = format!(
+                "partition {p}: committed offset {c:?} did not move for {} s while input waited (high watermark {h})",
+                stall::STALL_BOUND.as_secs()
+            );
+            self.log(&msg);
+            self.report.stalls.push(msg);
+        }
     }
 
     fn restart(&mut self, i: usize) -> anyhow::Result<()> {
@@ -181,21 +299,21 @@ impl Drill {
         &mut self,
         d: Duration,
         expect_exit: Option<usize>,
-    ) -> anyhow::Result<Option<Option<i32>>> {
+    ) -> anyhow::Result<Option<ExitStatus>> {
         let end = Instant::now() + d;
         let mut expected = None;
         while Instant::now() < end {
+            self.sample_progress();
             for i in 0..self.instances.len() {
                 self.instances[i].sample_rss();
-                if let Some(code) = self.instances[i].exited() {
+                if let Some(status) = self.instances[i].exited() {
                     if Some(i) == expect_exit {
-                        expected = Some(code);
+                        expected = Some(status);
                         continue;
                     }
                     let msg = format!(
-                        "{} exited on its own with {:?}; see {}",
+                        "{} exited on its own ({status}); see {}",
                         self.instances[i].id,
-                        code,
                         self.instances[i].log.display()
                     );
                     self.log(&msg);
@@ -241,6 +359,32 @@ impl Drill {
         }
     }
 
+    /// Every fault kind applied must have struck at least once, each crash
+    /// point among them once it had its turn.
+    fn report_unstruck(&mut self) {
+        let applied: Vec<(Fault, u32)> = self.report.faults.iter().map(|(f, n)| (*f, *n)).collect();
+        for (fault, n) in applied {
+            let name = serde_json::to_value(fault)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let keys: Vec<String> = if fault == Fault::CrashPoint {
+                CRASH_POINTS
+                    .iter()
+                    .take(n as usize)
+                    .map(|p| format!("{name}:{p}"))
+                    .collect()
+            } else {
+                vec![name]
+            };
+            for k in keys {
+                if !self.report.struck.contains_key(&k) {
+                    self.not_struck(format!("{k}: applied, never shown to strike"));
+                }
+            }
+        }
+    }
+
     fn running(&self) -> Vec<usize> {
         (0..self.instances.len())
             .filter(|i| self.instances[*i].child.is_some())
@@ -264,6 +408,7 @@ impl Drill {
                 };
                 self.log(format!("kill -9 {id}, restart after {delay} ms"));
                 self.instances[i].kill9();
+                self.struck("kill9_restart", format!("{id} killed"));
                 self.idle(Duration::from_millis(delay), None)?;
                 self.restart(i)?;
             }
@@ -274,6 +419,7 @@ impl Drill {
                 ));
                 self.instances[i].kill9();
                 std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
+                self.struck("kill9_new_host", format!("{id} killed, state deleted"));
                 self.idle(Duration::from_millis(delay), None)?;
                 self.restart(i)?;
             }
@@ -283,7 +429,9 @@ impl Drill {
                     "stop {id} gracefully, start it again after {down} ms"
                 ));
                 let code = self.instances[i].terminate(Duration::from_secs(60));
-                if code != Some(0) {
+                if code == Some(0) {
+                    self.struck("graceful_scale_down", format!("{id} exited 0 on SIGTERM"));
+                } else {
                     let msg = format!("{id} exited with {code:?} on SIGTERM");
                     self.log(&msg);
                     self.report.unexpected_exits.push(msg);
@@ -292,23 +440,35 @@ impl Drill {
                 self.restart(i)?;
             }
             Fault::CrashPoint => {
-                let point = CRASH_POINTS[self.rng.random_range(0..CRASH_POINTS.len())];
+                // In turn, so every window is struck however short the drill.
+                let point = CRASH_POINTS[self.crash_rounds % CRASH_POINTS.len()];
+                self.crash_rounds += 1;
                 let after = self.rng.random_range(3..30);
                 let spec = format!("{point}={after}*off->return");
                 self.log(format!("kill -9 {id}, restart it armed to crash at {spec}"));
                 self.instances[i].kill9();
                 self.restart_with(i, Some(&spec))?;
+                let marker = format!("failpoint {point}: aborting the process");
                 match self.idle(Duration::from_secs(30), Some(i))? {
-                    Some(None) => self.log(format!("{id} crashed at {point}")),
-                    Some(code) => {
-                        let msg = format!(
-                            "{id} armed at {point} exited with {code:?} instead of crashing"
+                    Some(st)
+                        if st.signal() == Some(SIGABRT)
+                            && self.instances[i].this_run_log().contains(&marker) =>
+                    {
+                        self.struck(
+                            &format!("crash_point:{point}"),
+                            format!("{id} aborted at {point} ({st}) after {after} passes"),
                         );
+                    }
+                    Some(st) => {
+                        let msg = format!(
+                            "{id} armed at {point} ended ({st}) without the failpoint's marker"
+                        );
+                        self.log(&msg);
                         self.report.unexpected_exits.push(msg);
                     }
                     None => {
-                        self.log(format!(
-                            "{id} did not reach {point} {after} times in 30 s; killing it"
+                        self.not_struck(format!(
+                            "{id} did not reach {point} {after} times in 30 s"
                         ));
                         self.instances[i].kill9();
                     }
@@ -326,8 +486,7 @@ impl Drill {
                 // --snapshot-interval of input, which Kafka's time- or size-based
                 // retention never reaches (it keeps the active segment). Deleting
                 // `[S, C)` too is the refusal case of tests/restore.rs.
-                let committed =
-                    GroupAdmin::new(&self.conn, &self.names.group)?.committed(&self.names.input)?;
+                let committed = self.admin.committed(&self.names.input)?;
                 let snapshots = latest_snapshots(&self.conn, &self.names)?;
                 let below: BTreeMap<i32, i64> = committed
                     .iter()
@@ -339,16 +498,34 @@ impl Drill {
                 self.log(format!(
                     "kill -9 {id}, delete its state, delete the input below the latest snapshots {below:?} (committed {committed:?}), restart after {delay} ms"
                 ));
+                let before = self.watermarks()?;
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
                     .block_on(kafka::delete_records(&self.conn, &self.names.input, &below))?;
-                self.report.retention_trims += 1;
+                let after = self.watermarks()?;
+                let moved: BTreeMap<i32, (i64, i64)> = after
+                    .iter()
+                    .filter_map(|(p, (low, _))| {
+                        let was = before.get(p)?.0;
+                        (*low > was).then_some((*p, (was, *low)))
+                    })
+                    .collect();
+                if moved.is_empty() {
+                    self.log("retention moved no log start (nothing new below the snapshots)");
+                } else {
+                    self.report.retention_trims += 1;
+                    self.struck(
+                        "retention",
+                        format!("log starts moved (from, to) {moved:?}"),
+                    );
+                }
                 self.idle(Duration::from_millis(delay), None)?;
                 self.restart(i)?;
             }
             Fault::Zombie => {
                 self.await_ready_group("a zombie fault")?;
+                let rebalances = self.instances[i].metric("tally_rebalances_total");
                 let paused = SESSION_TIMEOUT_MS + self.rng.random_range(1_000..4_000);
                 self.log(format!(
                     "SIGSTOP {id} for {paused} ms (past the session timeout), then SIGCONT"
@@ -356,13 +533,39 @@ impl Drill {
                 self.instances[i].signal("-STOP");
                 self.idle(Duration::from_millis(paused), None)?;
                 self.instances[i].signal("-CONT");
-                // It recovers, or exits with a clear message and is restarted.
+                // It recovers: loses its partitions and is assigned again, which
+                // its rebalance count shows. Or it exits as fenced, with the
+                // message, and is restarted. Anything else is unexpected.
                 match self.idle(Duration::from_secs(10), Some(i))? {
-                    None => self.report.zombie_outcomes.push(format!("{id}: recovered")),
-                    Some(code) => {
+                    None => {
+                        let now = self.instances[i].metric("tally_rebalances_total");
+                        match (rebalances, now) {
+                            (Some(a), Some(b)) if b > a => {
+                                self.report.zombie_outcomes.push(format!("{id}: recovered"));
+                                self.struck(
+                                    "zombie",
+                                    format!("{id} recovered; tally_rebalances_total {a} -> {b}"),
+                                );
+                            }
+                            (a, b) => self.not_struck(format!(
+                                "zombie {id} runs on without a new assignment (tally_rebalances_total {a:?} -> {b:?}): not shown to have lost its partitions"
+                            )),
+                        }
+                    }
+                    Some(st)
+                        if st.code() == Some(FENCED_EXIT)
+                            && self.instances[i].this_run_log().contains("fenced") =>
+                    {
                         self.report
                             .zombie_outcomes
-                            .push(format!("{id}: exited with {code:?}, restarted"));
+                            .push(format!("{id}: exited fenced, restarted"));
+                        self.struck("zombie", format!("{id} exited fenced ({st})"));
+                        self.restart(i)?;
+                    }
+                    Some(st) => {
+                        let msg = format!("zombie {id} ended ({st}), neither recovered nor fenced");
+                        self.log(&msg);
+                        self.report.unexpected_exits.push(msg);
                         self.restart(i)?;
                     }
                 }
@@ -372,20 +575,34 @@ impl Drill {
     }
 }
 
-/// The latest snapshot of every input partition in the insights topic.
-fn latest_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<Latest> {
+/// Every snapshot of the drill's input in the insights topic, in the order
+/// written per partition (each read from the insights partition of the same
+/// number, as restores read them).
+fn all_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<Vec<Snapshot>> {
     let reader = TopicReader::new(conn, &names.insights)?;
     let ranges: Vec<_> = reader
         .partitions()?
         .into_iter()
         .map(|p| (p, kafka::StartAt::Earliest, None))
         .collect();
-    let mut latest = Latest::default();
+    let mut all = Vec::new();
     reader.read(&ranges, |rec| {
-        if let Some(v) = &rec.record.value {
-            latest.offer(&names.input, rec.record.partition, v);
+        let Some(v) = &rec.record.value else { return };
+        if let Ok(s) = serde_json::from_slice::<Snapshot>(v) {
+            if s.topic == names.input && s.partition == rec.record.partition {
+                all.push(s);
+            }
         }
     })?;
+    Ok(all)
+}
+
+/// The latest snapshot of every input partition in the insights topic.
+fn latest_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<Latest> {
+    let mut latest = Latest::default();
+    for s in all_snapshots(conn, names)? {
+        latest.by_partition.insert(s.partition, s);
+    }
     Ok(latest)
 }
 
@@ -466,28 +683,34 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         conn: conn.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed),
         tally,
-        names,
         instances,
         report: Report {
             seed,
+            planted: args.plant,
             ..Report::default()
         },
+        admin: GroupAdmin::new(&conn, &names.group)?,
+        input: TopicReader::new(&conn, &names.input)?,
+        watch: StallWatch::default(),
+        last_sample: Instant::now(),
+        crash_rounds: 0,
+        names,
         args,
     };
     for i in 0..drill.instances.len() {
         drill.start(i, None)?;
     }
 
-    // The generator: produces at the rate and recounts what it made.
+    // The generator: produces at the rate and labels what it made, by offset.
     let stop = Arc::new(AtomicBool::new(false));
-    // Per input partition: the generator picks the partition (round robin), so
-    // each partition's snapshot can be checked against its own recount.
-    let recount = Arc::new(Mutex::new(vec![
-        Recount::default();
-        drill.args.partitions as usize
-    ]));
+    // The drill picks each record's partition (round robin), so each record's
+    // offset is known and every partition's aggregates can be recounted.
+    let expect = Arc::new(Mutex::new(Expectations::new(
+        drill.args.partitions as usize,
+    )));
     let generator = {
-        let (stop, recount, conn) = (stop.clone(), recount.clone(), conn.clone());
+        let (stop, expect, conn) = (stop.clone(), expect.clone(), conn.clone());
+        let partitions = drill.args.partitions as u64;
         let (topic, rate, limit, ratio) = (
             drill.names.input.clone(),
             drill.args.rate,
@@ -512,10 +735,13 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
                     continue;
                 }
                 let r = g.next_record();
-                let p = (n % recount.lock().unwrap().len() as u64) as i32;
+                let p = (n % partitions) as i32;
                 producer.send_to(&topic, Some(p), Some(&r.key), r.value.as_deref(), &[], None)?;
                 n += 1;
-                recount.lock().unwrap()[p as usize].add(&r);
+                expect
+                    .lock()
+                    .unwrap()
+                    .push(p, Label::of(&r, Some(expect::MIN_APP_VERSION)));
             }
             producer.flush()?;
             Ok(())
@@ -523,15 +749,9 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     };
 
     // Faults: every kind once per round, in a seeded order.
-    let mut kinds = vec![
-        Fault::Kill9Restart,
-        Fault::Kill9NewHost,
-        Fault::GracefulScaleDown,
-        Fault::CrashPoint,
-        Fault::Retention,
-    ];
-    if drill.args.zombie {
-        kinds.push(Fault::Zombie);
+    let mut kinds = drill.args.faults.0.clone();
+    if !drill.args.zombie {
+        kinds.retain(|k| *k != Fault::Zombie);
     }
     let started = Instant::now();
     let until = started + Duration::from_secs(drill.args.duration);
@@ -539,6 +759,9 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     drill.idle(Duration::from_secs(3), None)?;
     // Whole rounds, so even a short drill applies every kind at least once.
     while Instant::now() < until {
+        if kinds.is_empty() {
+            drill.idle(until.saturating_duration_since(Instant::now()), None)?;
+        }
         kinds.shuffle(&mut drill.rng);
         for k in kinds.clone() {
             drill.apply(k)?;
@@ -549,7 +772,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
 
     stop.store(true, Ordering::SeqCst);
     generator.join().expect("generator thread")?;
-    let produced: u64 = recount.lock().unwrap().iter().map(|r| r.total).sum();
+    let produced = expect.lock().unwrap().total();
     drill.log(format!(
         "faults done after {:.0} s; {produced} events produced; draining",
         started.elapsed().as_secs_f64()
@@ -560,10 +783,9 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         }
     }
     let drain_start = Instant::now();
-    let admin = GroupAdmin::new(&conn, &drill.names.group)?;
     let input_topic = drill.names.input.clone();
     loop {
-        let committed: i64 = admin.committed(&input_topic)?.values().sum();
+        let committed: i64 = drill.admin.committed(&input_topic)?.values().sum();
         if committed as u64 >= produced {
             break;
         }
@@ -585,7 +807,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     drill.await_ready_group("the final stop")?;
     let catch_up = Instant::now();
     loop {
-        let committed = admin.committed(&input_topic)?;
+        let committed = drill.admin.committed(&input_topic)?;
         let latest = latest_snapshots(&conn, &drill.names)?;
         let behind: Vec<i32> = committed
             .iter()
@@ -633,6 +855,15 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         }
     }
 
+    // The labels name offsets only if every record the generator sent landed
+    // once, in order.
+    let expect = std::mem::take(&mut *expect.lock().unwrap());
+    let marks = drill.watermarks()?;
+    let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
+    drill.report.harness_errors = expect.check_offsets(&high);
+    drill.report.longest_without_commit_secs = drill.watch.longest.as_secs_f64();
+    drill.report_unstruck();
+
     // Guarantee 1: every input record exactly once in output or DLQ.
     let [output_max, dlq_max] = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -648,7 +879,10 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     let cfg = ProcessConfig {
         input_topic: drill.names.input.clone(),
         limits: Limits::default(),
-        filters: Filters::default(),
+        filters: Filters {
+            min_app_version: Some(expect::MIN_APP_VERSION.parse().map_err(anyhow::Error::msg)?),
+            allowed_device_types: None,
+        },
         output_limits: OutputLimits {
             processed_max_bytes: output_max.unwrap_or(defaults.processed_max_bytes),
             dlq_max_bytes: dlq_max.unwrap_or(defaults.dlq_max_bytes),
@@ -661,111 +895,139 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         &drill.names.output,
         &drill.names.dlq,
     )?;
-    let by_partition = recount.lock().unwrap().clone();
-    let mut recount = Recount::default();
-    for part in &by_partition {
-        recount.merge(part);
-    }
+    let committed = drill.admin.committed(&input_topic)?;
     let r = &mut drill.report;
-    r.events = recount.total;
-    r.malformed = recount.malformed;
+    r.events = expect.total();
+    r.malformed = (0..drill.args.partitions)
+        .map(|p| expect.outcomes(p, 0, i64::MAX).dead_lettered)
+        .sum();
     r.duplicates = summary.duplicates;
     r.losses = summary.missing + summary.unconsumed;
     r.mismatched = summary.mismatched;
     r.stray = summary.stray;
     r.verify = summary.render();
-    // Outputs of input records deleted by retention cannot be compared.
-    if summary.processed + summary.dead_lettered + summary.below_log_start != recount.total {
-        r.aggregate_mismatches.push(format!(
-            "verify saw {} processed + {} dead-lettered + {} of deleted input, the drill produced {}",
-            summary.processed, summary.dead_lettered, summary.below_log_start, recount.total
-        ));
+    // Each outcome's count against the labels: verify judged the records
+    // still in the input one by one; of those retention deleted, only their
+    // outputs can be counted.
+    let (mut kept, mut deleted) = (expect::Outcomes::default(), expect::Outcomes::default());
+    for p in 0..drill.args.partitions {
+        let low = marks.get(&p).map_or(0, |m| m.0);
+        let c = committed.get(&p).copied().unwrap_or(0);
+        let (k, d) = (expect.outcomes(p, low, c), expect.outcomes(p, 0, low));
+        kept.processed += k.processed;
+        kept.dead_lettered += k.dead_lettered;
+        kept.filtered += k.filtered;
+        deleted.processed += d.processed;
+        deleted.dead_lettered += d.dead_lettered;
     }
-
-    // Guarantee 2: insights equal the drill's own recount.
-    let latest = latest_snapshots(&conn, &drill.names)?;
-    let agg = latest.merged(Horizon::default());
-    let mut compare = |what: &str, got: String, want: String| {
+    for (what, got, want) in [
+        ("processed", summary.processed, kept.processed),
+        ("dead-lettered", summary.dead_lettered, kept.dead_lettered),
+        ("filtered", summary.filtered, kept.filtered),
+        (
+            "outputs of deleted input",
+            summary.below_log_start,
+            deleted.processed + deleted.dead_lettered,
+        ),
+    ] {
         if got != want {
             r.aggregate_mismatches
-                .push(format!("{what}: insights {got}, recount {want}"));
+                .push(format!("{what}: verify saw {got}, the labels say {want}"));
         }
-    };
-    compare(
-        "processed",
-        agg.processed.to_string(),
-        (recount.total - recount.malformed).to_string(),
-    );
-    compare(
-        "dead-lettered",
-        agg.dead_lettered.to_string(),
-        recount.malformed.to_string(),
-    );
-    compare(
-        "by device type",
-        format!("{:?}", agg.by_device_type),
-        format!("{:?}", recount.by_device_type),
-    );
-    compare(
-        "by app version",
-        format!("{:?}", agg.by_app_version),
-        format!("{:?}", recount.by_app_version),
-    );
-    compare(
-        "by locale",
-        format!("{:?}", agg.by_locale),
-        format!("{:?}", recount.by_locale),
-    );
-
-    // Per partition: the latest snapshot covers exactly the committed offset and
-    // counts exactly that partition's records; local checkpoints are never ahead
-    // of Kafka and, where exact (`K == C`), equal the snapshot.
-    let committed = admin.committed(&input_topic)?;
-    for (p, want) in by_partition.iter().enumerate() {
-        let p = p as i32;
-        let c = committed.get(&p).copied();
-        let Some(snap) = latest.by_partition.get(&p) else {
-            r.snapshot_mismatches
-                .push(format!("partition {p}: no snapshot (committed {c:?})"));
-            continue;
-        };
-        if Some(snap.next_offset) != c {
-            r.snapshot_mismatches.push(format!(
-                "partition {p}: latest snapshot covers {} but the group committed {c:?}",
-                snap.next_offset
-            ));
-        }
-        let a = &snap.aggregate;
-        let got = (a.processed, a.dead_lettered, &a.by_device_type, a.uncounted);
-        let expect = (want.valid(), want.malformed, &want.by_device_type, 0);
-        if got != expect {
-            r.snapshot_mismatches.push(format!(
-                "partition {p}: snapshot (processed, dlq, devices, uncounted) {got:?}, recount {expect:?}"
-            ));
-        }
-        r.partitions_checked += 1;
     }
+
+    // Guarantee 2: every snapshot in the insights topic and every checkpoint
+    // equals the recount of its partition's records below its offset, on every
+    // field; the latest snapshots cover the committed offsets.
+    let snapshots = all_snapshots(&conn, &drill.names)?;
+    r.snapshots_checked = snapshots.len() as u32;
+    let mut latest = Latest::default();
+    let mut written = Vec::new();
+    for (k, s) in snapshots.into_iter().enumerate() {
+        latest.by_partition.insert(s.partition, s.clone());
+        written.push(Written {
+            what: format!(
+                "snapshot #{k} of partition {} at {}",
+                s.partition, s.next_offset
+            ),
+            partition: s.partition,
+            next_offset: s.next_offset,
+            aggregate: s.aggregate,
+        });
+    }
+    r.snapshot_mismatches.extend(expect.check_aggregates(written));
+    for p in 0..drill.args.partitions {
+        let c = committed.get(&p).copied();
+        match latest.by_partition.get(&p) {
+            None => r
+                .snapshot_mismatches
+                .push(format!("partition {p}: no snapshot (committed {c:?})")),
+            Some(s) if Some(s.next_offset) != c => r.snapshot_mismatches.push(format!(
+                "partition {p}: latest snapshot covers {} but the group committed {c:?}",
+                s.next_offset
+            )),
+            Some(_) => r.partitions_checked += 1,
+        }
+    }
+    // The insights as a user reads them: every partition's latest, merged.
+    let all = expect::differences(
+        &latest.merged(Horizon::default()),
+        &expect
+            .by_partition
+            .iter()
+            .enumerate()
+            .filter_map(|(p, _)| {
+                let c = committed.get(&(p as i32)).copied().unwrap_or(0);
+                expect.aggregate_at(p as i32, c)
+            })
+            .fold(crate::aggregate::Aggregate::default(), |mut a, b| {
+                a.merge(&b, Horizon::default());
+                a
+            }),
+    );
+    r.aggregate_mismatches
+        .extend(all.into_iter().map(|d| format!("merged insights: {d}")));
+    let mut checkpoints = Vec::new();
     for inst in &drill.instances {
-        let Ok(store) = tally_state::StateStore::open_read_only(&inst.state_dir) else {
-            continue; // never started since its state was deleted
+        if !inst.state_dir.exists() {
+            continue; // deleted by the last fault, never started since
+        }
+        let store = match tally_state::StateStore::open_read_only(&inst.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                r.snapshot_mismatches
+                    .push(format!("{}: state store unreadable: {e}", inst.id));
+                continue;
+            }
         };
         let ns = tally_state::Namespace::new(&drill.names.group, &drill.names.input);
         for cp in store.list::<crate::aggregate::Aggregate>(&ns)? {
+            r.checkpoints_checked += 1;
             let c = committed.get(&cp.partition).copied().unwrap_or(0);
-            let snap = latest.by_partition.get(&cp.partition);
             if cp.next_offset > c {
                 r.snapshot_mismatches.push(format!(
                     "{}: checkpoint of partition {} at {} is ahead of the committed {c}",
                     inst.id, cp.partition, cp.next_offset
                 ));
-            } else if cp.next_offset == c && snap.is_some_and(|s| s.aggregate != cp.state) {
-                r.snapshot_mismatches.push(format!(
-                    "{}: checkpoint of partition {} at {c} differs from the snapshot",
-                    inst.id, cp.partition
-                ));
+                continue;
             }
-            r.checkpoints_checked += 1;
+            checkpoints.push(Written {
+                what: format!(
+                    "{}: checkpoint of partition {} at {}",
+                    inst.id, cp.partition, cp.next_offset
+                ),
+                partition: cp.partition,
+                next_offset: cp.next_offset,
+                aggregate: cp.state,
+            });
         }
+    }
+    r.snapshot_mismatches.extend(expect.check_aggregates(checkpoints));
+    if r.snapshots_checked == 0 || r.checkpoints_checked == 0 {
+        r.snapshot_mismatches.push(format!(
+            "nothing to check: {} snapshots, {} checkpoints",
+            r.snapshots_checked, r.checkpoints_checked
+        ));
     }
 
     for inst in &drill.instances {

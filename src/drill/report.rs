@@ -33,6 +33,21 @@ pub struct Report {
     /// Peak resident set (VmHWM) per instance, MiB, over all its restarts.
     pub peak_rss_mib: BTreeMap<String, f64>,
     pub verify: String,
+    /// Per fault kind (crash points by point), how often it was shown to
+    /// strike: a crash point's marker and SIGABRT, a log start that moved, a
+    /// zombie's new assignment or its fenced exit.
+    pub struck: BTreeMap<String, u32>,
+    /// Faults applied without evidence that they struck.
+    pub not_struck: Vec<String>,
+    /// Snapshots in the insights topic checked against the recount.
+    pub snapshots_checked: u32,
+    /// Longest a partition with input waiting went without a commit.
+    pub longest_without_commit_secs: f64,
+    /// The drill's own premises that failed (offsets no longer name the
+    /// generator's records): nothing else can be judged then.
+    pub harness_errors: Vec<String>,
+    /// The fault planted in tally, if any: the drill must then fail.
+    pub planted: Option<super::Plant>,
 }
 
 impl Report {
@@ -45,6 +60,8 @@ impl Report {
             && self.snapshot_mismatches.is_empty()
             && self.unexpected_exits.is_empty()
             && self.stalls.is_empty()
+            && self.not_struck.is_empty()
+            && self.harness_errors.is_empty()
     }
 
     /// Prints the summary a person reads.
@@ -60,6 +77,23 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        println!(
+            "  struck: {}",
+            self.struck
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for m in &self.not_struck {
+            println!("    not struck: {m}");
+        }
+        for m in &self.harness_errors {
+            println!("    drill premise failed: {m}");
+        }
+        if let Some(p) = self.planted {
+            println!("  planted fault: {p:?} (the drill must fail)");
+        }
         println!("  restarts {}", self.restarts);
         for z in &self.zombie_outcomes {
             println!("  zombie {z}");
@@ -73,9 +107,10 @@ impl Report {
             println!("    {m}");
         }
         println!(
-            "  retention trims {}; snapshot/checkpoint mismatches {} ({} partitions, {} checkpoints checked)",
+            "  retention trims {}; snapshot/checkpoint mismatches {} ({} snapshots, {} partitions' latest, {} checkpoints checked)",
             self.retention_trims,
             self.snapshot_mismatches.len(),
+            self.snapshots_checked,
             self.partitions_checked,
             self.checkpoints_checked
         );
@@ -86,7 +121,12 @@ impl Report {
         for m in &self.unexpected_exits {
             println!("    {m}");
         }
-        println!("  stalls {}", self.stalls.len());
+        println!(
+            "  stalls {} (bound {} s; longest without a commit while input waited {:.1} s)",
+            self.stalls.len(),
+            super::stall::STALL_BOUND.as_secs(),
+            self.longest_without_commit_secs
+        );
         for m in &self.stalls {
             println!("    {m}");
         }

@@ -104,8 +104,21 @@ impl Pipeline {
             }
         };
         if let Some(out) = outcome.take_output() {
-            if !self.send(out, Origin::Input { partition, offset }).await? {
-                return Ok(()); // the transaction was aborted; this record comes again
+            // Planted faults: wrong on purpose, so tests can show the drill and
+            // verify catch a lost or a doubled output.
+            if failpoints::error("plant-loss") {
+                tracing::warn!(partition, offset, "failpoint plant-loss: output not sent");
+            } else {
+                let twice = failpoints::error("plant-duplicate").then(|| out.clone());
+                if !self.send(out, Origin::Input { partition, offset }).await? {
+                    return Ok(()); // the transaction was aborted; this record comes again
+                }
+                if let Some(out) = twice {
+                    tracing::warn!(partition, offset, "failpoint plant-duplicate: output sent twice");
+                    if !self.send(out, Origin::Input { partition, offset }).await? {
+                        return Ok(());
+                    }
+                }
             }
         }
         self.stats.records_in += 1;
@@ -230,6 +243,10 @@ impl Pipeline {
             if snapshot {
                 let mut snap = st.committed.clone();
                 snap.merge(&st.pending, horizon);
+                if failpoints::error("plant-wrong-snapshot") {
+                    tracing::warn!(partition = p, "failpoint plant-wrong-snapshot: one processed record too many");
+                    snap.processed += 1;
+                }
                 let record = insights::snapshot_record(
                     &self.cfg.process.input_topic,
                     *p,
@@ -328,6 +345,12 @@ impl Pipeline {
                 state: st.committed.clone(),
                 fingerprint: self.fingerprint.encode(),
             });
+        }
+        if let Some(p) = failpoints::value("plant-checkpoint-ahead") {
+            for c in checkpoints.iter_mut().filter(|c| p.parse() == Ok(c.partition)) {
+                tracing::warn!(partition = c.partition, "failpoint plant-checkpoint-ahead: checkpoint one offset ahead");
+                c.next_offset += 1;
+            }
         }
         let (store, ns) = (self.store.clone(), self.ns.clone());
         let (checkpoints, took) = blocking(move || {

@@ -385,7 +385,11 @@ impl TallyProc {
             .arg(state_dir)
             .args(["--progress-secs", "2"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            // `TALLY_TEST_LOG` (a `RUST_LOG` filter) raises the level to investigate.
+            .env(
+                "RUST_LOG",
+                std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             // Tests run side by side: each endpoint on a free port (see `endpoint`).
             .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
             .env_remove("TALLY_LOG_FORMAT")
