@@ -306,6 +306,7 @@ fn planted_records_in_the_wrong_topic_are_caught() {
     // A processed record in the DLQ, naming its source as DLQ entries do, and a
     // DLQ entry in the output topic.
     let i = first(&outputs, Destination::Processed);
+    let j = first(&outputs, Destination::DeadLetter);
     let rec = &records[records
         .iter()
         .position(|r| {
@@ -321,7 +322,6 @@ fn planted_records_in_the_wrong_topic_are_caught() {
         ("tally.source.partition", rec.partition.to_string().into_bytes()),
         ("tally.source.offset", rec.offset.to_string().into_bytes()),
     ];
-    let j = first(&outputs, Destination::DeadLetter);
     outputs[j].destination = Destination::Processed;
     write(&names, &records, &outputs);
     let (code, s) = verify_complete(&names);
@@ -364,17 +364,17 @@ fn planted_output_beyond_the_committed_offset_after_a_drain_is_caught() {
 #[test]
 fn planted_wrong_field_values_are_caught() {
     let (names, records, mut outputs) = stand_in("planted-field");
-    let mut processed = outputs
+    let processed: Vec<usize> = outputs
         .iter()
         .enumerate()
         .filter(|(_, o)| o.destination == Destination::Processed)
-        .map(|(i, _)| i);
+        .map(|(i, _)| i)
+        .collect();
     // A field of the payload, and the record timestamp (the input's, documented).
-    let i = processed.next().unwrap();
+    let (i, j) = (processed[0], processed[1]);
     let mut v: serde_json::Value = serde_json::from_slice(&outputs[i].value).unwrap();
     v["ip"] = serde_json::Value::from("10.0.0.7/32");
     outputs[i].value = serde_json::to_vec(&v).unwrap();
-    let j = processed.next().unwrap();
     outputs[j].timestamp_ms = outputs[j].timestamp_ms.map(|t| t - 60_000);
     write(&names, &records, &outputs);
     let (code, s) = verify_complete(&names);
