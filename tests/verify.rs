@@ -319,7 +319,10 @@ fn planted_records_in_the_wrong_topic_are_caught() {
         ("tally.reason", b"invalid_json".to_vec()),
         ("tally.message", b"m".to_vec()),
         ("tally.source.topic", names.input.clone().into_bytes()),
-        ("tally.source.partition", rec.partition.to_string().into_bytes()),
+        (
+            "tally.source.partition",
+            rec.partition.to_string().into_bytes(),
+        ),
         ("tally.source.offset", rec.offset.to_string().into_bytes()),
     ];
     outputs[j].destination = Destination::Processed;
@@ -418,3 +421,74 @@ fn runtime_dead_letter_of_a_valid_record_is_reported() {
     assert_eq!(s["runtime_dead_letters_by_reason"]["poison"], 1, "{s:#}");
 }
 
+/// The drill's retention fault deletes input the outputs came from: outputs of
+/// deleted input are counted per partition and destination, and expectations
+/// recorded before the deletion (`verify::Expectations`) check them in full.
+#[test]
+fn expectations_recorded_before_a_trim_still_catch_a_loss() {
+    use tally::verify::{self, Expectations, Options};
+    let (names, records, mut outputs) = stand_in("planted-trim");
+    let cfg = config(&names);
+    // Lose the output of partition 0's first record.
+    let lost = records.iter().find(|r| r.partition == 0).unwrap();
+    let i = outputs
+        .iter()
+        .position(|o| process(lost, &cfg).output() == Some(o))
+        .unwrap();
+    outputs.remove(i);
+    write(&names, &records, &outputs);
+    let trim: BTreeMap<i32, i64> = [(0, 20), (1, 20)].into();
+    let conn = tally::kafka::Connection {
+        bootstrap: bootstrap(),
+        properties: Vec::new(),
+    };
+    let mut before = Expectations::default();
+    assert_eq!(before.record_until(&conn, &cfg, &trim).unwrap(), 40);
+    // Recording again reads nothing twice.
+    assert_eq!(before.record_until(&conn, &cfg, &trim).unwrap(), 0);
+    for (p, o) in &trim {
+        delete_records_below(&names.input, *p, *o);
+    }
+
+    // Without the expectations: the loss is invisible, the outputs of deleted
+    // input are counted where they are.
+    let s = verify::verify(&conn, &names.group, &cfg, &names.output, &names.dlq).unwrap();
+    assert_eq!((s.missing, s.checked_before_trim), (0, 0), "{}", s.render());
+    let mut by_partition: BTreeMap<i32, verify::ByDestination> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.offset < trim[&r.partition]) {
+        if let Some(o) = process(r, &cfg).output().filter(|o| outputs.contains(o)) {
+            let by = by_partition.entry(r.partition).or_default();
+            match o.destination {
+                Destination::Processed => by.processed += 1,
+                _ => by.dead_lettered += 1,
+            }
+        }
+    }
+    assert_eq!(s.below_log_start, 39, "{}", s.render());
+    assert_eq!(
+        s.below_log_start_by_partition,
+        by_partition,
+        "{}",
+        s.render()
+    );
+
+    // With them: every record is checked, the loss found.
+    let options = Options {
+        before_trim: Some(&before),
+    };
+    let s = verify::verify_with(
+        &conn,
+        &names.group,
+        &cfg,
+        &names.output,
+        &names.dlq,
+        options,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(s.checked_before_trim, 40, "{}", s.render());
+    assert_eq!(s.input_checked, 200, "{}", s.render());
+    assert_eq!((s.missing, s.below_log_start), (1, 0), "{}", s.render());
+    assert_eq!(s.violations(), 1, "{}", s.render());
+    assert_eq!(s.first_violations[0].offset, lost.offset, "{}", s.render());
+}

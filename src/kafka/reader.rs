@@ -28,6 +28,11 @@ impl ReadRecord {
     }
 }
 
+/// Where a [`TopicReader::read`] ended, per partition: the next offset it
+/// would have read (for a read to the end: the consumer's position at
+/// end-of-partition, the last stable offset).
+pub type ReadEnds = std::collections::BTreeMap<i32, i64>;
+
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
@@ -146,11 +151,17 @@ impl TopicReader {
     /// Reads each listed partition from its start up to `until` (exclusive), or to
     /// its end (the last stable offset, for this read_committed reader) when
     /// `until` is `None`. Calls `f` for each record in partition order.
+    ///
+    /// Returns, per partition read, the offset the read ended at. Reading to the
+    /// end stops at the last stable offset, which is below the high watermark
+    /// while a transaction is open on the partition: a caller that must have
+    /// seen everything compares the two (see [`ReadEnds`]).
     pub fn read(
         &self,
         ranges: &[(i32, StartAt, Option<i64>)],
         mut f: impl FnMut(ReadRecord),
-    ) -> Result<()> {
+    ) -> Result<ReadEnds> {
+        let mut ends = ReadEnds::new();
         let mut tpl = TopicPartitionList::new();
         let mut open: HashMap<i32, Option<i64>> = HashMap::new();
         for (p, from, until) in ranges {
@@ -160,6 +171,7 @@ impl TopicReader {
             };
             if let (StartAt::Offset(o), Some(u)) = (from, until) {
                 if o >= u {
+                    ends.insert(*p, *o);
                     continue;
                 }
             }
@@ -168,7 +180,7 @@ impl TopicReader {
             open.insert(*p, *until);
         }
         if open.is_empty() {
-            return Ok(());
+            return Ok(ends);
         }
         self.consumer
             .assign(&tpl)
@@ -187,15 +199,19 @@ impl TopicReader {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if let Some(Some(until)) = open.get(&p) {
+                    let Some(until) = open.get(&p).copied() else {
+                        continue;
+                    };
+                    let pos = self.position(p)?;
+                    if let Some(until) = until {
                         // EOF below `until` means the records in between are not
                         // readable (deleted by retention, or not yet stable).
-                        let pos = self.position(p)?;
-                        if pos < *until {
+                        if pos < until {
                             idle_since = Instant::now();
                             continue;
                         }
                     }
+                    ends.insert(p, pos);
                     open.remove(&p);
                 }
                 Some(Err(e))
@@ -215,7 +231,8 @@ impl TopicReader {
                     let Some(until) = open.get(&p).copied() else {
                         continue;
                     };
-                    if until.is_some_and(|u| m.offset() >= u) {
+                    if let Some(u) = until.filter(|u| m.offset() >= *u) {
+                        ends.insert(p, u);
                         open.remove(&p);
                         continue;
                     }
@@ -223,13 +240,14 @@ impl TopicReader {
                         record: InputRecord::from(&m),
                         headers: headers_of(&m),
                     });
-                    if until.is_some_and(|u| m.offset() + 1 >= u) {
+                    if let Some(u) = until.filter(|u| m.offset() + 1 >= *u) {
+                        ends.insert(p, u);
                         open.remove(&p);
                     }
                 }
             }
         }
-        Ok(())
+        Ok(ends)
     }
 
     /// Follows every partition from its current end (the last stable offset) and
