@@ -805,8 +805,10 @@ mod tests {
             proptest::option::weighted(
                 0.2,
                 prop_oneof![
-                    (-5_000i64..5_000_000_000).prop_map(|t| t.to_string()),
+                    (0i64..5_000_000_000).prop_map(|t| t.to_string()),
+                    (-5_000i64..0).prop_map(|t| t.to_string()),
                     (-5_000i64..5_000_000_000).prop_map(|t| format!("\"{t}\"")),
+                    (-5_000i64..0).prop_map(|t| format!("\" {t}\"")),
                     Just("1.0".to_string()),
                     Just("\"\"".to_string()),
                 ],
