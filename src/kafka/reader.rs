@@ -164,6 +164,7 @@ impl TopicReader {
         let mut ends = ReadEnds::new();
         let mut tpl = TopicPartitionList::new();
         let mut open: HashMap<i32, Option<i64>> = HashMap::new();
+        let mut starts: HashMap<i32, StartAt> = HashMap::new();
         for (p, from, until) in ranges {
             let start = match from {
                 StartAt::Earliest => Offset::Beginning,
@@ -178,6 +179,7 @@ impl TopicReader {
             tpl.add_partition_offset(&self.topic, *p, start)
                 .expect("valid offset");
             open.insert(*p, *until);
+            starts.insert(*p, *from);
         }
         if open.is_empty() {
             return Ok(ends);
@@ -202,7 +204,15 @@ impl TopicReader {
                     let Some(until) = open.get(&p).copied() else {
                         continue;
                     };
-                    let pos = self.position(p)?;
+                    // No position yet: nothing was read since the start
+                    // (control records count as read).
+                    let pos = match self.position(p)? {
+                        Some(pos) => pos,
+                        None => match starts.get(&p) {
+                            Some(StartAt::Offset(o)) => *o,
+                            _ => self.watermarks(p)?.0,
+                        },
+                    };
                     if let Some(until) = until {
                         // EOF below `until` means the records in between are not
                         // readable (deleted by retention, or not yet stable).
@@ -302,15 +312,16 @@ impl TopicReader {
         }
     }
 
-    fn position(&self, partition: i32) -> Result<i64> {
+    /// The next offset the reader will return for `partition`; `None` until it
+    /// has read something there.
+    fn position(&self, partition: i32) -> Result<Option<i64>> {
         let pos = self.consumer.position().map_err(ctx("reading position"))?;
         Ok(pos
             .find_partition(&self.topic, partition)
             .and_then(|e| match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
-            })
-            .unwrap_or(0))
+            }))
     }
 }
 
