@@ -492,3 +492,41 @@ fn expectations_recorded_before_a_trim_still_catch_a_loss() {
     assert_eq!(s.violations(), 1, "{}", s.render());
     assert_eq!(s.first_violations[0].offset, lost.offset, "{}", s.render());
 }
+
+/// An open transaction holds a read_committed reader below the high watermark:
+/// the outputs behind it cannot be read, and `--complete` says so.
+#[test]
+fn outputs_held_back_by_an_open_transaction_are_reported() {
+    let (names, records, outputs) = stand_in("planted-open");
+    write(&names, &records, &outputs);
+    let open: rdkafka::producer::BaseProducer = client_config()
+        .set("transactional.id", unique("planted-open-txn"))
+        .create()
+        .unwrap();
+    open.init_transactions(TIMEOUT).unwrap();
+    open.begin_transaction().unwrap();
+    // A copy of a processed record, in partition 0 of the output topic.
+    let o = &outputs[first(&outputs, Destination::Processed)];
+    open.send(
+        BaseRecord::<[u8], [u8]>::to(&names.output)
+            .partition(0)
+            .payload(o.value.as_slice()),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    open.flush(TIMEOUT).unwrap();
+    // As a read_committed client (librdkafka's default) sees it: the last
+    // stable offset, where the open transaction begins.
+    let (_, stable) = watermarks(&names.output, 0);
+    let (code, s) = verify_complete(&names);
+    assert_eq!(code, 4, "{s:#}");
+    assert_counts(&s, &[("unread_outputs", 1)]);
+    let short = &s["short_reads"][0];
+    assert_eq!(short["partition"], 0, "{s:#}");
+    assert_eq!(short["ended_at"], stable, "{s:#}");
+    assert_eq!(short["high_watermark"], stable + 1, "{s:#}");
+    open.abort_transaction(TIMEOUT).unwrap();
+    let (code, s) = verify_complete(&names);
+    assert_eq!(code, 0, "{s:#}");
+    assert_counts(&s, &[]);
+}

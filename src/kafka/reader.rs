@@ -139,6 +139,25 @@ impl TopicReader {
         partitions(self.consumer.client(), &self.topic)
     }
 
+    /// The partition's log end offset (the high watermark as a read_uncommitted
+    /// client sees it, open transactions included). [`TopicReader::watermarks`]
+    /// asks as this read_committed reader, which the broker answers with the
+    /// last stable offset.
+    pub fn log_end(&self, conn: &Connection, partition: i32) -> Result<i64> {
+        let mut config = conn.consumer_config(&[]);
+        config.set("isolation.level", "read_uncommitted");
+        let client: BaseConsumer<ReaderContext> = config
+            .create_with_context(ReaderContext)
+            .map_err(ctx("creating a watermark client"))?;
+        let (_, high) = client
+            .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)
+            .map_err(ctx(format!(
+                "reading the log end of {}/{partition}",
+                self.topic
+            )))?;
+        Ok(high)
+    }
+
     pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
         self.consumer
             .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)

@@ -524,7 +524,7 @@ pub fn verify_with(
     // stable offset, below the high watermark while a transaction is open.
     for ((i, p), end) in ended {
         let (topic, _) = topics[i];
-        let (_, high) = TopicReader::new(conn, topic)?.watermarks(p)?;
+        let high = TopicReader::new(conn, topic)?.log_end(conn, p)?;
         if end < high {
             summary.unread_outputs += (high - end) as u64;
             summary.short_reads.push(ShortRead {
@@ -545,7 +545,7 @@ pub fn verify_with(
         let high = match high_now.get(&o.partition) {
             Some(h) => *h,
             None => {
-                let (_, h) = input.watermarks(o.partition)?;
+                let h = input.log_end(conn, o.partition)?;
                 high_now.insert(o.partition, h);
                 h
             }
