@@ -17,6 +17,9 @@ use crate::model::InputRecord;
 pub struct ReadRecord {
     pub record: InputRecord,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The broker set the timestamp (the topic's `message.timestamp.type` is
+    /// `LogAppendTime`), not the producer.
+    pub log_append_time: bool,
 }
 
 impl ReadRecord {
@@ -26,6 +29,10 @@ impl ReadRecord {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_slice())
     }
+}
+
+fn log_append_time(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    matches!(m.timestamp(), rdkafka::Timestamp::LogAppendTime(_))
 }
 
 /// Where a [`TopicReader::read`] ended, per partition: the next offset it
@@ -268,6 +275,7 @@ impl TopicReader {
                     f(ReadRecord {
                         record: InputRecord::from(&m),
                         headers: headers_of(&m),
+                        log_append_time: log_append_time(&m),
                     });
                     if let Some(u) = until.filter(|u| m.offset() + 1 >= *u) {
                         ends.insert(p, u);
@@ -306,6 +314,7 @@ impl TopicReader {
                     let go_on = f(ReadRecord {
                         record: InputRecord::from(&m),
                         headers: headers_of(&m),
+                        log_append_time: log_append_time(&m),
                     });
                     if !go_on {
                         return Ok(true);
