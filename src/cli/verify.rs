@@ -17,7 +17,9 @@ pub struct VerifyArgs {
     /// The group whose committed offsets bound the check.
     #[arg(long, env = "TALLY_GROUP_ID", default_value = "tally")]
     pub group_id: String,
-    /// Also fail when the group has not consumed the input to its end.
+    /// Also fail when the group has not consumed the input to its end, when
+    /// outputs point past the committed offsets, or when open transactions keep
+    /// outputs from being read: after a drain all three must be 0.
     #[arg(long, env = "TALLY_VERIFY_COMPLETE")]
     pub complete: bool,
     /// Print a JSON summary instead of text.
@@ -64,7 +66,7 @@ pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
         summary
     })
     .await?;
-    let incomplete = a.complete && summary.unconsumed > 0;
+    let incomplete = a.complete && summary.incomplete() > 0;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -75,7 +77,10 @@ pub async fn run(a: VerifyArgs) -> anyhow::Result<i32> {
             "verify: FAILED ({} violations{})",
             summary.violations(),
             if incomplete {
-                format!(", {} input records not consumed", summary.unconsumed)
+                format!(
+                    ", {} input records not consumed, {} outputs past the committed offsets, {} outputs not readable",
+                    summary.unconsumed, summary.beyond_committed, summary.unread_outputs
+                )
             } else {
                 String::new()
             }

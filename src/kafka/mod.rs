@@ -27,4 +27,4 @@ pub use copy::copy_at_least_once;
 pub use producer::{
     Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnProducer,
 };
-pub use reader::{ReadRecord, StartAt, TopicReader};
+pub use reader::{ReadEnds, ReadRecord, StartAt, TopicReader};

@@ -17,6 +17,9 @@ use crate::model::InputRecord;
 pub struct ReadRecord {
     pub record: InputRecord,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The broker set the timestamp (the topic's `message.timestamp.type` is
+    /// `LogAppendTime`), not the producer.
+    pub log_append_time: bool,
 }
 
 impl ReadRecord {
@@ -27,6 +30,15 @@ impl ReadRecord {
             .map(|(_, v)| v.as_slice())
     }
 }
+
+fn log_append_time(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    matches!(m.timestamp(), rdkafka::Timestamp::LogAppendTime(_))
+}
+
+/// Where a [`TopicReader::read`] ended, per partition: the next offset it
+/// would have read (for a read to the end: the consumer's position at
+/// end-of-partition, the last stable offset).
+pub type ReadEnds = std::collections::BTreeMap<i32, i64>;
 
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +146,25 @@ impl TopicReader {
         partitions(self.consumer.client(), &self.topic)
     }
 
+    /// The partition's log end offset (the high watermark as a read_uncommitted
+    /// client sees it, open transactions included). [`TopicReader::watermarks`]
+    /// asks as this read_committed reader, which the broker answers with the
+    /// last stable offset.
+    pub fn log_end(&self, conn: &Connection, partition: i32) -> Result<i64> {
+        let mut config = conn.consumer_config(&[]);
+        config.set("isolation.level", "read_uncommitted");
+        let client: BaseConsumer<ReaderContext> = config
+            .create_with_context(ReaderContext)
+            .map_err(ctx("creating a watermark client"))?;
+        let (_, high) = client
+            .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)
+            .map_err(ctx(format!(
+                "reading the log end of {}/{partition}",
+                self.topic
+            )))?;
+        Ok(high)
+    }
+
     pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
         self.consumer
             .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)
@@ -146,13 +177,20 @@ impl TopicReader {
     /// Reads each listed partition from its start up to `until` (exclusive), or to
     /// its end (the last stable offset, for this read_committed reader) when
     /// `until` is `None`. Calls `f` for each record in partition order.
+    ///
+    /// Returns, per partition read, the offset the read ended at. Reading to the
+    /// end stops at the last stable offset, which is below the high watermark
+    /// while a transaction is open on the partition: a caller that must have
+    /// seen everything compares the two (see [`ReadEnds`]).
     pub fn read(
         &self,
         ranges: &[(i32, StartAt, Option<i64>)],
         mut f: impl FnMut(ReadRecord),
-    ) -> Result<()> {
+    ) -> Result<ReadEnds> {
+        let mut ends = ReadEnds::new();
         let mut tpl = TopicPartitionList::new();
         let mut open: HashMap<i32, Option<i64>> = HashMap::new();
+        let mut starts: HashMap<i32, StartAt> = HashMap::new();
         for (p, from, until) in ranges {
             let start = match from {
                 StartAt::Earliest => Offset::Beginning,
@@ -160,15 +198,17 @@ impl TopicReader {
             };
             if let (StartAt::Offset(o), Some(u)) = (from, until) {
                 if o >= u {
+                    ends.insert(*p, *o);
                     continue;
                 }
             }
             tpl.add_partition_offset(&self.topic, *p, start)
                 .expect("valid offset");
             open.insert(*p, *until);
+            starts.insert(*p, *from);
         }
         if open.is_empty() {
-            return Ok(());
+            return Ok(ends);
         }
         self.consumer
             .assign(&tpl)
@@ -187,15 +227,27 @@ impl TopicReader {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if let Some(Some(until)) = open.get(&p) {
+                    let Some(until) = open.get(&p).copied() else {
+                        continue;
+                    };
+                    // No position yet: nothing was read since the start
+                    // (control records count as read).
+                    let pos = match self.position(p)? {
+                        Some(pos) => pos,
+                        None => match starts.get(&p) {
+                            Some(StartAt::Offset(o)) => *o,
+                            _ => self.watermarks(p)?.0,
+                        },
+                    };
+                    if let Some(until) = until {
                         // EOF below `until` means the records in between are not
                         // readable (deleted by retention, or not yet stable).
-                        let pos = self.position(p)?;
-                        if pos < *until {
+                        if pos < until {
                             idle_since = Instant::now();
                             continue;
                         }
                     }
+                    ends.insert(p, pos);
                     open.remove(&p);
                 }
                 Some(Err(e))
@@ -215,21 +267,24 @@ impl TopicReader {
                     let Some(until) = open.get(&p).copied() else {
                         continue;
                     };
-                    if until.is_some_and(|u| m.offset() >= u) {
+                    if let Some(u) = until.filter(|u| m.offset() >= *u) {
+                        ends.insert(p, u);
                         open.remove(&p);
                         continue;
                     }
                     f(ReadRecord {
                         record: InputRecord::from(&m),
                         headers: headers_of(&m),
+                        log_append_time: log_append_time(&m),
                     });
-                    if until.is_some_and(|u| m.offset() + 1 >= u) {
+                    if let Some(u) = until.filter(|u| m.offset() + 1 >= *u) {
+                        ends.insert(p, u);
                         open.remove(&p);
                     }
                 }
             }
         }
-        Ok(())
+        Ok(ends)
     }
 
     /// Follows every partition from its current end (the last stable offset) and
@@ -259,6 +314,7 @@ impl TopicReader {
                     let go_on = f(ReadRecord {
                         record: InputRecord::from(&m),
                         headers: headers_of(&m),
+                        log_append_time: log_append_time(&m),
                     });
                     if !go_on {
                         return Ok(true);
@@ -284,15 +340,16 @@ impl TopicReader {
         }
     }
 
-    fn position(&self, partition: i32) -> Result<i64> {
+    /// The next offset the reader will return for `partition`; `None` until it
+    /// has read something there.
+    fn position(&self, partition: i32) -> Result<Option<i64>> {
         let pos = self.consumer.position().map_err(ctx("reading position"))?;
         Ok(pos
             .find_partition(&self.topic, partition)
             .and_then(|e| match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
-            })
-            .unwrap_or(0))
+            }))
     }
 }
 
