@@ -147,10 +147,7 @@ fn the_drill_catches_a_wrong_snapshot_overwritten_by_a_right_one() {
     let s = planted_drill("wrong-snapshot");
     let found = s["snapshot_mismatches"].as_array().unwrap();
     assert_eq!(found.len(), 1, "{s:#}");
-    assert!(
-        found[0].as_str().unwrap().contains(": processed "),
-        "{s:#}"
-    );
+    assert!(found[0].as_str().unwrap().contains(": processed "), "{s:#}");
     // Its partition's latest snapshot is right again.
     assert_eq!(s["partitions_checked"], 6, "{s:#}");
     clean_but(&s, &["snapshot_mismatches"]);

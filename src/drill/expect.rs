@@ -337,7 +337,10 @@ mod tests {
         let mut g = Generator::new(7, 1_700_000_000, 0.2, false);
         let mut e = Expectations::new(2);
         for n in 0..400 {
-            e.push((n % 2) as i32, Label::of(&g.next_record(), Some(MIN_APP_VERSION)));
+            e.push(
+                (n % 2) as i32,
+                Label::of(&g.next_record(), Some(MIN_APP_VERSION)),
+            );
         }
         let all = e.aggregate_at(0, 200).unwrap();
         assert_eq!(all.total(), 200);
@@ -374,7 +377,10 @@ mod tests {
         let written = vec![at(1, 150), at(0, 120), wrong, at(0, 10), at(1, 0)];
         let found = e.check_aggregates(written);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("snapshot 0@100: processed"), "{found:?}");
+        assert!(
+            found[0].starts_with("snapshot 0@100: processed"),
+            "{found:?}"
+        );
         let mut beyond = at(1, 150);
         beyond.next_offset = 151;
         beyond.what = "beyond".into();

@@ -222,6 +222,11 @@ struct Drill {
     last_sample: Instant,
     /// Crash points applied so far: the next one is the next in [`CRASH_POINTS`].
     crash_rounds: usize,
+    /// What verify expects of the input, as the instances run.
+    cfg: ProcessConfig,
+    /// verify's expectations of every input record recorded before a trim
+    /// deleted it.
+    before_trim: crate::verify::Expectations,
 }
 
 impl Drill {
@@ -499,6 +504,12 @@ impl Drill {
                     "kill -9 {id}, delete its state, delete the input below the latest snapshots {below:?} (committed {committed:?}), restart after {delay} ms"
                 ));
                 let before = self.watermarks()?;
+                let recorded = self
+                    .before_trim
+                    .record_until(&self.conn, &self.cfg, &below)?;
+                self.log(format!(
+                    "recorded verify's expectations of {recorded} input records before the trim"
+                ));
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
@@ -668,6 +679,33 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         names.group,
         work.display()
     );
+    // What verify expects of the input, as the instances are configured; the
+    // output topics' limits as created.
+    let [output_max, dlq_max] = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kafka::TopicAdmin::new(&conn)?.max_message_bytes(&[&names.output, &names.dlq]))?
+        [..]
+    else {
+        bail!("describing two topics gave another number of results");
+    };
+    let defaults = OutputLimits::default();
+    let cfg = ProcessConfig {
+        input_topic: names.input.clone(),
+        limits: Limits::default(),
+        filters: Filters {
+            min_app_version: Some(
+                expect::MIN_APP_VERSION
+                    .parse()
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            allowed_device_types: None,
+        },
+        output_limits: OutputLimits {
+            processed_max_bytes: output_max.unwrap_or(defaults.processed_max_bytes),
+            dlq_max_bytes: dlq_max.unwrap_or(defaults.dlq_max_bytes),
+        },
+    };
 
     let instances = (0..args.instances)
         .map(|i| Instance {
@@ -690,6 +728,8 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
             ..Report::default()
         },
         admin: GroupAdmin::new(&conn, &names.group)?,
+        cfg,
+        before_trim: crate::verify::Expectations::default(),
         input: TopicReader::new(&conn, &names.input)?,
         watch: StallWatch::default(),
         last_sample: Instant::now(),
@@ -865,35 +905,16 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     drill.report_unstruck();
 
     // Guarantee 1: every input record exactly once in output or DLQ.
-    let [output_max, dlq_max] = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(
-            kafka::TopicAdmin::new(&conn)?
-                .max_message_bytes(&[&drill.names.output, &drill.names.dlq]),
-        )?[..]
-    else {
-        bail!("describing two topics gave another number of results");
-    };
-    let defaults = OutputLimits::default();
-    let cfg = ProcessConfig {
-        input_topic: drill.names.input.clone(),
-        limits: Limits::default(),
-        filters: Filters {
-            min_app_version: Some(expect::MIN_APP_VERSION.parse().map_err(anyhow::Error::msg)?),
-            allowed_device_types: None,
-        },
-        output_limits: OutputLimits {
-            processed_max_bytes: output_max.unwrap_or(defaults.processed_max_bytes),
-            dlq_max_bytes: dlq_max.unwrap_or(defaults.dlq_max_bytes),
-        },
-    };
-    let summary = crate::verify::verify(
+    let summary = crate::verify::verify_with(
         &conn,
         &drill.names.group,
-        &cfg,
+        &drill.cfg,
         &drill.names.output,
         &drill.names.dlq,
+        crate::verify::Options {
+            before_trim: Some(&drill.before_trim),
+        },
+        &mut |_| {},
     )?;
     let committed = drill.admin.committed(&input_topic)?;
     let r = &mut drill.report;
@@ -904,30 +925,36 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     r.duplicates = summary.duplicates;
     r.losses = summary.missing + summary.unconsumed;
     r.mismatched = summary.mismatched;
-    r.stray = summary.stray;
+    r.stray = summary.stray
+        + summary.wrong_destination
+        + summary.wrong_reason
+        + summary.impossible_source;
     r.verify = summary.render();
-    // Each outcome's count against the labels: verify judged the records
-    // still in the input one by one; of those retention deleted, only their
-    // outputs can be counted.
-    let (mut kept, mut deleted) = (expect::Outcomes::default(), expect::Outcomes::default());
+    r.runtime_dead_letters = summary.runtime_dead_letters;
+    // Each outcome's count against the labels. verify judged every record,
+    // those retention deleted by the expectations recorded before the trim.
+    let mut want = expect::Outcomes::default();
     for p in 0..drill.args.partitions {
-        let low = marks.get(&p).map_or(0, |m| m.0);
         let c = committed.get(&p).copied().unwrap_or(0);
-        let (k, d) = (expect.outcomes(p, low, c), expect.outcomes(p, 0, low));
-        kept.processed += k.processed;
-        kept.dead_lettered += k.dead_lettered;
-        kept.filtered += k.filtered;
-        deleted.processed += d.processed;
-        deleted.dead_lettered += d.dead_lettered;
+        let o = expect.outcomes(p, 0, c);
+        want.processed += o.processed;
+        want.dead_lettered += o.dead_lettered;
+        want.filtered += o.filtered;
     }
     for (what, got, want) in [
-        ("processed", summary.processed, kept.processed),
-        ("dead-lettered", summary.dead_lettered, kept.dead_lettered),
-        ("filtered", summary.filtered, kept.filtered),
+        ("processed", summary.processed, want.processed),
+        ("dead-lettered", summary.dead_lettered, want.dead_lettered),
+        ("filtered", summary.filtered, want.filtered),
+        // Every deleted record's expectation was recorded before its trim.
         (
-            "outputs of deleted input",
+            "outputs of input deleted unrecorded",
             summary.below_log_start,
-            deleted.processed + deleted.dead_lettered,
+            0,
+        ),
+        (
+            "records outstanding (unconsumed, outputs past the offsets or unread)",
+            summary.incomplete(),
+            0,
         ),
     ] {
         if got != want {
@@ -955,7 +982,8 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
             aggregate: s.aggregate,
         });
     }
-    r.snapshot_mismatches.extend(expect.check_aggregates(written));
+    r.snapshot_mismatches
+        .extend(expect.check_aggregates(written));
     for p in 0..drill.args.partitions {
         let c = committed.get(&p).copied();
         match latest.by_partition.get(&p) {
@@ -1022,7 +1050,8 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
             });
         }
     }
-    r.snapshot_mismatches.extend(expect.check_aggregates(checkpoints));
+    r.snapshot_mismatches
+        .extend(expect.check_aggregates(checkpoints));
     if r.snapshots_checked == 0 || r.checkpoints_checked == 0 {
         r.snapshot_mismatches.push(format!(
             "nothing to check: {} snapshots, {} checkpoints",

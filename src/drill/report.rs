@@ -46,6 +46,9 @@ pub struct Report {
     /// The drill's own premises that failed (offsets no longer name the
     /// generator's records): nothing else can be judged then.
     pub harness_errors: Vec<String>,
+    /// Valid records dead-lettered while producing (poison, unproducible):
+    /// none may be, in a drill.
+    pub runtime_dead_letters: u64,
     /// The fault planted in tally, if any: the drill must then fail.
     pub planted: Option<super::Plant>,
 }
@@ -61,6 +64,7 @@ impl Report {
             && self.unexpected_exits.is_empty()
             && self.stalls.is_empty()
             && self.not_struck.is_empty()
+            && self.runtime_dead_letters == 0
             && self.harness_errors.is_empty()
     }
 
@@ -101,6 +105,10 @@ impl Report {
         println!(
             "  duplicates {}, losses {}, mismatched {}, stray {}",
             self.duplicates, self.losses, self.mismatched, self.stray
+        );
+        println!(
+            "  runtime dead letters {} (must be 0)",
+            self.runtime_dead_letters
         );
         println!("  aggregate mismatches {}", self.aggregate_mismatches.len());
         for m in &self.aggregate_mismatches {

@@ -86,7 +86,10 @@ mod tests {
         assert_eq!(w.longest, STALL_BOUND + Duration::from_secs(1));
         // A commit ends it; the clock starts again.
         let moved = BTreeMap::from([(0, 11), (1, 50)]);
-        assert!(w.sample(late + Duration::from_secs(2), &moved, &hw).is_empty());
+        assert!(
+            w.sample(late + Duration::from_secs(2), &moved, &hw)
+                .is_empty()
+        );
         assert!(
             w.sample(late + STALL_BOUND, &moved, &hw).is_empty(),
             "58 s since the commit"

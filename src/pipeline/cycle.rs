@@ -114,7 +114,11 @@ impl Pipeline {
                     return Ok(()); // the transaction was aborted; this record comes again
                 }
                 if let Some(out) = twice {
-                    tracing::warn!(partition, offset, "failpoint plant-duplicate: output sent twice");
+                    tracing::warn!(
+                        partition,
+                        offset,
+                        "failpoint plant-duplicate: output sent twice"
+                    );
                     if !self.send(out, Origin::Input { partition, offset }).await? {
                         return Ok(());
                     }
@@ -244,7 +248,10 @@ impl Pipeline {
                 let mut snap = st.committed.clone();
                 snap.merge(&st.pending, horizon);
                 if failpoints::error("plant-wrong-snapshot") {
-                    tracing::warn!(partition = p, "failpoint plant-wrong-snapshot: one processed record too many");
+                    tracing::warn!(
+                        partition = p,
+                        "failpoint plant-wrong-snapshot: one processed record too many"
+                    );
                     snap.processed += 1;
                 }
                 let record = insights::snapshot_record(
@@ -347,8 +354,14 @@ impl Pipeline {
             });
         }
         if let Some(p) = failpoints::value("plant-checkpoint-ahead") {
-            for c in checkpoints.iter_mut().filter(|c| p.parse() == Ok(c.partition)) {
-                tracing::warn!(partition = c.partition, "failpoint plant-checkpoint-ahead: checkpoint one offset ahead");
+            for c in checkpoints
+                .iter_mut()
+                .filter(|c| p.parse() == Ok(c.partition))
+            {
+                tracing::warn!(
+                    partition = c.partition,
+                    "failpoint plant-checkpoint-ahead: checkpoint one offset ahead"
+                );
                 c.next_offset += 1;
             }
         }
