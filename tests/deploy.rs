@@ -151,3 +151,135 @@ fn dashboard_is_valid_json_with_a_query_per_panel() {
         assert!(all.contains(family), "dashboard does not show {family}");
     }
 }
+
+/// The sources the Dockerfile's build stage copies (`COPY <src>... <dest>`
+/// without `--from`), as paths relative to the build context.
+fn dockerfile_build_context_paths() -> Vec<String> {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let mut paths = Vec::new();
+    for line in dockerfile.lines() {
+        let Some(rest) = line.trim().strip_prefix("COPY ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        if words.iter().any(|w| w.starts_with("--from")) {
+            continue;
+        }
+        let sources: Vec<&str> = words.iter().copied().filter(|w| !w.starts_with("--")).collect();
+        assert!(sources.len() >= 2, "unexpected COPY line: {line}");
+        paths.extend(sources[..sources.len() - 1].iter().map(|s| s.to_string()));
+    }
+    assert!(!paths.is_empty(), "no COPY in the Dockerfile's build stage");
+    paths
+}
+
+/// The `.dockerignore` patterns. Only names (`target`, `/target`, `target/`)
+/// and `**/name` are used, so the test can apply them without Docker's matcher.
+fn dockerignore_names() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join(".dockerignore"))
+        .expect(".dockerignore missing: the build context would hold target/, .git/ and .tools/");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let name = l
+                .trim_start_matches("**/")
+                .trim_start_matches('/')
+                .trim_end_matches('/');
+            assert!(
+                !name.contains(['*', '?', '[', '!', '/']),
+                ".dockerignore pattern {l:?}: keep to plain names so this test can apply it"
+            );
+            name.to_string()
+        })
+        .collect()
+}
+
+fn copy_tree(from: &Path, to: &Path, ignored: &[String]) {
+    let name = from.file_name().unwrap().to_string_lossy().to_string();
+    if ignored.contains(&name) {
+        return;
+    }
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &to.join(e.file_name()), ignored);
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+fn host_target() -> String {
+    let out = Command::new("rustc").arg("-vV").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_string()
+}
+
+/// No Docker engine runs here, so the image's build is checked by what decides
+/// it: a directory holding exactly what the Dockerfile copies must be a
+/// complete workspace. `cargo fetch --locked --offline` parses every member's
+/// manifest and target (a `[[bench]]` whose file was not copied fails it) and
+/// checks the lock file, without compiling or touching the network.
+#[test]
+fn docker_build_context_holds_the_whole_workspace() {
+    let ignored = dockerignore_names();
+    for needed in ["target", ".git", ".tools", ".kafka"] {
+        assert!(
+            ignored.iter().any(|i| i == needed),
+            ".dockerignore does not exclude {needed}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for src in dockerfile_build_context_paths() {
+        let from = repo().join(&src);
+        assert!(from.exists(), "the Dockerfile copies {src}, which does not exist");
+        copy_tree(&from, &dir.path().join(&src), &ignored);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // This host's target only: the registry cache holds no Windows-only crates.
+    let out = Command::new(cargo)
+        .args(["fetch", "--locked", "--offline", "--target", &host_target()])
+        .current_dir(dir.path())
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Dockerfile's build context is not a complete workspace (add the missing path to a COPY):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reproducible images: base images pinned to an exact version or digest, and
+/// a numeric user, so `runAsNonRoot` can verify it without resolving a name.
+#[test]
+fn dockerfile_pins_its_base_images_and_runs_as_a_numeric_user() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("FROM "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    for image in froms {
+        let pinned = image.contains("@sha256:")
+            || image
+                .split_once(':')
+                .is_some_and(|(_, tag)| tag.chars().filter(|c| *c == '.').count() >= 1 && tag.chars().next().unwrap().is_ascii_digit());
+        assert!(pinned, "base image {image} is not pinned to an exact version or digest");
+    }
+    let user = dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("USER "))
+        .last()
+        .expect("the Dockerfile sets no USER");
+    assert!(
+        user.split(':').all(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit())),
+        "USER {user} is not numeric (uid:gid)"
+    );
+}
