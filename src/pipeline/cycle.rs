@@ -67,6 +67,49 @@ impl Pipeline {
                 .any(|st| self.snapshot_due(st, Snapshots::Due))
     }
 
+    /// Idle, moves each active partition whose consumer position is past its
+    /// next offset up to that position, and closes a cycle committing it. Only
+    /// transaction markers (and aborted records) lie between: every record
+    /// handed over since the partition's latest seek was processed, so the
+    /// next offset covers it. Without this, input written by transactional
+    /// producers leaves the group's committed offset on the last marker, one
+    /// below the end of the partition, for ever: lag 1 in tally's gauge and in
+    /// every external lag monitor, and `tally verify --complete` refusing.
+    pub(super) async fn step_over_markers(&mut self) -> Result<()> {
+        if self.commits_held() {
+            return Ok(());
+        }
+        let behind = self.partitions.values().any(|st| {
+            matches!(st.phase, Phase::Active) && st.next_offset == st.committed_offset
+        });
+        if !behind {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let positions = blocking(move || consumer.positions()).await?;
+        let mut moved = false;
+        for (p, st) in self.partitions.iter_mut() {
+            if !matches!(st.phase, Phase::Active) || st.touched {
+                continue;
+            }
+            if let Some(&position) = positions.get(p) {
+                if position > st.next_offset {
+                    tracing::debug!(partition = *p, from = st.next_offset, to = position, "stepping over transaction markers");
+                    st.next_offset = position;
+                    st.touched = true;
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            if !self.ensure_open().await? {
+                return Ok(());
+            }
+            self.close_cycle(Snapshots::Due).await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn on_record(&mut self, polled: kafka::Polled) -> Result<()> {
         let rec = polled.record;
         let Some(st) = self.partitions.get(&rec.partition) else {
