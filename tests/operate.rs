@@ -397,11 +397,14 @@ fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     let mut exprs: Vec<(String, String)> = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().unwrap() {
-            // Grafana's range variable; a minute holds ~60 scrapes here.
+            // Grafana's range variable (a minute holds ~60 scrapes here),
+            // and the template variables at "All".
             let e = t["expr"]
                 .as_str()
                 .unwrap()
-                .replace("$__rate_interval", "1m");
+                .replace("$__rate_interval", "1m")
+                .replace("$job", ".+")
+                .replace("$namespace", ".*");
             exprs.push((format!("dashboard: {}", panel["title"]), e));
         }
     }
