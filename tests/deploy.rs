@@ -211,14 +211,20 @@ fn kubernetes_manifests_have_the_operating_properties() {
         .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
         .collect();
     let session: u64 = env["TALLY_SESSION_TIMEOUT_MS"].parse().unwrap();
-    assert!(session >= 45_000, "session {session} ms: a restart outlasts it");
+    assert!(
+        session >= 45_000,
+        "session {session} ms: a restart outlasts it"
+    );
     let txn: u64 = env["TALLY_KAFKA_PROPERTIES"]
         .split(';')
         .find_map(|kv| kv.strip_prefix("transaction.timeout.ms="))
         .expect("transaction.timeout.ms set")
         .parse()
         .unwrap();
-    assert!(txn >= 100 + session + 30_000, "transaction.timeout.ms {txn}");
+    assert!(
+        txn >= 100 + session + 30_000,
+        "transaction.timeout.ms {txn}"
+    );
     assert!(!env.contains_key("TALLY_LEAVE_GROUP_ON_SHUTDOWN"));
     assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 30);
 }
@@ -236,15 +242,24 @@ fn docker_compose_keeps_kafka_data_and_checks_tally() {
     for (name, s) in c["services"].as_object().unwrap() {
         for port in s["ports"].as_array().into_iter().flatten() {
             let port = port.as_str().unwrap();
-            assert!(port.starts_with("127.0.0.1:"), "{name} publishes {port} on every interface");
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface"
+            );
         }
     }
     for name in ["tally-1", "tally-2"] {
         let s = &c["services"][name];
-        assert!(s["healthcheck"]["test"].is_array(), "{name} has no healthcheck");
+        assert!(
+            s["healthcheck"]["test"].is_array(),
+            "{name} has no healthcheck"
+        );
         let grace = s["stop_grace_period"].as_str().unwrap();
         let secs: u64 = grace.trim_end_matches('s').parse().unwrap();
-        assert!(secs > 30, "{name}: stop_grace_period {grace} is not above --shutdown-timeout 30 s");
+        assert!(
+            secs > 30,
+            "{name}: stop_grace_period {grace} is not above --shutdown-timeout 30 s"
+        );
     }
 }
 
@@ -306,24 +321,34 @@ fn dashboard_is_valid_json_with_a_query_per_panel() {
     // What an operator looks at first: instances up, time since the last
     // commit, group lag (one series per partition whoever owns it), top
     // partitions by lag; rates in records/s.
-    let titles: Vec<&str> = panels.iter().map(|p| p["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
     assert_eq!(
         titles[..3],
-        ["Instances up", "Time since last commit", "Group lag (records)"]
+        [
+            "Instances up",
+            "Time since last commit",
+            "Group lag (records)"
+        ]
     );
     assert!(all.contains("topk(5, max without (instance, pod) (tally_consumer_lag"));
     let records = panels
         .iter()
         .find(|p| p["title"] == "Records committed by outcome")
         .unwrap();
-    assert_eq!(records["fieldConfig"]["defaults"]["unit"], "suffix: records/s");
+    assert_eq!(
+        records["fieldConfig"]["defaults"]["unit"],
+        "suffix: records/s"
+    );
 }
 
-/// The sources the Dockerfile's build stage copies (`COPY <src>... <dest>`
-/// without `--from`), as paths relative to the build context.
-fn dockerfile_build_context_paths() -> Vec<String> {
+/// What the Dockerfile's build stage copies (`COPY <src>... <dest>` without
+/// `--from`): (source in the build context, destination under WORKDIR).
+fn dockerfile_build_context_copies() -> Vec<(String, PathBuf)> {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    let mut paths = Vec::new();
+    let mut copies = Vec::new();
     for line in dockerfile.lines() {
         let Some(rest) = line.trim().strip_prefix("COPY ") else {
             continue;
@@ -332,12 +357,24 @@ fn dockerfile_build_context_paths() -> Vec<String> {
         if words.iter().any(|w| w.starts_with("--from")) {
             continue;
         }
-        let sources: Vec<&str> = words.iter().copied().filter(|w| !w.starts_with("--")).collect();
-        assert!(sources.len() >= 2, "unexpected COPY line: {line}");
-        paths.extend(sources[..sources.len() - 1].iter().map(|s| s.to_string()));
+        let words: Vec<&str> = words.into_iter().filter(|w| !w.starts_with("--")).collect();
+        let (dest, sources) = words.split_last().expect("COPY names a destination");
+        assert!(!sources.is_empty(), "unexpected COPY line: {line}");
+        for src in sources {
+            // `COPY a b ./`: into the directory; `COPY dir ./dir`: as that path.
+            let to = if dest.ends_with('/') {
+                Path::new(dest).join(Path::new(src).file_name().unwrap())
+            } else {
+                PathBuf::from(dest)
+            };
+            copies.push((src.to_string(), to));
+        }
     }
-    assert!(!paths.is_empty(), "no COPY in the Dockerfile's build stage");
-    paths
+    assert!(
+        !copies.is_empty(),
+        "no COPY in the Dockerfile's build stage"
+    );
+    copies
 }
 
 /// The `.dockerignore` patterns. Only names (`target`, `/target`, `target/`)
@@ -402,10 +439,13 @@ fn docker_build_context_holds_the_whole_workspace() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    for src in dockerfile_build_context_paths() {
+    for (src, to) in dockerfile_build_context_copies() {
         let from = repo().join(&src);
-        assert!(from.exists(), "the Dockerfile copies {src}, which does not exist");
-        copy_tree(&from, &dir.path().join(&src), &ignored);
+        assert!(
+            from.exists(),
+            "the Dockerfile copies {src}, which does not exist"
+        );
+        copy_tree(&from, &dir.path().join(to), &ignored);
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // This host's target only: the registry cache holds no Windows-only crates.
@@ -435,10 +475,14 @@ fn dockerfile_pins_its_base_images_and_runs_as_a_numeric_user() {
     assert_eq!(froms.len(), 2, "{froms:?}");
     for image in froms {
         let pinned = image.contains("@sha256:")
-            || image
-                .split_once(':')
-                .is_some_and(|(_, tag)| tag.chars().filter(|c| *c == '.').count() >= 1 && tag.chars().next().unwrap().is_ascii_digit());
-        assert!(pinned, "base image {image} is not pinned to an exact version or digest");
+            || image.split_once(':').is_some_and(|(_, tag)| {
+                tag.chars().filter(|c| *c == '.').count() >= 1
+                    && tag.chars().next().unwrap().is_ascii_digit()
+            });
+        assert!(
+            pinned,
+            "base image {image} is not pinned to an exact version or digest"
+        );
     }
     let user = dockerfile
         .lines()
@@ -446,7 +490,8 @@ fn dockerfile_pins_its_base_images_and_runs_as_a_numeric_user() {
         .last()
         .expect("the Dockerfile sets no USER");
     assert!(
-        user.split(':').all(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit())),
+        user.split(':')
+            .all(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit())),
         "USER {user} is not numeric (uid:gid)"
     );
 }

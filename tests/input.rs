@@ -85,7 +85,10 @@ fn lag_gauges(run: &mut TallyProc) -> BTreeMap<String, i64> {
         .filter_map(|l| l.strip_prefix("tally_consumer_lag{partition=\""))
         .map(|l| {
             let (p, rest) = l.split_once('"').unwrap();
-            (p.to_string(), rest.rsplit(' ').next().unwrap().parse().unwrap())
+            (
+                p.to_string(),
+                rest.rsplit(' ').next().unwrap().parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -133,7 +136,10 @@ fn transactional_input_is_drained_to_lag_zero() {
         if lag.len() == 3 && lag.values().all(|l| *l == 0) {
             break;
         }
-        assert!(Instant::now() < deadline, "lag gauges after the drain: {lag:?}");
+        assert!(
+            Instant::now() < deadline,
+            "lag gauges after the drain: {lag:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(run.terminate(), Some(0), "{}", run.log());

@@ -37,8 +37,7 @@ fn settled(a: &mut TallyProc, b: &mut TallyProc, partitions: u64) -> (u64, u64) 
     let mut last = None;
     let mut since = Instant::now();
     loop {
-        let owned =
-            metric(a, "tally_assigned_partitions") + metric(b, "tally_assigned_partitions");
+        let owned = metric(a, "tally_assigned_partitions") + metric(b, "tally_assigned_partitions");
         let ready = metric(a, "tally_ready") + metric(b, "tally_ready");
         let counts = (
             metric(a, "tally_rebalances_total"),
@@ -79,13 +78,25 @@ fn restart_one_of_two(test: &str, a_flags: &[&str]) -> (u64, u64) {
         &["--session-timeout", SESSION],
         &[],
     );
-    wait_for_committed(&names.group, &names.input, 4_000, LONG, &mut [&mut a, &mut b]);
+    wait_for_committed(
+        &names.group,
+        &names.input,
+        4_000,
+        LONG,
+        &mut [&mut a, &mut b],
+    );
     let (_, before) = settled(&mut a, &mut b, 4);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
     // Records arrive while a is down: its partitions wait for it (or move to b).
     let second = produce_generated(&names.input, 2_000, 62, 0.05);
     let mut a = TallyProc::start(&names, &format!("{test}-a"), &a_state, &flags, &[]);
-    wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut a, &mut b]);
+    wait_for_committed(
+        &names.group,
+        &names.input,
+        6_000,
+        LONG,
+        &mut [&mut a, &mut b],
+    );
     let (_, after) = settled(&mut a, &mut b, 4);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
     assert_eq!(b.terminate(), Some(0), "{}", b.log());
@@ -101,7 +112,8 @@ fn restart_one_of_two(test: &str, a_flags: &[&str]) -> (u64, u64) {
 fn a_clean_restart_keeps_the_static_membership_and_rebalances_no_one() {
     let (before, after) = restart_one_of_two("rollout", &[]);
     assert_eq!(
-        after, before,
+        after,
+        before,
         "the other instance saw {} rebalance(s) during the restart",
         after - before
     );

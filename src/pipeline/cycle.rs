@@ -67,41 +67,48 @@ impl Pipeline {
                 .any(|st| self.snapshot_due(st, Snapshots::Due))
     }
 
-    /// Idle, moves each active partition whose consumer position is past its
-    /// next offset up to that position, and closes a cycle committing it. Only
-    /// transaction markers (and aborted records) lie between: every record
-    /// handed over since the partition's latest seek was processed, so the
-    /// next offset covers it. Without this, input written by transactional
+    /// Moves each active partition whose consumer position is past its next
+    /// offset up to that position. Only transaction markers (and records of
+    /// aborted transactions) lie between: every record handed over since the
+    /// partition's latest seek was processed, so the next offset covers it.
+    /// Called by the loop between polls only (a poll in flight may have taken
+    /// records the loop has not processed yet), when a cycle is about to close
+    /// (the moves join its offsets) or while idle (a transaction of offsets
+    /// alone then commits them). Without this, input written by transactional
     /// producers leaves the group's committed offset on the last marker, one
     /// below the end of the partition, for ever: lag 1 in tally's gauge and in
     /// every external lag monitor, and `tally verify --complete` refusing.
     pub(super) async fn step_over_markers(&mut self) -> Result<()> {
-        if self.commits_held() {
-            return Ok(());
-        }
-        let behind = self.partitions.values().any(|st| {
-            matches!(st.phase, Phase::Active) && st.next_offset == st.committed_offset
-        });
-        if !behind {
+        if self.commits_held()
+            || !self
+                .partitions
+                .values()
+                .any(|st| matches!(st.phase, Phase::Active))
+        {
             return Ok(());
         }
         let consumer = self.consumer.clone();
         let positions = blocking(move || consumer.positions()).await?;
         let mut moved = false;
         for (p, st) in self.partitions.iter_mut() {
-            if !matches!(st.phase, Phase::Active) || st.touched {
+            if !matches!(st.phase, Phase::Active) {
                 continue;
             }
             if let Some(&position) = positions.get(p) {
                 if position > st.next_offset {
-                    tracing::debug!(partition = *p, from = st.next_offset, to = position, "stepping over transaction markers");
+                    tracing::debug!(
+                        partition = *p,
+                        from = st.next_offset,
+                        to = position,
+                        "stepping over transaction markers"
+                    );
                     st.next_offset = position;
                     st.touched = true;
                     moved = true;
                 }
             }
         }
-        if moved {
+        if moved && matches!(self.txn, Txn::Idle) {
             if !self.ensure_open().await? {
                 return Ok(());
             }

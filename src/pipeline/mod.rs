@@ -448,7 +448,7 @@ impl Pipeline {
                     .await?;
                 continue;
             }
-            if matches!(self.txn, Txn::Idle) {
+            if matches!(self.txn, Txn::Idle) || self.cycle_due() {
                 self.step_over_markers().await?;
             }
             if self.cycle_due() || self.snapshot_catch_up_due() {
