@@ -62,13 +62,17 @@ fn settled(a: &mut TallyProc, b: &mut TallyProc, partitions: u64) -> (u64, u64) 
 }
 
 /// Restarts instance a cleanly while b keeps running; returns b's rebalance
-/// counter before a's stop and after a is back and the input drained.
-fn restart_one_of_two(test: &str, a_flags: &[&str]) -> (u64, u64) {
+/// counter before a's stop and after a is back and the input drained. While a
+/// is down, b either keeps its own partitions only (a kept its place) or, when
+/// a leaves, takes all of them within a few seconds, well inside the session.
+fn restart_one_of_two(test: &str, leave: bool) -> (u64, u64) {
     let names = Names::create(test, 4);
     let dir = tempfile::tempdir().unwrap();
     let first = produce_generated(&names.input, 4_000, 61, 0.05);
     let mut flags = vec!["--session-timeout", SESSION];
-    flags.extend_from_slice(a_flags);
+    if leave {
+        flags.push("--leave-group-on-shutdown");
+    }
     let a_state = dir.path().join("a");
     let mut a = TallyProc::start(&names, &format!("{test}-a"), &a_state, &flags, &[]);
     let mut b = TallyProc::start(
@@ -86,8 +90,24 @@ fn restart_one_of_two(test: &str, a_flags: &[&str]) -> (u64, u64) {
         &mut [&mut a, &mut b],
     );
     let (_, before) = settled(&mut a, &mut b, 4);
+    let b_owned = metric(&mut b, "tally_assigned_partitions");
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
-    // Records arrive while a is down: its partitions wait for it (or move to b).
+    let stopped = Instant::now();
+    if leave {
+        wait_for("b to take every partition", Duration::from_secs(10), || {
+            (metric(&mut b, "tally_assigned_partitions") == 4).then_some(())
+        });
+        eprintln!(
+            "b owned all 4 partitions {:?} after a stopped",
+            stopped.elapsed()
+        );
+    } else {
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(metric(&mut b, "tally_assigned_partitions"), b_owned);
+        assert_eq!(metric(&mut b, "tally_rebalances_total"), before);
+    }
+    // Records arrive while a is down: its partitions wait for it (or were
+    // handed to b).
     let second = produce_generated(&names.input, 2_000, 62, 0.05);
     let mut a = TallyProc::start(&names, &format!("{test}-a"), &a_state, &flags, &[]);
     wait_for_committed(
@@ -105,12 +125,13 @@ fn restart_one_of_two(test: &str, a_flags: &[&str]) -> (u64, u64) {
         first.valid() + second.valid(),
         first.malformed + second.malformed,
     );
+    eprintln!("{test}: b's tally_rebalances_total {before} before a's restart, {after} after");
     (before, after)
 }
 
 #[test]
 fn a_clean_restart_keeps_the_static_membership_and_rebalances_no_one() {
-    let (before, after) = restart_one_of_two("rollout", &[]);
+    let (before, after) = restart_one_of_two("rollout", false);
     assert_eq!(
         after,
         before,
@@ -123,6 +144,6 @@ fn a_clean_restart_keeps_the_static_membership_and_rebalances_no_one() {
 fn leaving_on_shutdown_hands_the_partitions_over_at_once() {
     // b is assigned a's partitions when a leaves, and gives them back when a
     // rejoins: two rebalances.
-    let (before, after) = restart_one_of_two("leave", &["--leave-group-on-shutdown"]);
+    let (before, after) = restart_one_of_two("leave", true);
     assert_eq!(after, before + 2, "rebalances seen by the other instance");
 }
