@@ -476,8 +476,8 @@ fn dockerfile_pins_its_base_images_and_runs_as_a_numeric_user() {
     for image in froms {
         let pinned = image.contains("@sha256:")
             || image.split_once(':').is_some_and(|(_, tag)| {
-                tag.chars().filter(|c| *c == '.').count() >= 1
-                    && tag.chars().next().unwrap().is_ascii_digit()
+                // An exact version: `1.95.0-bookworm`, `12.12-slim`, not `1-bookworm`.
+                tag.contains('.') && tag.starts_with(|c: char| c.is_ascii_digit())
             });
         assert!(
             pinned,
