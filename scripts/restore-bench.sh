@@ -36,7 +36,8 @@ group=(--group-id "$id-g")
 now() { date +%s.%N; }
 say() { echo "restore-bench: $*" >&2; }
 
-# Extra flags for instance a.
+# Extra flags for instance a. Every run leaves the group when stopped: the next
+# run is another instance (a new host), which must get every partition at once.
 run_args=()
 
 # Runs instance a (log $2) until the group has committed $1 records in total,
@@ -46,7 +47,7 @@ process_until() {
   local t0 t1 log=$work/$2
   t0=$(now)
   RUST_LOG=info "$tally" run "${topics[@]}" "${group[@]}" --instance-id a --state-dir "$work/a" \
-    --progress-secs 600 "${run_args[@]}" 2> "$log" &
+    --progress-secs 600 --leave-group-on-shutdown "${run_args[@]}" 2> "$log" &
   run_pid=$!
   if [ -n "${3:-}" ]; then
     "$tally" generate --topic "$id-in" --count "$3" --rate 2000 --invalid-ratio 0.05 \
@@ -81,7 +82,7 @@ EOF
 new_host() {
   local name=$1 instance=${2:-$1} log=$work/$1.log
   RUST_LOG=info "$tally" run "${topics[@]}" "${group[@]}" --instance-id "$instance" --state-dir "$work/$name" \
-    --progress-secs 60 2> "$log" &
+    --progress-secs 60 --leave-group-on-shutdown 2> "$log" &
   run_pid=$!
   local deadline=$((SECONDS + 300))
   while [ "$(grep -c 'partition restored' "$log" || true)" -lt "$partitions" ]; do

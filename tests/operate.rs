@@ -308,6 +308,11 @@ fn watched_quantities(expr: &str) -> Vec<String> {
                 Some(rest) => rest.split_once(')').map_or(rest, |(_, q)| q).trim(),
                 None => operand.trim(),
             };
+            // `absent(q == 1)` watches `q`, which is there while all is well.
+            let operand = operand
+                .strip_prefix("absent(")
+                .and_then(|inner| inner.strip_suffix(')'))
+                .unwrap_or(operand);
             let Some((head, last)) = operand.rsplit_once(' ') else {
                 return operand.to_string();
             };
@@ -334,6 +339,10 @@ fn alert_thresholds_are_removed_operand_by_operand() {
             "sum by (instance) (x) == 0 and on (instance) sum by (instance) (y) > 0"
         ),
         ["sum by (instance) (x)", "sum by (instance) (y)"]
+    );
+    assert_eq!(
+        watched_quantities("absent(up{job=\"tally\"} == 1)"),
+        ["up{job=\"tally\"}"]
     );
 }
 
@@ -388,18 +397,21 @@ fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     let mut exprs: Vec<(String, String)> = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().unwrap() {
-            // Grafana's range variable; a minute holds ~60 scrapes here.
+            // Grafana's range variable (a minute holds ~60 scrapes here),
+            // and the template variables at "All".
             let e = t["expr"]
                 .as_str()
                 .unwrap()
-                .replace("$__rate_interval", "1m");
+                .replace("$__rate_interval", "1m")
+                .replace("$job", ".+")
+                .replace("$namespace", ".*");
             exprs.push((format!("dashboard: {}", panel["title"]), e));
         }
     }
     let rules = prom.alert_rules();
     assert_eq!(
         rules.len(),
-        7,
+        13,
         "alert rules loaded: {rules:?}\n{}",
         prom.log()
     );

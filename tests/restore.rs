@@ -26,7 +26,9 @@ fn new_host_after_retention_restores_from_snapshots() {
     let names = Names::create("retain", 3);
     let dir = tempfile::tempdir().unwrap();
     let mut all = produce_generated(&names.input, 6_000, 41, 0.05);
-    let mut a = TallyProc::start(&names, "retain-a", &dir.path().join("a"), &[], &[]);
+    // Leaves on shutdown: b, another instance, takes over at once.
+    let leave = ["--leave-group-on-shutdown"];
+    let mut a = TallyProc::start(&names, "retain-a", &dir.path().join("a"), &leave, &[]);
     wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut a]);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
 
@@ -81,7 +83,14 @@ fn a_snapshot_behind_an_aborted_transaction_is_found() {
             &names,
             id,
             &dir.path().join(id),
-            &["--snapshot-interval", "1", "--max-batch-records", "50"],
+            // Leaving on shutdown: the next instance takes over at once.
+            &[
+                "--snapshot-interval",
+                "1",
+                "--max-batch-records",
+                "50",
+                "--leave-group-on-shutdown",
+            ],
             failpoints,
         );
         wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut p]);
@@ -140,7 +149,9 @@ fn refuses_when_the_records_after_the_snapshot_are_gone() {
     let names = Names::create("refuse", 2);
     let dir = tempfile::tempdir().unwrap();
     let first = produce_generated(&names.input, 2_000, 43, 0.0);
-    let mut a = TallyProc::start(&names, "refuse-a", &dir.path().join("a"), &[], &[]);
+    // Leaves on shutdown: `tally replay` refuses while the group has a member.
+    let leave = ["--leave-group-on-shutdown"];
+    let mut a = TallyProc::start(&names, "refuse-a", &dir.path().join("a"), &leave, &[]);
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut a]);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
     let snapshots = committed_offsets(&names.group, &names.input);

@@ -85,7 +85,9 @@ fn partitions_move_both_ways_between_two_instances() {
     let names = Names::create("move", 4);
     let dir = tempfile::tempdir().unwrap();
     let mut a = TallyProc::start(&names, "move-a", &dir.path().join("a"), &[], &[]);
-    let mut b = TallyProc::start(&names, "move-b", &dir.path().join("b"), &[], &[]);
+    // b leaves the group on shutdown, so a takes its partitions at once.
+    let leave = ["--leave-group-on-shutdown"];
+    let mut b = TallyProc::start(&names, "move-b", &dir.path().join("b"), &leave, &[]);
     let mut total = Input::default();
     let mut add = |part: Input| total.merge(&part);
     for round in 0..3u64 {
@@ -137,7 +139,9 @@ fn replay_then_rerun_gives_the_same_aggregates() {
     let input = produce_generated(&names.input, 3_000, 23, 0.05);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut run = TallyProc::start(&names, "replay-1", &state, &[], &[]);
+    // Leaves on shutdown: `tally replay` refuses while the group has a member.
+    let leave = ["--leave-group-on-shutdown"];
+    let mut run = TallyProc::start(&names, "replay-1", &state, &leave, &[]);
     wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut run]);
     // Refused while the group has a member.
     let replay_args = vec![

@@ -53,7 +53,9 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
         let g = admin.describe()?;
         if !g.members.is_empty() {
             bail!(
-                "group {group} has {} active member(s) ({}); stop every `tally run` of the group first",
+                "group {group} has {} active member(s) ({}); stop every `tally run` of the group first \
+                 (a static member stopped without --leave-group-on-shutdown stays a member until \
+                 its session times out)",
                 g.members.len(),
                 g.members.join(", ")
             );

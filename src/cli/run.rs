@@ -71,8 +71,9 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub session_timeout: Duration,
     /// Seconds a shutdown (SIGINT/SIGTERM) may take: commit or abort the open
-    /// transaction, checkpoint, leave the group. Past it tally exits with status 1
-    /// (the broker is gone?); nothing is lost, the checkpoint is never ahead of Kafka.
+    /// transaction, checkpoint, close (or leave) the group. Past it tally exits
+    /// with status 1 (the broker is gone?); nothing is lost, the checkpoint is
+    /// never ahead of Kafka.
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub shutdown_timeout: u64,
     /// Address of the operations endpoint (/healthz, /readyz, /metrics, /insights);
@@ -96,6 +97,14 @@ pub struct RunArgs {
     /// A polled batch stops growing at this many bytes of keys and values.
     #[arg(long, env = "TALLY_MAX_BATCH_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = parse_positive)]
     pub max_batch_bytes: usize,
+    /// On SIGINT/SIGTERM, leave the consumer group (LeaveGroup), so the other
+    /// members take this instance's partitions over at once: for scale-in, or
+    /// before `tally replay`. Without it a clean shutdown keeps this static
+    /// member's place for the session timeout, so a restart (a rolling update)
+    /// gets its partitions back without a rebalance; an instance that does not
+    /// come back has its partitions moved when the session times out.
+    #[arg(long, env = "TALLY_LEAVE_GROUP_ON_SHUTDOWN")]
+    pub leave_group_on_shutdown: bool,
     /// Seconds between progress log lines.
     #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_secs: u64,
@@ -252,6 +261,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         poison_aborts: a.poison_aborts,
         max_batch_bytes: a.max_batch_bytes,
+        leave_group_on_shutdown: a.leave_group_on_shutdown,
     };
     if let Some(pipeline) = Pipeline::start(cfg, shutdown).await? {
         pipeline.run().await?;

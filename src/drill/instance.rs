@@ -90,6 +90,10 @@ impl Instance {
                 "--progress-secs",
                 "5",
             ])
+            // A graceful stop is the drill's scale-down: the instance leaves
+            // the group, so the others take its partitions at once (without the
+            // flag a static member keeps them until its session expires).
+            .arg("--leave-group-on-shutdown")
             // `TALLY_DRILL_LOG` (a `RUST_LOG` filter) raises the instances' log
             // level to investigate a failed drill, e.g. `info,librdkafka=debug`
             // with `-X debug=cgrp` in `TALLY_KAFKA_PROPERTIES`. Keep `info` for

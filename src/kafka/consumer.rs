@@ -195,11 +195,14 @@ impl GroupConsumer {
             .map_err(ctx(format!("subscribing to {}", self.topic)))
     }
 
-    /// Leaves the group: unsubscribing makes librdkafka revoke our partitions
-    /// (through the rebalance callback, served by polling here) and then send
-    /// LeaveGroup, which a static member does not do on close, so the remaining
-    /// members take over at once. Records polled meanwhile are dropped: they are
-    /// past the committed offsets.
+    /// Leaves the group for good (scale-in): unsubscribing makes librdkafka
+    /// revoke our partitions (through the rebalance callback, served by polling
+    /// here) and then send LeaveGroup, so the remaining members take over at
+    /// once. Closing the consumer without this keeps a static member's place
+    /// (librdkafka sends no LeaveGroup when a static member closes, KIP-345):
+    /// a restart within the session timeout gets its partitions back without a
+    /// rebalance. Records polled meanwhile are dropped: they are past the
+    /// committed offsets.
     pub fn leave(&self, timeout: Duration) {
         self.consumer.unsubscribe();
         let deadline = Instant::now() + timeout;
@@ -328,6 +331,25 @@ impl GroupConsumer {
                 Ok((e.partition(), o))
             })
             .collect()
+    }
+
+    /// The consumer's position in each assigned partition that has one: the
+    /// offset after the last record, or transaction marker, librdkafka handed
+    /// over. Markers are never handed over as records, but the position moves
+    /// past them (as do aborted transactions' records, with their marker), so a
+    /// position beyond the last processed record's offset + 1 says that only
+    /// markers lie between. A seek or a new assignment resets it to none until
+    /// the next record or marker.
+    pub fn positions(&self) -> Result<HashMap<i32, i64>> {
+        let tpl = self.consumer.position().map_err(ctx("reading positions"))?;
+        Ok(tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// `(low, high)` watermarks of a partition.

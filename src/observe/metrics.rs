@@ -28,6 +28,7 @@ pub struct Metrics {
     pub restores: IntCounterVec,
     pub rebalances: IntCounter,
     pub producer_replacements: IntCounter,
+    pub snapshot_refusals: IntCounter,
     pub end_to_end_latency_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
     pub ready: IntGauge,
@@ -142,6 +143,10 @@ impl Metrics {
             "tally_producer_replacements_total",
             "Transactional producers replaced after a fatal (not fencing) error",
         );
+        let snapshot_refusals = counter(
+            "tally_snapshot_refusals_total",
+            "Snapshots the broker refused (over the insights topic's max.message.bytes); each aborts its transaction",
+        );
         let end_to_end_latency_seconds = histogram(
             &r,
             "tally_end_to_end_latency_seconds",
@@ -216,6 +221,7 @@ impl Metrics {
             restores,
             rebalances,
             producer_replacements,
+            snapshot_refusals,
             end_to_end_latency_seconds,
             checkpoint_seconds,
             ready,
@@ -279,6 +285,7 @@ mod tests {
             ("tally_restores_total", "counter"),
             ("tally_rebalances_total", "counter"),
             ("tally_producer_replacements_total", "counter"),
+            ("tally_snapshot_refusals_total", "counter"),
             ("tally_end_to_end_latency_seconds", "histogram"),
             ("tally_checkpoint_seconds", "histogram"),
             ("tally_ready", "gauge"),

@@ -149,6 +149,27 @@ impl InternalEvent for ProducerReplaced {
     }
 }
 
+/// The broker refused a partition's snapshot (over the insights topic's
+/// `max.message.bytes`): its transaction aborts, and the snapshot comes back
+/// every `--snapshot-interval` until it fits. Counted, so an alert sees it even
+/// when this instance never committed a snapshot of the partition.
+#[derive(Debug)]
+pub struct SnapshotRefused<'a> {
+    pub partition: i32,
+    pub error: &'a str,
+}
+
+impl InternalEvent for SnapshotRefused<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::error!(
+            partition = self.partition,
+            error = %self.error,
+            "the broker refused a snapshot; raise the insights topic's max.message.bytes, restores from snapshots fall behind until then"
+        );
+        t.metrics.snapshot_refusals.inc();
+    }
+}
+
 /// After a commit: the partitions' new committed state, checkpointed to RocksDB
 /// in `took`.
 #[derive(Debug)]

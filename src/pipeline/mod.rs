@@ -67,6 +67,9 @@ pub struct PipelineConfig {
     pub poison_aborts: u32,
     /// A polled batch stops growing at this many bytes of keys and values.
     pub max_batch_bytes: usize,
+    /// On shutdown, leave the group (LeaveGroup) instead of keeping the static
+    /// member's place for its restart.
+    pub leave_group_on_shutdown: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -445,6 +448,9 @@ impl Pipeline {
                     .await?;
                 continue;
             }
+            if matches!(self.txn, Txn::Idle) || self.cycle_due() {
+                self.step_over_markers().await?;
+            }
             if self.cycle_due() || self.snapshot_catch_up_due() {
                 self.close_cycle(Snapshots::Due).await?;
             }
@@ -531,7 +537,10 @@ impl Pipeline {
     }
 
     /// Guarantee 4: finish the open transaction (commit, or abort when a commit
-    /// is not allowed or fails), checkpoint, leave the group.
+    /// is not allowed or fails), checkpoint, and either keep the static
+    /// member's place (the default: closing the consumer sends no LeaveGroup,
+    /// so a restart within the session timeout moves no partition) or leave the
+    /// group (`--leave-group-on-shutdown`: the others take over at once).
     async fn shutdown(&mut self) -> Result<()> {
         tracing::info!("shutting down: committing the open transaction");
         self.stage = "committing the open transaction";
@@ -541,10 +550,19 @@ impl Pipeline {
         // From here on rebalance callbacks have nothing to hand over: closing the
         // receiver lets them return at once.
         self.rebalances.close();
-        self.stage = "leaving the group";
-        let consumer = self.consumer.clone();
-        blocking(move || consumer.leave(Duration::from_secs(10))).await;
-        tracing::info!("left the group");
+        if self.cfg.leave_group_on_shutdown {
+            self.stage = "leaving the group";
+            let consumer = self.consumer.clone();
+            blocking(move || consumer.leave(Duration::from_secs(10))).await;
+            tracing::info!("left the group");
+        } else {
+            tracing::info!(
+                session_timeout_ms = self.cfg.member.session_timeout.as_millis() as u64,
+                "keeping this static member's place in the group: a restart within the session \
+                 timeout gets its partitions back without a rebalance (--leave-group-on-shutdown \
+                 hands them over at once)"
+            );
+        }
         Ok(())
     }
 }

@@ -101,11 +101,10 @@ impl Poison {
                 Origin::Snapshot { partition } => {
                     // Not a record to dead-letter: the snapshot comes back every
                     // interval and restores fall further behind until it fits.
-                    tracing::error!(
+                    crate::observe::emit(crate::observe::SnapshotRefused {
                         partition,
-                        error = %f.error,
-                        "the broker refused a snapshot; raise the insights topic's max.message.bytes, restores from snapshots fall behind until then"
-                    );
+                        error: &f.error,
+                    });
                     unattributed = Some(f.error);
                 }
                 Origin::Probe | Origin::Unknown => unattributed = Some(f.error),
