@@ -1,0 +1,394 @@
+#!/usr/bin/env bash
+# tally against the systems a user would pick instead, on one Apache Kafka, the
+# same input for every system (bench/peers/README.md says what each one is and
+# why each setting is what it is). Prints one table, a row per run:
+#
+#   records/s      EVENTS generated events (5% malformed) already in the input, from
+#                  the start (Kafka Streams: after its warm-up, see README) until the
+#                  group's committed offsets cover all of them
+#   CPU us/rec     the processor's own CPU (user + system) per record over that window
+#   RSS MiB        its peak resident set (VmHWM) when all was committed
+#   brk us/rec     the broker's CPU per record over that window
+#   p50/p99 ms     input record timestamp to visible to a read_committed reader, at
+#                  RATE events/s after the processor joined (`tally latency`)
+#   state/in       bytes the system's state topic (tally: insights snapshots;
+#                  Kafka Streams, Quix: changelog) holds per input byte, on the backlog
+#   out/in         the same for the output and DLQ topics
+#   verdict        OK when a read_committed reader finds exactly the valid records in
+#                  the output, exactly the malformed ones in the DLQ, and the group
+#                  committed every input offset; otherwise what differs
+#
+#   bench/peers/run.sh [EVENTS] [PARTITIONS]        (default 200000 6)
+#   env: SYSTEMS (default "run copy streams streams-defaults quix seeds"), REPEAT (1,
+#        alternating systems; medians after), RATE (2000), LATENCY_EVENTS (20000; 0
+#        skips), WARMUP_EVENTS (20000: Kafka Streams' JIT warm-up, 0 skips),
+#        RESTORE_EVENTS (0: no restore rows; the issue's figure is 1000000),
+#        AMP (0; 1 adds the write-amplification table: tally and Kafka Streams at
+#        6 and 60 partitions, AMP_HIGH and AMP_LOW events/s (2000, 200) for
+#        AMP_SECONDS (20) each, tally with each of AMP_CODECS ("none lz4"))
+#
+# Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and
+# stops it. Needs Java 17 and Maven (the Kafka Streams peer is built here, its jars
+# cached in TOOLS_DIR/m2) and python3 (the Python peers get a venv in
+# TOOLS_DIR/peers-venv). Every row deletes its topics once measured.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+events=${1:-200000}
+partitions=${2:-6}
+systems=${SYSTEMS:-run copy streams streams-defaults quix seeds}
+rate=${RATE:-2000}
+latency_events=${LATENCY_EVENTS:-20000}
+warmup_events=${WARMUP_EVENTS:-20000}
+restore_events=${RESTORE_EVENTS:-0}
+tools=${TOOLS_DIR:-$repo/.tools}
+export TOOLS_DIR=$tools
+
+. scripts/lib.sh
+procs=()
+stop_procs() { # every processor this script started and that still runs, by PID
+  local p
+  for p in "${procs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${procs[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+tally_bench_start peers
+trap 'stop_procs; tally_bench_stop_run; tally_stop_broker' EXIT
+broker_pid=$(tally_broker_pids | head -n 1)
+tick=$(getconf CLK_TCK)
+
+# The peers: Kafka Streams built with Maven, the Python ones in a venv.
+streams_dir=bench/peers/streams
+echo "peers: building the Kafka Streams peer (Maven, jars cached in $tools/m2)" >&2
+mvn -B -q -Dmaven.repo.local="$tools/m2" -f "$streams_dir/pom.xml" package > "$work/mvn.log" 2>&1 \
+  || { cat "$work/mvn.log" >&2; echo "peers: building the Kafka Streams peer failed" >&2; exit 1; }
+java_cp="$streams_dir/target/classes:$streams_dir/target/lib/*"
+venv=$tools/peers-venv
+if ! cmp -s bench/peers/python/requirements.txt "$venv/requirements.txt" 2>/dev/null; then
+  echo "peers: installing the Python peers into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r bench/peers/python/requirements.txt >&2
+  cp bench/peers/python/requirements.txt "$venv/requirements.txt"
+fi
+py=$venv/bin/python
+pytools() { "$py" bench/peers/python/tools.py --bootstrap "$KAFKA_BOOTSTRAP" "$@"; }
+sizes() { java -cp "$java_cp" tally.peers.Sizes "$KAFKA_BOOTSTRAP" "$@"; }
+
+cpu_secs() { awk -v t="$tick" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo; }
+hwm_kib() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status" 2>/dev/null || echo; }
+broker_cpu() { if [ -n "$broker_pid" ]; then cpu_secs "$broker_pid"; else echo 0; fi; }
+now() { date +%s.%N; }
+
+# Fresh topics for one run, `$1-in` with `$2` partitions; the input is the
+# generator's with seed 7 (`$3` events; every row reads the same records).
+# Prints the number of malformed events.
+fresh_input() {
+  local id=$1 parts=$2 n=$3 seed=${4:-7}
+  "$tally" create-topics --input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" \
+    --insights-topic "$id-ins" --partitions "$parts" > /dev/null
+  if [ "$n" -gt 0 ]; then
+    "$tally" generate --topic "$id-in" --count "$n" --invalid-ratio 0.05 --huge false --seed "$seed" \
+      | sed -n 's/^generated [0-9]* events (\([0-9]*\) malformed).*/\1/p'
+  fi
+}
+# The state topics a system made for group `$1` (Kafka Streams, Quix).
+state_topics() { pytools topics --contains "$1" | grep changelog | grep -v -- "$1-warmup" || true; }
+drop_topics() { # id group
+  local t
+  # shellcheck disable=SC2046
+  "$tally" delete-topics --yes "$1-in" "$1-out" "$1-dlq" "$1-ins" $(state_topics "$2") > /dev/null 2>&1 \
+    || echo "peers: could not delete the topics of $1" >&2
+  for t in "$1-w"; do
+    # shellcheck disable=SC2046
+    "$tally" delete-topics --yes "$t-in" "$t-out" "$t-dlq" "$t-ins" $(state_topics "$2-warmup") > /dev/null 2>&1 || true
+  done
+}
+
+# Starts system `$1` on the topics of `$2` (group `$3`) in the background; `$4`
+# input records (the Python peers and `tally copy` stop by themselves there);
+# `$5` a metrics port for `tally run`. Sets `pid`.
+start_system() {
+  local sys=$1 id=$2 group=$3 n=$4 port=$5 log=$work/$2.log
+  local topics=(--input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" --insights-topic "$id-ins")
+  case "$sys" in
+    run|run-*)
+      "$tally" run "${topics[@]}" --group-id "$group" --instance-id "$group" --state-dir "$work/state-$id" \
+        --progress-secs 60 --metrics-addr "127.0.0.1:$port" ${TALLY_RUN_ARGS:-} > /dev/null 2> "$log" & ;;
+    copy)
+      "$tally" copy "${topics[@]}" --group-id "$group" --count "$n" > /dev/null 2> "$log" & ;;
+    streams|streams-defaults)
+      local profile=tuned heap=(-Xms64m -Xmx256m)
+      [ "$sys" = streams-defaults ] && { profile=defaults; heap=(); }
+      if [ "$warmup_events" -gt 0 ]; then
+        fresh_input "$id-w" "$partitions" "$warmup_events" 9 > /dev/null
+      fi
+      java "${heap[@]}" -Dlog4j2.configurationFile="$streams_dir/log4j2.properties" -cp "$java_cp" \
+        tally.peers.StreamsPeer run --bootstrap "$KAFKA_BOOTSTRAP" --app-id "$group" \
+        --input "$id-in" --output "$id-out" --dlq "$id-dlq" --state-dir "$work/state-$id" \
+        --profile "$profile" --warmup-count "$warmup_events" --warmup-prefix "$id-w" \
+        > "$work/$id.out" 2> "$log" & ;;
+    quix)
+      "$py" bench/peers/python/quix_eos.py --bootstrap "$KAFKA_BOOTSTRAP" --input "$id-in" --output "$id-out" \
+        --dlq "$id-dlq" --group "$group" --state-dir "$work/state-$id" --count "$n" > /dev/null 2> "$log" & ;;
+    seeds)
+      "$py" bench/peers/python/seeds.py --bootstrap "$KAFKA_BOOTSTRAP" --input "$id-in" --output "$id-out" \
+        --dlq "$id-dlq" --group "$group" --count "$n" > /dev/null 2> "$log" & ;;
+    *) echo "peers: unknown system $sys" >&2; exit 2 ;;
+  esac
+  pid=$!
+  procs+=("$pid")
+}
+
+# Stops `$1` (SIGTERM; the Python peers stop on SIGINT) and waits for it.
+stop_system() {
+  local p=$1
+  if kill -0 "$p" 2>/dev/null; then
+    case "$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)" in
+      *python*) kill -INT "$p" 2>/dev/null || true ;;
+      *) kill -TERM "$p" 2>/dev/null || true ;;
+    esac
+  fi
+  wait "$p" 2>/dev/null || true
+}
+
+# Waits for Kafka Streams' "timed-start" line (after its warm-up); prints
+# "<epoch secs> <cpu secs>" then.
+streams_started() {
+  local out=$1 p=$2 line
+  for _ in $(seq 1 6000); do
+    line=$(grep -m1 '^timed-start ' "$out" 2>/dev/null || true)
+    [ -n "$line" ] && { awk '{ printf "%.3f %.3f\n", $2 / 1000, $3 / 1e9 }' <<< "$line"; return 0; }
+    kill -0 "$p" 2>/dev/null || { echo "peers: Kafka Streams exited before its timed start" >&2; return 1; }
+    sleep 0.05
+  done
+  return 1
+}
+
+# One row: the backlog (throughput, CPU, RSS, broker CPU, state bytes, checks),
+# then the latency phase.
+measure() {
+  local sys=$1 round=$2 id group port malformed t0 t1 c0=0 c1 b0 b1 hwm
+  id=peers-$sys-$round-$(date +%s)
+  group=$id
+  malformed=$(fresh_input "$id" "$partitions" "$events")
+  port=$(tally_free_port)
+  t0=$(now)
+  start_system "$sys" "$id" "$group" "$events" "$port"
+  if [[ $sys == streams* ]]; then
+    read -r t0 c0 < <(streams_started "$work/$id.out" "$pid")
+  fi
+  b0=$(broker_cpu)
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null \
+    || echo "peers: $sys: not all committed within 900 s" >&2
+  t1=$(now); b1=$(broker_cpu); c1=$(cpu_secs "$pid"); hwm=$(hwm_kib "$pid")
+  if [ -z "$c1" ]; then
+    echo "peers: $sys had exited when all was committed: its CPU and RSS are not known" >&2
+    c1=$c0 hwm=0
+  fi
+  stop_system "$pid"
+
+  # The checks, with a read_committed reader and the group's committed offsets.
+  local out dlq committed verdict sz
+  out=$(pytools count --topic "$id-out"); dlq=$(pytools count --topic "$id-dlq")
+  committed=$(pytools committed --topic "$id-in" --group "$group")
+  local want_out=$((events - malformed)) want_dlq=$malformed
+  [ "$sys" = copy ] && { want_out=$events want_dlq=0; }
+  if [ "$out" = "$want_out" ] && [ "$dlq" = "$want_dlq" ] && [ "$committed" = "$events" ]; then
+    verdict=OK
+  else
+    verdict="WRONG(out=$out/$want_out,dlq=$dlq/$want_dlq,committed=$committed/$events)"
+  fi
+  if [[ $sys == run* ]] && [ "$verdict" = OK ]; then
+    "$tally" verify --input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" \
+      --insights-topic "$id-ins" --group-id "$group" --complete > /dev/null 2>&1 || verdict="WRONG(tally verify)"
+  fi
+  # shellcheck disable=SC2046
+  sz=$(sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | awk -v id="$id" '
+    $1 == id "-in" { i = $2; next } $1 == id "-out" || $1 == id "-dlq" { o += $2; next } { s += $2 }
+    END { printf "%.3f %.3f", s / i, o / i }')
+  drop_topics "$id" "$group"
+
+  # Latency: fresh topics, the processor in its group, then a steady stream.
+  local lat="- -"
+  if [ "$latency_events" -gt 0 ]; then
+    local lid=$id-lat lgroup=$id-lat skip=$((rate * 2)) probe
+    fresh_input "$lid" "$partitions" 0 > /dev/null
+    port=$(tally_free_port)
+    start_system "$sys" "$lid" "$lgroup" "$latency_events" "$port"
+    local lpid=$pid
+    if [[ $sys == run* ]]; then
+      for _ in $(seq 1 300); do
+        curl -fs "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && break
+        sleep 0.1
+      done
+    elif [ "$sys" = copy ]; then
+      sleep 6 # joined the group (no readiness endpoint)
+    else
+      [[ $sys == streams* ]] && streams_started "$work/$lid.out" "$lpid" > /dev/null
+      pytools wait-group --group "$lgroup" --topic "$lid-in" --timeout 120 \
+        || echo "peers: $sys: its group did not settle; latency measured anyway" >&2
+    fi
+    local want=$((latency_events * 90 / 100 - skip))
+    [ "$sys" = copy ] && want=$((latency_events * 95 / 100 - skip))
+    "$tally" latency --topic "$lid-out" --skip "$skip" --count "$want" > "$work/$lid.json" &
+    probe=$!
+    sleep 1
+    "$tally" generate --topic "$lid-in" --count "$latency_events" --rate "$rate" --invalid-ratio 0.05 \
+      --huge false --seed 8 > /dev/null 2>&1
+    wait "$probe" || true
+    stop_system "$lpid"
+    lat=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["p50_ms"], d["p99_ms"])' \
+      "$work/$lid.json" 2>/dev/null || echo "- -")
+    drop_topics "$lid" "$lgroup"
+  fi
+
+  python3 - "$sys" "$events" "$t0" "$t1" "$c0" "$c1" "$hwm" "$b0" "$b1" "$broker_pid" $lat $sz "$verdict" <<'EOF'
+import sys
+sys_, n, t0, t1, c0, c1, hwm, b0, b1, broker, p50, p99, state, out, verdict = sys.argv[1:]
+n = int(n)
+brk = f"{(float(b1) - float(b0)) / n * 1e6:.1f}" if broker else "-"
+rss = f"{int(hwm) / 1024:.1f}" if int(hwm or 0) else "-"
+cpu = f"{(float(c1) - float(c0)) / n * 1e6:.2f}" if int(hwm or 0) else "-"
+print(f"{sys_:<17} {n / (float(t1) - float(t0)):>10,.0f} {cpu:>10} {rss:>8} {brk:>10} {p50:>7} {p99:>7} {state:>8} {out:>8}  {verdict}")
+EOF
+}
+
+# A new host after RESTORE_EVENTS records: tally restores from snapshots, Kafka
+# Streams from its changelog into an empty state directory. Both are timed from
+# process start until ready (tally: /readyz; Kafka Streams: state RUNNING).
+restore_row() {
+  local sys=$1 id group port t0 t1 extra
+  id=peers-restore-$sys-$(date +%s); group=$id
+  fresh_input "$id" "$partitions" "$restore_events" > /dev/null
+  port=$(tally_free_port)
+  # The first host processes everything, then stops (its state directory is not reused).
+  if [ "$sys" = run ]; then
+    start_system run "$id" "$group" "$restore_events" "$port"
+  else
+    WARMUP_EVENTS=0 warmup_events=0 start_system streams "$id" "$group" "$restore_events" "$port"
+  fi
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$restore_events" --timeout 1800 > /dev/null \
+    || echo "peers: restore: $sys did not commit everything" >&2
+  stop_system "$pid"
+  port=$(tally_free_port)
+  t0=$(now)
+  if [ "$sys" = run ]; then
+    RUST_LOG=info "$tally" run --input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" \
+      --insights-topic "$id-ins" --group-id "$group" --instance-id "$group" --state-dir "$work/new-$id" \
+      --metrics-addr "127.0.0.1:$port" > /dev/null 2> "$work/$id-new.log" &
+    pid=$!; procs+=("$pid")
+    for _ in $(seq 1 3000); do
+      curl -fs "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && break
+      sleep 0.02
+    done
+    t1=$(now)
+    extra="$(grep -c 'partition restored' "$work/$id-new.log" || true) partitions restored"
+    stop_system "$pid"
+  else
+    java -Xms64m -Xmx256m -Dlog4j2.configurationFile="$streams_dir/log4j2.properties" -cp "$java_cp" \
+      tally.peers.StreamsPeer restore --bootstrap "$KAFKA_BOOTSTRAP" --app-id "$group" --input "$id-in" \
+      --output "$id-out" --dlq "$id-dlq" --state-dir "$work/new-$id" > "$work/$id-new.out" 2> "$work/$id-new.log" &
+    pid=$!; procs+=("$pid")
+    wait "$pid" || true
+    t1=$(now)
+    extra=$(awk '/^restored/ { printf "%d changelog records restored", $3 }' "$work/$id-new.out")
+  fi
+  drop_topics "$id" "$group"
+  python3 -c 'import sys; s, n, t0, t1, x = sys.argv[1:]; print(f"restore {s:<9} after {int(n):,} records: ready in {float(t1) - float(t0):.2f} s ({x})")' \
+    "$sys" "$restore_events" "$t0" "$t1" "$extra"
+}
+
+# One row of the write-amplification table: system `$1` (run-<codec>: tally run
+# with that producer compression; streams: Kafka Streams, tuned) on `$2`
+# partitions at `$3` events/s for AMP_SECONDS, then the topics' sizes.
+amplification() {
+  local sys=$1 parts=$2 r=$3 id group port n c0 c1 lpid
+  n=$((r * ${AMP_SECONDS:-20}))
+  id=peers-amp-$sys-$parts-$r-$(date +%s); group=$id
+  fresh_input "$id" "$parts" 0 > /dev/null
+  port=$(tally_free_port)
+  case "$sys" in
+    run-*) TALLY_RUN_ARGS="-X compression.codec=${sys#run-}" start_system run "$id" "$group" "$n" "$port" ;;
+    *) warmup_events=0 partitions=$parts start_system "$sys" "$id" "$group" "$n" "$port" ;;
+  esac
+  lpid=$pid
+  if [[ $sys == run-* ]]; then
+    for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && break; sleep 0.1; done
+  else
+    pytools wait-group --group "$group" --topic "$id-in" --timeout 120 || true
+  fi
+  c0=$(cpu_secs "$lpid")
+  "$tally" generate --topic "$id-in" --count "$n" --rate "$r" --invalid-ratio 0.05 --huge false --seed 8 > /dev/null 2>&1
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$n" --timeout 300 > /dev/null \
+    || echo "peers: amplification: $sys did not commit everything" >&2
+  c1=$(cpu_secs "$lpid")
+  stop_system "$lpid"
+  # shellcheck disable=SC2046
+  sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | python3 -c '
+import sys
+sys_, parts, r, n, c0, c1, id_ = sys.argv[1:]
+i = o = s = 0
+for line in sys.stdin:
+    t, b = line.split()
+    b = int(b)
+    if t == id_ + "-in": i = b
+    elif t in (id_ + "-out", id_ + "-dlq"): o += b
+    else: s += b
+n = int(n)
+label = {"streams": "Kafka Streams"}.get(sys_, sys_.replace("run-", "tally run, "))
+print(f"{label:<22} {parts:>6} {int(r):>8,} {i / 2**20:>9.1f} {s / n:>10.1f} {s / i:>9.3f} {o / i:>9.3f} {(float(c1) - float(c0)) / n * 1e6:>9.2f}")
+' "$sys" "$parts" "$r" "$n" "$c0" "$c1" "$id"
+  drop_topics "$id" "$group"
+}
+
+echo "peers: $events events, $partitions partitions, latency at $rate events/s ($latency_events events); load: $(uptime | sed 's/.*load average: //')" >&2
+rows=()
+for r in $(seq 1 "${REPEAT:-1}"); do
+  for sys in $systems; do
+    rows+=("$(measure "$sys" "$r")")
+    echo "${rows[-1]}" >&2
+  done
+done
+header() { printf '%-17s %10s %10s %8s %10s %7s %7s %8s %8s  %s\n' system "records/s" "CPU us/rec" "RSS MiB" "brk us/rec" "p50 ms" "p99 ms" "state/in" "out/in" verdict; }
+echo "$events events, $partitions partitions, Apache Kafka 4.1.1, $(nproc) cores, load at the end: $(uptime | sed 's/.*load average: //')"
+header
+printf '%s\n' "${rows[@]}"
+if [ "${REPEAT:-1}" -gt 1 ]; then
+  echo
+  echo "median of $REPEAT rows per system:"
+  header
+  printf '%s\n' "${rows[@]}" | python3 -c '
+import sys, statistics
+rows = {}
+for line in sys.stdin:
+    f = line.split()
+    rows.setdefault(f[0], []).append(f[1:])
+for name, rs in rows.items():
+    def med(i):
+        vals = [float(r[i].replace(",", "")) for r in rs if r[i] != "-"]
+        return statistics.median(vals) if vals else None
+    m = [med(i) for i in range(8)]
+    fmt = lambda v, w, p: "-".rjust(w) if v is None else f"{v:>{w},.{p}f}"
+    ok = sum(r[8] == "OK" for r in rs)
+    print(f"{name:<17} {fmt(m[0],10,0)} {fmt(m[1],10,2)} {fmt(m[2],8,1)} {fmt(m[3],10,1)} {fmt(m[4],7,0)} {fmt(m[5],7,0)} {fmt(m[6],8,3)} {fmt(m[7],8,3)}  {ok}/{len(rs)} OK")
+'
+fi
+
+if [ "$restore_events" -gt 0 ]; then
+  echo
+  restore_row run
+  restore_row streams
+fi
+
+if [ "${AMP:-0}" = 1 ]; then
+  echo
+  echo "write amplification: bytes stored per input byte, live streams of ${AMP_SECONDS:-20} s"
+  printf '%-22s %6s %8s %9s %10s %9s %9s %9s\n' system partitions "events/s" "input MiB" "state B/rec" "state/in" "out/in" "CPU us/rec"
+  for parts in 6 60; do
+    for r in ${AMP_HIGH:-2000} ${AMP_LOW:-200}; do
+      for codec in ${AMP_CODECS:-none lz4}; do
+        amplification "run-$codec" "$parts" "$r"
+      done
+      amplification streams "$parts" "$r"
+    done
+  done
+fi
