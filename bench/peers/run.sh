@@ -299,45 +299,51 @@ restore_row() {
 
 # One row of the write-amplification table: system `$1` (run-<codec>: tally run
 # with that producer compression; streams: Kafka Streams, tuned) on `$2`
-# partitions at `$3` events/s for AMP_SECONDS, then the topics' sizes.
+# partitions at `$3` events/s for AMP_SECONDS. First a day of history: 3,000
+# events per partition with event times over the last 24 h, so every partition's
+# aggregate holds about a day of minutes, as in steady state (a snapshot's size
+# depends on it); then the live stream. The sizes are those the live stream added.
 amplification() {
-  local sys=$1 parts=$2 r=$3 id group port n c0 c1 lpid
-  n=$((r * ${AMP_SECONDS:-20}))
+  local sys=$1 parts=$2 r=$3 id group port n pre c0 c1 lpid s0 s1
+  n=$((r * ${AMP_SECONDS:-20})); pre=$((parts * 3000))
   id=peers-amp-$sys-$parts-$r-$(date +%s); group=$id
   fresh_input "$id" "$parts" 0 > /dev/null
+  "$tally" generate --topic "$id-in" --count "$pre" --invalid-ratio 0.05 --huge false --seed 11 \
+    --start-time $(($(date +%s) - 86400)) --events-per-minute $((pre / 1440)) > /dev/null
   port=$(tally_free_port)
   case "$sys" in
     run-*) TALLY_RUN_ARGS="-X compression.codec=${sys#run-}" start_system run "$id" "$group" "$n" "$port" ;;
-    *) warmup_events=0 partitions=$parts start_system "$sys" "$id" "$group" "$n" "$port" ;;
+    *) warmup_events=0 start_system "$sys" "$id" "$group" "$n" "$port" ;;
   esac
   lpid=$pid
-  if [[ $sys == run-* ]]; then
-    for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$port/readyz" > /dev/null 2>&1 && break; sleep 0.1; done
-  else
-    pytools wait-group --group "$group" --topic "$id-in" --timeout 120 || true
-  fi
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$pre" --timeout 600 > /dev/null \
+    || echo "peers: amplification: $sys did not commit the history" >&2
+  sleep 2 # the snapshots of the history's end
+  # shellcheck disable=SC2046
+  s0=$(sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | amp_sums "$id")
   c0=$(cpu_secs "$lpid")
   "$tally" generate --topic "$id-in" --count "$n" --rate "$r" --invalid-ratio 0.05 --huge false --seed 8 > /dev/null 2>&1
-  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$n" --timeout 300 > /dev/null \
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for $((pre + n)) --timeout 300 > /dev/null \
     || echo "peers: amplification: $sys did not commit everything" >&2
+  sleep 2 # the snapshots of the stream's end
   c1=$(cpu_secs "$lpid")
-  stop_system "$lpid"
   # shellcheck disable=SC2046
-  sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | python3 -c '
+  s1=$(sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | amp_sums "$id")
+  stop_system "$lpid"
+  python3 -c '
 import sys
-sys_, parts, r, n, c0, c1, id_ = sys.argv[1:]
-i = o = s = 0
-for line in sys.stdin:
-    t, b = line.split()
-    b = int(b)
-    if t == id_ + "-in": i = b
-    elif t in (id_ + "-out", id_ + "-dlq"): o += b
-    else: s += b
-n = int(n)
+sys_, parts, r, n, c0, c1 = sys.argv[1:7]
+i0, o0, s0, i1, o1, s1 = map(int, sys.argv[7:])
+i, o, s, n = i1 - i0, o1 - o0, s1 - s0, int(n)
 label = {"streams": "Kafka Streams"}.get(sys_, sys_.replace("run-", "tally run, "))
 print(f"{label:<22} {parts:>6} {int(r):>8,} {i / 2**20:>9.1f} {s / n:>10.1f} {s / i:>9.3f} {o / i:>9.3f} {(float(c1) - float(c0)) / n * 1e6:>9.2f}")
-' "$sys" "$parts" "$r" "$n" "$c0" "$c1" "$id"
+' "$sys" "$parts" "$r" "$n" "$c0" "$c1" $s0 $s1
   drop_topics "$id" "$group"
+}
+# Sizes lines of run `$1` -> "input out+dlq state" bytes.
+amp_sums() {
+  awk -v id="$1" '$1 == id "-in" { i = $2; next } $1 == id "-out" || $1 == id "-dlq" { o += $2; next } { s += $2 }
+    END { printf "%d %d %d", i, o, s }'
 }
 
 echo "peers: $events events, $partitions partitions, latency at $rate events/s ($latency_events events); load: $(uptime | sed 's/.*load average: //')" >&2

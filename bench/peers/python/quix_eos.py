@@ -66,7 +66,8 @@ def main():
         try:
             return {"event": rules.validate(value, timestamp), "raw": value}
         except rules.Rejected as r:
-            return {"rejected": r, "raw": value}
+            # Plain strings: Quix copies rows between branches by pickling them.
+            return {"reason": r.reason, "message": str(r), "raw": value}
 
     # The output key is the event's user_id; Quix's to_topic(key=...) sees only the
     # value (the serialised output), so the key of the record being processed is
@@ -84,12 +85,12 @@ def main():
 
     def reject_headers(row, key, timestamp, headers):
         ctx = message_context()
-        return rules.dlq_headers(row["rejected"], ctx.topic, ctx.partition, ctx.offset)
+        return rules.dlq_headers(row["reason"], row["message"], ctx.topic, ctx.partition, ctx.offset)
 
     sdf = app.dataframe(inp)
     sdf = sdf.apply(classify, metadata=True)
     good = sdf.filter(lambda r: "event" in r)
-    bad = sdf.filter(lambda r: "rejected" in r)
+    bad = sdf.filter(lambda r: "reason" in r)
     good = good.apply(count_and_transform, stateful=True)
     good.to_topic(out, key=lambda _value: current_key[0])
     bad = bad.set_headers(reject_headers)

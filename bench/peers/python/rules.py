@@ -131,10 +131,10 @@ def transform(event, topic, partition, offset):
     return json.dumps(event, separators=(",", ":")).encode()
 
 
-def dlq_headers(rejected, topic, partition, offset):
+def dlq_headers(reason, message, topic, partition, offset):
     return [
-        ("tally.reason", rejected.reason.encode()),
-        ("tally.message", str(rejected).encode()),
+        ("tally.reason", reason.encode()),
+        ("tally.message", message.encode()),
         ("tally.source.topic", topic.encode()),
         ("tally.source.partition", str(partition).encode()),
         ("tally.source.offset", str(offset).encode()),

@@ -66,7 +66,7 @@ def main():
                 event = rules.validate(msg.value(), ts_ms)
             except rules.Rejected as r:
                 send(a.dlq, msg.key(), msg.value(), ts_ms or 0,
-                     rules.dlq_headers(r, msg.topic(), msg.partition(), msg.offset()))
+                     rules.dlq_headers(r.reason, str(r), msg.topic(), msg.partition(), msg.offset()))
                 continue
             counts.update(rules.count_keys(event))
             value = rules.transform(event, msg.topic(), msg.partition(), msg.offset())
