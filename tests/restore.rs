@@ -81,7 +81,14 @@ fn a_snapshot_behind_an_aborted_transaction_is_found() {
             &names,
             id,
             &dir.path().join(id),
-            &["--snapshot-interval", "1", "--max-batch-records", "50"],
+            &[
+                "--snapshot-interval",
+                "1",
+                "--snapshot-input-ratio",
+                "0",
+                "--max-batch-records",
+                "50",
+            ],
             failpoints,
         );
         wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut p]);

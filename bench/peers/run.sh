@@ -25,7 +25,8 @@
 #        RESTORE_EVENTS (0: no restore rows; the issue's figure is 1000000),
 #        AMP (0; 1 adds the write-amplification table: tally and Kafka Streams at
 #        6 and 60 partitions, AMP_HIGH and AMP_LOW events/s (2000, 200) for
-#        AMP_SECONDS (20) each, tally with each of AMP_CODECS ("none lz4"))
+#        AMP_SECONDS (20) each, tally with each of AMP_CODECS ("none lz4");
+#        AMP_PARTITIONS ("6 60"))
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and
 # stops it. Needs Java 17 and Maven (the Kafka Streams peer is built here, its jars
@@ -113,8 +114,9 @@ start_system() {
     run|run-*)
       "$tally" run "${topics[@]}" --group-id "$group" --instance-id "$group" --state-dir "$work/state-$id" \
         --progress-secs 60 --metrics-addr "127.0.0.1:$port" ${TALLY_RUN_ARGS:-} > /dev/null 2> "$log" & ;;
-    copy)
-      "$tally" copy "${topics[@]}" --group-id "$group" --count "$n" > /dev/null 2> "$log" & ;;
+    copy) # exits once it committed `n` records; GNU time keeps its CPU and peak RSS
+      /usr/bin/time -f '%U %S %M' -o "$work/$id.time" \
+        "$tally" copy "${topics[@]}" --group-id "$group" --count "$n" > /dev/null 2> "$log" & ;;
     streams|streams-defaults)
       local profile=tuned heap=(-Xms64m -Xmx256m)
       [ "$sys" = streams-defaults ] && { profile=defaults; heap=(); }
@@ -138,16 +140,10 @@ start_system() {
   procs+=("$pid")
 }
 
-# Stops `$1` (SIGTERM; the Python peers stop on SIGINT) and waits for it.
+# Stops `$1` (SIGTERM: every system stops cleanly on it) and waits for it.
 stop_system() {
-  local p=$1
-  if kill -0 "$p" 2>/dev/null; then
-    case "$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)" in
-      *python*) kill -INT "$p" 2>/dev/null || true ;;
-      *) kill -TERM "$p" 2>/dev/null || true ;;
-    esac
-  fi
-  wait "$p" 2>/dev/null || true
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
 
 # Waits for Kafka Streams' "timed-start" line (after its warm-up); prints
@@ -172,14 +168,24 @@ measure() {
   malformed=$(fresh_input "$id" "$partitions" "$events")
   port=$(tally_free_port)
   t0=$(now)
-  start_system "$sys" "$id" "$group" "$events" "$port"
+  # The Python peers run until stopped (count 0): one that exits by itself could
+  # be gone before its CPU is read.
+  local count=$events
+  case "$sys" in quix|seeds) count=0 ;; esac
+  start_system "$sys" "$id" "$group" "$count" "$port"
   if [[ $sys == streams* ]]; then
-    read -r t0 c0 < <(streams_started "$work/$id.out" "$pid")
+    read -r t0 c0 < <(streams_started "$work/$id.out" "$pid") || true
   fi
   b0=$(broker_cpu)
-  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null \
-    || echo "peers: $sys: not all committed within 900 s" >&2
-  t1=$(now); b1=$(broker_cpu); c1=$(cpu_secs "$pid"); hwm=$(hwm_kib "$pid")
+  if [ "$sys" = copy ]; then
+    wait "$pid" || echo "peers: tally copy failed: $(tail -n 3 "$work/$id.log")" >&2
+    t1=$(now); b1=$(broker_cpu)
+    read -r c1 hwm < <(awk '{ print $1 + $2, $3 }' "$work/$id.time") || true
+  else
+    "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null \
+      || echo "peers: $sys: not all committed within 900 s" >&2
+    t1=$(now); b1=$(broker_cpu); c1=$(cpu_secs "$pid"); hwm=$(hwm_kib "$pid")
+  fi
   if [ -z "$c1" ]; then
     echo "peers: $sys had exited when all was committed: its CPU and RSS are not known" >&2
     c1=$c0 hwm=0
@@ -269,6 +275,11 @@ restore_row() {
   "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$restore_events" --timeout 1800 > /dev/null \
     || echo "peers: restore: $sys did not commit everything" >&2
   stop_system "$pid"
+  # A Kafka Streams member that stopped stays in the group until its session
+  # times out (10 s), and a newcomer's rebalance waits for that: the new host
+  # starts once the group is empty, so its time is the restore's alone. tally's
+  # new host takes the old one's static membership at once.
+  [ "$sys" = run ] || sleep 12
   port=$(tally_free_port)
   t0=$(now)
   if [ "$sys" = run ]; then
@@ -281,7 +292,21 @@ restore_row() {
       sleep 0.02
     done
     t1=$(now)
-    extra="$(grep -c 'partition restored' "$work/$id-new.log" || true) partitions restored"
+    extra=$(python3 - "$work/$id-new.log" <<'PY'
+import re, sys, datetime
+clean = [re.sub(r'\x1b\[[0-9;]*m', '', l) for l in open(sys.argv[1]).read().splitlines()]
+ts = lambda l: datetime.datetime.fromisoformat(l.split()[0].replace('Z', '+00:00'))
+try:
+    assigned = next(ts(l) for l in clean if 'partitions assigned' in l)
+    restored = [l for l in clean if 'partition restored' in l]
+    paths = sorted(set(re.search(r'path="(\w+)"', l).group(1) for l in restored))
+    replayed = sum(int(re.search(r'records=(\d+)', l).group(1)) for l in restored)
+    print(f"{len(restored)} partitions restored in {(max(map(ts, restored)) - assigned).total_seconds():.2f} s"
+          f" from assignment, paths {','.join(paths)}, {replayed} records replayed")
+except (StopIteration, ValueError, AttributeError):
+    print("restore lines not found in the log")
+PY
+)
     stop_system "$pid"
   else
     java -Xms64m -Xmx256m -Dlog4j2.configurationFile="$streams_dir/log4j2.properties" -cp "$java_cp" \
@@ -290,7 +315,7 @@ restore_row() {
     pid=$!; procs+=("$pid")
     wait "$pid" || true
     t1=$(now)
-    extra=$(awk '/^restored/ { printf "%d changelog records restored", $3 }' "$work/$id-new.out")
+    extra=$(awk '/^restored/ { printf "%d changelog records restored in %.2f s", $3, $4 / 1000 }' "$work/$id-new.out")
   fi
   drop_topics "$id" "$group"
   python3 -c 'import sys; s, n, t0, t1, x = sys.argv[1:]; print(f"restore {s:<9} after {int(n):,} records: ready in {float(t1) - float(t0):.2f} s ({x})")' \
@@ -299,13 +324,13 @@ restore_row() {
 
 # One row of the write-amplification table: system `$1` (run-<codec>: tally run
 # with that producer compression; streams: Kafka Streams, tuned) on `$2`
-# partitions at `$3` events/s for AMP_SECONDS. First a day of history: 3,000
+# partitions at `$3` events/s for AMP_SECONDS. First a day of history: 1,500
 # events per partition with event times over the last 24 h, so every partition's
 # aggregate holds about a day of minutes, as in steady state (a snapshot's size
 # depends on it); then the live stream. The sizes are those the live stream added.
 amplification() {
   local sys=$1 parts=$2 r=$3 id group port n pre c0 c1 lpid s0 s1
-  n=$((r * ${AMP_SECONDS:-20})); pre=$((parts * 3000))
+  n=$((r * ${AMP_SECONDS:-20})); pre=$((parts * 1500))
   id=peers-amp-$sys-$parts-$r-$(date +%s); group=$id
   fresh_input "$id" "$parts" 0 > /dev/null
   "$tally" generate --topic "$id-in" --count "$pre" --invalid-ratio 0.05 --huge false --seed 11 \
@@ -389,7 +414,7 @@ if [ "${AMP:-0}" = 1 ]; then
   echo
   echo "write amplification: bytes stored per input byte, live streams of ${AMP_SECONDS:-20} s"
   printf '%-22s %6s %8s %9s %10s %9s %9s %9s\n' system partitions "events/s" "input MiB" "state B/rec" "state/in" "out/in" "CPU us/rec"
-  for parts in 6 60; do
+  for parts in ${AMP_PARTITIONS:-6 60}; do
     for r in ${AMP_HIGH:-2000} ${AMP_LOW:-200}; do
       for codec in ${AMP_CODECS:-none lz4}; do
         amplification "run-$codec" "$parts" "$r"

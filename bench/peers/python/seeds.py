@@ -12,6 +12,7 @@ Stops after --count input records, then flushes and closes (which commits).
 """
 
 import argparse
+import signal
 import sys
 from collections import Counter
 
@@ -29,6 +30,8 @@ def main():
     ap.add_argument("--group", required=True)
     ap.add_argument("--count", type=int, default=0, help="stop after this many input records (0: never)")
     a = ap.parse_args()
+    # SIGTERM stops it like Ctrl+C: flush, then close (which commits).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     consumer = Consumer({
         "bootstrap.servers": a.bootstrap,

@@ -51,7 +51,8 @@ import org.apache.kafka.streams.state.Stores;
  *   <li>{@code run}: optional warm-up on other topics in the same JVM, then prints
  *       {@code timed-start <epoch ms> <process cpu ns>} and runs until SIGTERM.
  *   <li>{@code restore}: starts on an empty state directory, prints
- *       {@code restored <ms from start to RUNNING> <records restored>} and exits.
+ *       {@code restored <ms from start to RUNNING> <records restored> <ms from the
+ *       first store's restore start to the last one's end>} and exits.
  * </ul>
  */
 public final class StreamsPeer {
@@ -336,9 +337,13 @@ public final class StreamsPeer {
         var streams = new KafkaStreams(
                 topology(a.get("input"), a.get("output"), a.get("dlq")), config(a, a.get("app-id")));
         var restored = new AtomicLong();
+        var firstRestoreStart = new AtomicLong();
+        var lastRestoreEnd = new AtomicLong();
         streams.setGlobalStateRestoreListener(new StateRestoreListener() {
             @Override
-            public void onRestoreStart(TopicPartition tp, String store, long start, long end) {}
+            public void onRestoreStart(TopicPartition tp, String store, long start, long end) {
+                firstRestoreStart.compareAndSet(0, System.nanoTime());
+            }
 
             @Override
             public void onBatchRestored(TopicPartition tp, String store, long end, long n) {
@@ -346,7 +351,9 @@ public final class StreamsPeer {
             }
 
             @Override
-            public void onRestoreEnd(TopicPartition tp, String store, long total) {}
+            public void onRestoreEnd(TopicPartition tp, String store, long total) {
+                lastRestoreEnd.set(System.nanoTime());
+            }
         });
         var running = new CountDownLatch(1);
         var stopped = new CountDownLatch(1);
@@ -364,7 +371,8 @@ public final class StreamsPeer {
         if (mode.equals("restore")) {
             running.await();
             long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
-            say("restored " + ms + " " + restored.get());
+            long phase = TimeUnit.NANOSECONDS.toMillis(lastRestoreEnd.get() - firstRestoreStart.get());
+            say("restored " + ms + " " + restored.get() + " " + phase);
             streams.close(Duration.ofSeconds(30));
             System.exit(0);
         }
