@@ -343,14 +343,16 @@ amplification() {
   lpid=$pid
   "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$pre" --timeout 600 > /dev/null \
     || echo "peers: amplification: $sys did not commit the history" >&2
-  sleep 2 # the snapshots of the history's end
+  sleep 7 # the history's last snapshots (tally: --snapshot-quiet after it ends)
   # shellcheck disable=SC2046
   s0=$(sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | amp_sums "$id")
   c0=$(cpu_secs "$lpid")
   "$tally" generate --topic "$id-in" --count "$n" --rate "$r" --invalid-ratio 0.05 --huge false --seed 8 > /dev/null 2>&1
   "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for $((pre + n)) --timeout 300 > /dev/null \
     || echo "peers: amplification: $sys did not commit everything" >&2
-  sleep 2 # the snapshots of the stream's end
+  # Steady state: what the stream wrote while it ran, not the one catch-up
+  # snapshot per partition once it stops.
+  sleep 1
   c1=$(cpu_secs "$lpid")
   # shellcheck disable=SC2046
   s1=$(sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | amp_sums "$id")
@@ -415,7 +417,7 @@ if [ "${AMP:-0}" = 1 ]; then
   echo "write amplification: bytes stored per input byte, live streams of ${AMP_SECONDS:-20} s"
   printf '%-22s %6s %8s %9s %10s %9s %9s %9s\n' system partitions "events/s" "input MiB" "state B/rec" "state/in" "out/in" "CPU us/rec"
   for parts in ${AMP_PARTITIONS:-6 60}; do
-    for r in ${AMP_HIGH:-2000} ${AMP_LOW:-200}; do
+    for r in ${AMP_RATES:-${AMP_HIGH:-2000} ${AMP_LOW:-200}}; do
       for codec in ${AMP_CODECS:-none lz4}; do
         amplification "run-$codec" "$parts" "$r"
       done

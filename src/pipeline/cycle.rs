@@ -60,7 +60,9 @@ impl Pipeline {
             || st.snapshot_bytes == 0
             || st.input_bytes >= st.snapshot_bytes.saturating_mul(b.input_ratio)
             || st.last_record.is_none_or(|t| t.elapsed() >= b.quiet)
-            || st.snapshot_tried.is_none_or(|t| t.elapsed() >= b.max_interval)
+            || st
+                .snapshot_tried
+                .is_none_or(|t| t.elapsed() >= b.max_interval)
     }
 
     /// The open transaction holds snapshots and no records.
