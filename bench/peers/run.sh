@@ -26,7 +26,7 @@
 #        AMP (0; 1 adds the write-amplification table: tally and Kafka Streams at
 #        6 and 60 partitions, AMP_HIGH and AMP_LOW events/s (2000, 200) for
 #        AMP_SECONDS (20) each, tally with each of AMP_CODECS ("none lz4");
-#        AMP_PARTITIONS ("6 60"))
+#        AMP_PARTITIONS ("6 60"), AMP_STREAMS (1; 0 leaves Kafka Streams out))
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and
 # stops it. Needs Java 17 and Maven (the Kafka Streams peer is built here, its jars
@@ -421,7 +421,7 @@ if [ "${AMP:-0}" = 1 ]; then
       for codec in ${AMP_CODECS:-none lz4}; do
         amplification "run-$codec" "$parts" "$r"
       done
-      amplification streams "$parts" "$r"
+      if [ "${AMP_STREAMS:-1}" = 1 ]; then amplification streams "$parts" "$r"; fi
     done
   done
 fi

@@ -213,6 +213,15 @@ impl Pipeline {
     /// Step 3 and 4 of the cycle: snapshots, offsets, commit; then merge and
     /// checkpoint. Idle, it opens a transaction only for snapshots that are due.
     pub(super) async fn close_cycle(&mut self, mode: Snapshots) -> Result<()> {
+        let now = Instant::now();
+        // Before the snapshot decision: a partition whose records are in this
+        // cycle is not quiet, however long it was before. The close's time
+        // stands for the latest record's (at most a commit interval later): a
+        // clock read per record costs more than the quiet rule's precision is
+        // worth.
+        for st in self.partitions.values_mut().filter(|st| st.touched) {
+            st.last_record = Some(now);
+        }
         let due: Vec<i32> = self
             .partitions
             .iter()
@@ -222,7 +231,6 @@ impl Pipeline {
         if matches!(self.txn, Txn::Idle) && (due.is_empty() || !self.ensure_open().await?) {
             return Ok(());
         }
-        let now = Instant::now();
         for p in &due {
             if let Some(st) = self.partitions.get_mut(p) {
                 st.snapshot_tried = Some(now);
@@ -338,10 +346,6 @@ impl Pipeline {
         }
         let mut checkpoints = Vec::new();
         for (p, st) in self.partitions.iter_mut().filter(|(_, st)| st.touched) {
-            // The close's time stands for the latest record's (at most a commit
-            // interval later): a clock read per record costs more than the quiet
-            // rule's precision is worth.
-            st.last_record = Some(now);
             let pending = std::mem::take(&mut st.pending);
             st.committed.merge(&pending, horizon);
             st.committed_offset = st.next_offset;
