@@ -20,6 +20,9 @@
 #                  (`tally latency`), LATENCY_EVENTS events after the processor is ready
 #
 #   scripts/bench.sh [EVENTS] [PARTITIONS]
+#   scripts/bench.sh --peers [EVENTS] [PARTITIONS]   tally against Kafka Streams, Quix
+#                                                    Streams and the seeds' pipeline:
+#                                                    runs bench/peers/run.sh
 #   env: RATE (2000), LATENCY_EVENTS (20000; 0 skips the latency phase),
 #        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN,
 #        REPEAT (1): rows per kind, alternating kinds; with more than one, a second
@@ -32,6 +35,10 @@
 # benchmark's records either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --peers ]; then
+  shift
+  exec bench/peers/run.sh "$@"
+fi
 events=${1:-200000}
 partitions=${2:-6}
 rate=${RATE:-2000}

@@ -121,7 +121,7 @@ read -r wall3 slow3 paths3 _ < <(new_host c)
 say "live: 40,000 events at 2,000/s"
 live=$(process_until "$((total + 40000))" a3.log 40000)
 say "live: 40,000 events at 2,000/s, a snapshot with every commit"
-run_args=(--snapshot-interval 1)
+run_args=(--snapshot-interval 1 --snapshot-input-ratio 0)
 live_every=$(process_until "$((total + 80000))" a4.log 40000)
 run_args=()
 

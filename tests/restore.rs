@@ -87,6 +87,8 @@ fn a_snapshot_behind_an_aborted_transaction_is_found() {
             &[
                 "--snapshot-interval",
                 "1",
+                "--snapshot-input-ratio",
+                "0",
                 "--max-batch-records",
                 "50",
                 "--leave-group-on-shutdown",

@@ -57,7 +57,14 @@ fn crash_between_commit_and_checkpoint_replays_the_gap() {
         &state,
         // A snapshot with every commit: the one committed with `C` is newer
         // than `K`.
-        &["--max-batch-records", "500", "--snapshot-interval", "1"],
+        &[
+            "--max-batch-records",
+            "500",
+            "--snapshot-interval",
+            "1",
+            "--snapshot-input-ratio",
+            "0",
+        ],
         &[("FAILPOINTS", "after-commit-before-checkpoint=1*off->return")],
     );
     assert_eq!(

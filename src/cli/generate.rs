@@ -32,6 +32,12 @@ pub struct GenerateArgs {
     /// Event times start here (epoch seconds); default: now.
     #[arg(long, env = "TALLY_GENERATE_START_TIME")]
     pub start_time: Option<i64>,
+    /// Event times advance a minute every this many events; default: `--rate`
+    /// times 60 with a rate (event times keep pace with the clock), else 1000.
+    /// A few per minute spread a backlog over a day of minutes, as a day of
+    /// traffic fills the per-minute aggregate.
+    #[arg(long, env = "TALLY_GENERATE_EVENTS_PER_MINUTE")]
+    pub events_per_minute: Option<u64>,
     /// Include 1 MiB payloads among the malformed kinds.
     #[arg(long, env = "TALLY_GENERATE_HUGE", default_value_t = true, action = clap::ArgAction::Set)]
     pub huge: bool,
@@ -55,7 +61,9 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let sent = blocking(move || -> anyhow::Result<(u64, u64)> {
         let producer = kafka::PlainProducer::new(&conn)?;
         let mut g = generate::Generator::new(a.seed, start_time, a.invalid_ratio, a.huge);
-        if a.rate > 0.0 {
+        if let Some(per_minute) = a.events_per_minute {
+            g = g.with_events_per_minute(per_minute);
+        } else if a.rate > 0.0 {
             g = g.with_events_per_minute((a.rate * 60.0) as u64);
         }
         if !a.oversize.is_empty() {

@@ -46,6 +46,9 @@ pub enum LogFormat {
     Json,
 }
 
+// One value, parsed once at start and matched once: `run`'s many flags make its
+// variant large, and boxing it would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run as a consumer-group member: user-login -> processed-user-login, DLQ and insights, exactly once.

@@ -8,7 +8,7 @@ use clap::Args;
 use tally::aggregate::Horizon;
 use tally::kafka::{MemberConfig, TopicAdmin};
 use tally::observe;
-use tally::pipeline::{Pipeline, PipelineConfig, RestoreOptions};
+use tally::pipeline::{Pipeline, PipelineConfig, RestoreOptions, SnapshotBudget};
 use tally_state::StateStore;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,12 +45,30 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_COMMIT_INTERVAL_MS", default_value = "100", value_parser = parse_millis)]
     pub commit_interval: Duration,
     /// Write a partition's aggregate snapshot to the insights topic at most once
-    /// in this many milliseconds (1: with every commit). A partition revoked, or
-    /// the process shutting down, always gets its up-to-date snapshot. A new
-    /// host restoring from a snapshot replays up to this much of the input
-    /// after it, so the input's retention must keep at least that.
+    /// in this many milliseconds (1: with every commit, given
+    /// --snapshot-input-ratio 0). A partition revoked, or the process shutting
+    /// down, always gets its up-to-date snapshot. A new host restoring from a
+    /// snapshot replays the input after it, up to --snapshot-max-interval of it,
+    /// so the input's retention must keep at least that.
     #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL_MS", default_value = "1000", value_parser = parse_millis)]
     pub snapshot_interval: Duration,
+    /// A partition's next snapshot also waits until the input it processed since
+    /// its last one is at least this many times that snapshot's size (or the
+    /// partition has had no record for --snapshot-quiet, or --snapshot-max-interval
+    /// passed): snapshots then weigh at most 1/N of the input, however many
+    /// partitions share the traffic, and a new host replays at most N snapshots'
+    /// worth of input after the one it restores. 0: --snapshot-interval alone.
+    #[arg(long, env = "TALLY_SNAPSHOT_INPUT_RATIO", default_value_t = 10)]
+    pub snapshot_input_ratio: u64,
+    /// A partition with no new record for this long gets its snapshot (when one
+    /// is behind), so the insights topic catches up with a stream that stopped.
+    #[arg(long, env = "TALLY_SNAPSHOT_QUIET_MS", default_value = "5000", value_parser = parse_millis)]
+    pub snapshot_quiet: Duration,
+    /// A snapshot behind its partition's input is written at least this often,
+    /// whatever --snapshot-input-ratio says: the bound on how much input a new
+    /// host replays, and on how old the insights may be, in time.
+    #[arg(long, env = "TALLY_SNAPSHOT_MAX_INTERVAL_MS", default_value = "300000", value_parser = parse_millis)]
+    pub snapshot_max_interval: Duration,
     /// ... or after this many input records, whichever comes first.
     #[arg(long, env = "TALLY_MAX_BATCH_RECORDS", default_value_t = 5000, value_parser = parse_positive)]
     pub max_batch_records: usize,
@@ -250,6 +268,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         topics: a.topics.outputs(),
         commit_interval: a.commit_interval,
         snapshot_interval: a.snapshot_interval,
+        snapshot_budget: SnapshotBudget {
+            input_ratio: a.snapshot_input_ratio,
+            quiet: a.snapshot_quiet,
+            max_interval: a.snapshot_max_interval,
+        },
         max_batch_records: a.max_batch_records,
         horizon: a.horizon(),
         state_dir: a.state_dir.clone(),

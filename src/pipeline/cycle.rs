@@ -43,11 +43,26 @@ impl Pipeline {
     /// and a few thousand records a second, one per partition per commit would
     /// outweigh the processed output itself. A snapshot at `S < C` costs a new
     /// host a replay of `[S, C)`, bounded by the interval.
+    /// Past the interval, the snapshot must also be worth its bytes (see
+    /// `SnapshotBudget`).
     fn snapshot_due(&self, st: &PartitionState, mode: Snapshots) -> bool {
         let interval = self.cfg.snapshot_interval;
         matches!(st.phase, Phase::Active)
             && st.snapshot != Some(st.next_offset)
-            && (mode == Snapshots::All || st.snapshot_tried.is_none_or(|t| t.elapsed() >= interval))
+            && (mode == Snapshots::All
+                || (st.snapshot_tried.is_none_or(|t| t.elapsed() >= interval)
+                    && self.snapshot_earned(st)))
+    }
+
+    fn snapshot_earned(&self, st: &PartitionState) -> bool {
+        let b = self.cfg.snapshot_budget;
+        b.input_ratio == 0
+            || st.snapshot_bytes == 0
+            || st.input_bytes >= st.snapshot_bytes.saturating_mul(b.input_ratio)
+            || st.last_record.is_none_or(|t| t.elapsed() >= b.quiet)
+            || st
+                .snapshot_tried
+                .is_none_or(|t| t.elapsed() >= b.max_interval)
     }
 
     /// The open transaction holds snapshots and no records.
@@ -137,6 +152,7 @@ impl Pipeline {
             return Ok(()); // the producer was replaced; partitions are being recovered
         }
         let (partition, offset, timestamp_ms) = (rec.partition, rec.offset, rec.timestamp_ms);
+        let bytes = rec.key.as_ref().map_or(0, Vec::len) + rec.value.as_ref().map_or(0, Vec::len);
         // The record is moved through: its payload goes into the DLQ entry (if
         // any) and on to librdkafka, which copies it; never cloned here.
         let mut outcome = match self.poison.take(partition, offset) {
@@ -191,6 +207,7 @@ impl Pipeline {
         st.next_offset = offset + 1;
         st.touched = true;
         st.head.get_or_insert(offset);
+        st.input_bytes += bytes as u64;
         if let Txn::Open { records, .. } = &mut self.txn {
             *records += 1;
         }
@@ -263,6 +280,15 @@ impl Pipeline {
     /// Step 3 and 4 of the cycle: snapshots, offsets, commit; then merge and
     /// checkpoint. Idle, it opens a transaction only for snapshots that are due.
     pub(super) async fn close_cycle(&mut self, mode: Snapshots) -> Result<()> {
+        let now = Instant::now();
+        // Before the snapshot decision: a partition whose records are in this
+        // cycle is not quiet, however long it was before. The close's time
+        // stands for the latest record's (at most a commit interval later): a
+        // clock read per record costs more than the quiet rule's precision is
+        // worth.
+        for st in self.partitions.values_mut().filter(|st| st.touched) {
+            st.last_record = Some(now);
+        }
         let due: Vec<i32> = self
             .partitions
             .iter()
@@ -272,7 +298,6 @@ impl Pipeline {
         if matches!(self.txn, Txn::Idle) && (due.is_empty() || !self.ensure_open().await?) {
             return Ok(());
         }
-        let now = Instant::now();
         for p in &due {
             if let Some(st) = self.partitions.get_mut(p) {
                 st.snapshot_tried = Some(now);
@@ -314,10 +339,12 @@ impl Pipeline {
                 snapshots.push((*p, record));
             }
         }
+        let mut sizes = Vec::with_capacity(snapshots.len());
         for (partition, s) in snapshots {
+            let size = (s.value.len() + s.key.as_ref().map_or(0, Vec::len)) as u64;
+            sizes.push((partition, size));
             self.stats.snapshots += 1;
-            self.stats.snapshot_bytes +=
-                (s.value.len() + s.key.as_ref().map_or(0, Vec::len)) as u64;
+            self.stats.snapshot_bytes += size;
             if !self.send(s, Origin::Snapshot { partition }).await? {
                 return Ok(());
             }
@@ -381,6 +408,8 @@ impl Pipeline {
         for (p, next) in &snapshotted {
             if let Some(st) = self.partitions.get_mut(p) {
                 st.snapshot = Some(*next);
+                st.input_bytes = 0;
+                st.snapshot_bytes = sizes.iter().find(|(q, _)| q == p).map_or(0, |(_, n)| *n);
             }
         }
         emit(SnapshotsCommitted {

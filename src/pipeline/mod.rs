@@ -44,6 +44,20 @@ use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, emit}
 pub use restore::{RestoreError, RestoreOptions, RestorePath};
 use restore::{RestoreTicket, Restored};
 
+/// Past `--snapshot-interval`, a partition's snapshot is due only once it is
+/// worth its bytes: every touched partition writes its whole aggregate (up to a
+/// day of minutes), so by time alone many partitions at a low rate each would
+/// write more snapshot than input.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotBudget {
+    /// Input bytes since the last snapshot, per byte of that snapshot (0: off).
+    pub input_ratio: u64,
+    /// No record for this long: the snapshot catches up whatever its cost.
+    pub quiet: Duration,
+    /// Never more than this behind, in time.
+    pub max_interval: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub connection: kafka::Connection,
@@ -55,6 +69,8 @@ pub struct PipelineConfig {
     /// A partition's snapshot is written at most this often (see
     /// `Pipeline::snapshot_due`), and always when it is revoked or at shutdown.
     pub snapshot_interval: Duration,
+    /// When a snapshot is worth its bytes (see `Pipeline::snapshot_due`).
+    pub snapshot_budget: SnapshotBudget,
     pub max_batch_records: usize,
     pub horizon: Horizon,
     pub state_dir: PathBuf,
@@ -160,6 +176,14 @@ struct PartitionState {
     /// per `--snapshot-interval`, so a snapshot the broker keeps refusing cannot
     /// spin an idle loop through transactions. `None`: one is due now.
     snapshot_tried: Option<Instant>,
+    /// Size (key and value) of the latest snapshot this instance committed; 0:
+    /// none yet, so the next one is due without a budget.
+    snapshot_bytes: u64,
+    /// Input bytes (keys and values) processed since that snapshot, aborted
+    /// transactions included: an estimate for the budget, not a count.
+    input_bytes: u64,
+    /// When the partition's latest record was processed.
+    last_record: Option<Instant>,
 }
 
 impl PartitionState {
@@ -176,6 +200,9 @@ impl PartitionState {
             restore: None,
             snapshot: None,
             snapshot_tried: None,
+            snapshot_bytes: 0,
+            input_bytes: 0,
+            last_record: None,
         }
     }
 }
