@@ -39,7 +39,13 @@ static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// Reads `FAILPOINTS`; keep the guard alive for the life of the process.
 #[cfg(feature = "failpoints")]
 pub fn setup() -> Option<fail::FailScenario<'static>> {
-    std::env::var_os("FAILPOINTS").map(|_| {
+    std::env::var_os("FAILPOINTS").map(|points| {
+        // Some points make tally wrong on purpose (`plant-*`): an operator who
+        // set this by accident must see it in the first lines of the log.
+        tracing::error!(
+            failpoints = %points.to_string_lossy(),
+            "FAILPOINTS is set: test failpoints are armed; never run production like this"
+        );
         ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
         fail::FailScenario::setup()
     })

@@ -306,15 +306,15 @@ impl Drill {
         expect_exit: Option<usize>,
     ) -> anyhow::Result<Option<ExitStatus>> {
         let end = Instant::now() + d;
-        let mut expected = None;
         while Instant::now() < end {
             self.sample_progress();
             for i in 0..self.instances.len() {
                 self.instances[i].sample_rss();
                 if let Some(status) = self.instances[i].exited() {
                     if Some(i) == expect_exit {
-                        expected = Some(status);
-                        continue;
+                        // Back at once: the caller restarts it, and a dead owner
+                        // of an open transaction holds its partitions' offsets.
+                        return Ok(Some(status));
                     }
                     let msg = format!(
                         "{} exited on its own ({status}); see {}",
@@ -328,7 +328,7 @@ impl Drill {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(expected)
+        Ok(None)
     }
 
     /// Waits until every running instance is ready (`/readyz`), at most
@@ -536,7 +536,14 @@ impl Drill {
             }
             Fault::Zombie => {
                 self.await_ready_group("a zombie fault")?;
-                let rebalances = self.instances[i].metric("tally_rebalances_total");
+                let mut rebalances = None;
+                for _ in 0..10 {
+                    rebalances = self.instances[i].metric("tally_rebalances_total");
+                    if rebalances.is_some() {
+                        break;
+                    }
+                    self.idle(Duration::from_millis(500), None)?;
+                }
                 let paused = SESSION_TIMEOUT_MS + self.rng.random_range(1_000..4_000);
                 self.log(format!(
                     "SIGSTOP {id} for {paused} ms (past the session timeout), then SIGCONT"
@@ -549,7 +556,14 @@ impl Drill {
                 // message, and is restarted. Anything else is unexpected.
                 match self.idle(Duration::from_secs(10), Some(i))? {
                     None => {
-                        let now = self.instances[i].metric("tally_rebalances_total");
+                        // The rejoin may take longer than the 10 s above on a
+                        // loaded host: watch for up to 30 s more.
+                        let mut now = self.instances[i].metric("tally_rebalances_total");
+                        let until = Instant::now() + Duration::from_secs(30);
+                        while rebalances.is_some() && now <= rebalances && Instant::now() < until {
+                            self.idle(Duration::from_millis(500), None)?;
+                            now = self.instances[i].metric("tally_rebalances_total");
+                        }
                         match (rebalances, now) {
                             (Some(a), Some(b)) if b > a => {
                                 self.report.zombie_outcomes.push(format!("{id}: recovered"));

@@ -103,7 +103,15 @@ impl Pipeline {
             return Ok(());
         }
         let consumer = self.consumer.clone();
-        let positions = blocking(move || consumer.positions()).await?;
+        // Stepping over markers is an optimisation of the committed offset, never
+        // worth stopping for: the next call tries again.
+        let positions = match blocking(move || consumer.positions()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading consumer positions failed; not stepping over markers now");
+                return Ok(());
+            }
+        };
         let mut moved = false;
         for (p, st) in self.partitions.iter_mut() {
             if !matches!(st.phase, Phase::Active) {
