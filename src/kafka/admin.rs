@@ -361,18 +361,33 @@ impl GroupAdmin {
     }
 
     /// Like [`Self::committed`], for known partitions: no metadata request.
+    /// A coordinator that moved, is loading or did not answer in time is asked
+    /// again (librdkafka returns these to the caller of an offset fetch) until
+    /// [`CALL_TIMEOUT`] has passed.
     pub fn committed_of(&self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(topic, *p);
         }
-        let got = self
-            .consumer
-            .committed_offsets(tpl, CALL_TIMEOUT)
-            .map_err(ctx(format!(
-                "reading committed offsets of group {}",
-                self.group
-            )))?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let got = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.committed_offsets(tpl.clone(), left) {
+                Err(e)
+                    if e.rdkafka_error_code().is_some_and(coordinator_busy)
+                        && left > Duration::from_millis(500) =>
+                {
+                    tracing::debug!(error = %e, group = %self.group, "offset fetch: the coordinator is busy; asking again");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                res => {
+                    break res.map_err(ctx(format!(
+                        "reading committed offsets of group {}",
+                        self.group
+                    )))?;
+                }
+            }
+        };
         // A partition's error is an error, never "not committed" (see
         // `GroupConsumer::committed`).
         let mut out = BTreeMap::new();
@@ -429,4 +444,17 @@ impl GroupAdmin {
             .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
             .map_err(ctx(format!("committing offsets for group {}", self.group)))
     }
+}
+
+/// Errors of a group coordinator that moved, is loading its offsets, or did
+/// not answer in time: the same request succeeds once it is back.
+fn coordinator_busy(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+    )
 }

@@ -252,9 +252,16 @@ pub fn committed_offsets(group: &str, topic: &str) -> HashMap<i32, i64> {
     for p in md.topics()[0].partitions() {
         tpl.add_partition(topic, p.id());
     }
-    let committed = consumer
-        .committed_offsets(tpl, TIMEOUT)
-        .expect("committed offsets");
+    // A coordinator that moved or is loading answers the same request later.
+    let deadline = Instant::now() + TIMEOUT;
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), TIMEOUT) {
+            Err(e) if Instant::now() < deadline && e.to_string().contains("Coordinator") => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            res => break res.expect("committed offsets"),
+        }
+    };
     committed
         .elements()
         .iter()
