@@ -189,6 +189,11 @@ pub enum Fault {
 /// How long a group may take to be ready again after a fault.
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long the drill's own reads of the cluster (watermarks, committed
+/// offsets, the insights topic) are asked again before the drill gives up: a
+/// broker busy, restarting or electing a coordinator answers again within it.
+const HARNESS_PATIENCE: Duration = Duration::from_secs(120);
+
 /// The signal [`crate::failpoints::crash`] ends the process with.
 const SIGABRT: i32 = 6;
 /// `tally run`'s exit code when fenced.
@@ -255,6 +260,37 @@ impl Drill {
         self.report.not_struck.push(msg);
     }
 
+    /// `read` of the cluster, asked again for up to [`HARNESS_PATIENCE`] while
+    /// it fails: a transient broker error must not end a drill that is judging
+    /// tally's own recovery from such errors. The instances are supervised
+    /// meanwhile.
+    fn patiently<T>(
+        &mut self,
+        what: &str,
+        mut read: impl FnMut(&mut Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match read(self) {
+                Ok(v) => return Ok(v),
+                Err(e) if start.elapsed() < HARNESS_PATIENCE => {
+                    attempt += 1;
+                    self.log(format!(
+                        "{what} failed (attempt {attempt}), asking again: {e:#}"
+                    ));
+                    self.idle(Duration::from_secs(1), None)?;
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "{what}: still failing after {} s",
+                        HARNESS_PATIENCE.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
     /// The input's log start and high watermark per partition.
     fn watermarks(&self) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
         let mut out = BTreeMap::new();
@@ -279,7 +315,14 @@ impl Drill {
             return;
         };
         let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
-        for (p, c, h) in self.watch.sample(Instant::now(), &committed, &high) {
+        let stalled = self.watch.sample(Instant::now(), &committed, &high);
+        for (p, from, to) in std::mem::take(&mut self.watch.regressions) {
+            let msg =
+                format!("partition {p}: committed offset moved backwards from {from} to {to}");
+            self.log(&msg);
+            self.report.offset_regressions.push(msg);
+        }
+        for (p, c, h) in stalled {
             let msg = format!(
                 "partition {p}: committed offset {c:?} did not move for {} s while input waited (high watermark {h})",
                 stall::STALL_BOUND.as_secs()
@@ -472,8 +515,14 @@ impl Drill {
                         self.report.unexpected_exits.push(msg);
                     }
                     None => {
+                        // What it was doing instead: owning nothing, restoring,
+                        // or committing without passing the point.
+                        let inst = &self.instances[i];
                         self.not_struck(format!(
-                            "{id} did not reach {point} {after} times in 30 s"
+                            "{id} did not reach {point} {after} times in 30 s (ready: {}, assigned partitions: {:?}, transactions: {:?})",
+                            inst.ready(),
+                            inst.metric("tally_assigned_partitions"),
+                            inst.metric("tally_transactions_total"),
                         ));
                         self.instances[i].kill9();
                     }
@@ -491,8 +540,12 @@ impl Drill {
                 // --snapshot-interval of input, which Kafka's time- or size-based
                 // retention never reaches (it keeps the active segment). Deleting
                 // `[S, C)` too is the refusal case of tests/restore.rs.
-                let committed = self.admin.committed(&self.names.input)?;
-                let snapshots = latest_snapshots(&self.conn, &self.names)?;
+                let committed = self.patiently("reading the committed offsets", |d| {
+                    Ok(d.admin.committed(&d.names.input)?)
+                })?;
+                let snapshots = self.patiently("reading the snapshots", |d| {
+                    latest_snapshots(&d.conn, &d.names)
+                })?;
                 let below: BTreeMap<i32, i64> = committed
                     .iter()
                     .filter_map(|(p, c)| {
@@ -503,18 +556,22 @@ impl Drill {
                 self.log(format!(
                     "kill -9 {id}, delete its state, delete the input below the latest snapshots {below:?} (committed {committed:?}), restart after {delay} ms"
                 ));
-                let before = self.watermarks()?;
-                let recorded = self
-                    .before_trim
-                    .record_until(&self.conn, &self.cfg, &below)?;
+                let before = self.patiently("reading the watermarks", |d| d.watermarks())?;
+                // Idempotent: a failed read is recorded again from where it began.
+                let recorded = self.patiently("recording verify's expectations", |d| {
+                    Ok(d.before_trim.record_until(&d.conn, &d.cfg, &below)?)
+                })?;
                 self.log(format!(
                     "recorded verify's expectations of {recorded} input records before the trim"
                 ));
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(kafka::delete_records(&self.conn, &self.names.input, &below))?;
-                let after = self.watermarks()?;
+                self.patiently("deleting the input below the snapshots", |d| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(kafka::delete_records(&d.conn, &d.names.input, &below))?;
+                    Ok(())
+                })?;
+                let after = self.patiently("reading the watermarks", |d| d.watermarks())?;
                 let moved: BTreeMap<i32, (i64, i64)> = after
                     .iter()
                     .filter_map(|(p, (low, _))| {
@@ -602,30 +659,54 @@ impl Drill {
 
 /// Every snapshot of the drill's input in the insights topic, in the order
 /// written per partition (each read from the insights partition of the same
-/// number, as restores read them).
-fn all_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<Vec<Snapshot>> {
+/// number, as restores read them), and every committed insights record that is
+/// not such a snapshot: the drill's insights topic holds nothing else.
+fn all_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<(Vec<Snapshot>, Vec<String>)> {
     let reader = TopicReader::new(conn, &names.insights)?;
     let ranges: Vec<_> = reader
         .partitions()?
         .into_iter()
         .map(|p| (p, kafka::StartAt::Earliest, None))
         .collect();
-    let mut all = Vec::new();
+    let (mut all, mut odd) = (Vec::new(), Vec::new());
     reader.read(&ranges, |rec| {
-        let Some(v) = &rec.record.value else { return };
-        if let Ok(s) = serde_json::from_slice::<Snapshot>(v) {
-            if s.topic == names.input && s.partition == rec.record.partition {
-                all.push(s);
+        let r = &rec.record;
+        let parsed = r
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<Snapshot>(v).ok());
+        match parsed {
+            Some(s)
+                if s.topic == names.input
+                    && s.partition == r.partition
+                    && r.key.as_deref()
+                        == Some(&crate::insights::snapshot_key(&s.topic, s.partition)[..])
+                    && s.fingerprint.is_some() =>
+            {
+                all.push(s)
             }
+            Some(s) => odd.push(format!(
+                "insights partition {} offset {}: a snapshot of {}/{} under key {:?} (fingerprint {})",
+                r.partition,
+                r.offset,
+                s.topic,
+                s.partition,
+                r.key.as_deref().map(String::from_utf8_lossy),
+                if s.fingerprint.is_some() { "present" } else { "missing" },
+            )),
+            None => odd.push(format!(
+                "insights partition {} offset {}: not a snapshot",
+                r.partition, r.offset
+            )),
         }
     })?;
-    Ok(all)
+    Ok((all, odd))
 }
 
 /// The latest snapshot of every input partition in the insights topic.
 fn latest_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<Latest> {
     let mut latest = Latest::default();
-    for s in all_snapshots(conn, names)? {
+    for s in all_snapshots(conn, names)?.0 {
         latest.by_partition.insert(s.partition, s);
     }
     Ok(latest)
@@ -839,7 +920,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     let drain_start = Instant::now();
     let input_topic = drill.names.input.clone();
     loop {
-        let committed: i64 = drill.admin.committed(&input_topic)?.values().sum();
+        let committed: i64 = drill
+            .patiently("reading the committed offsets", |d| {
+                Ok(d.admin.committed(&input_topic)?)
+            })?
+            .values()
+            .sum();
         if committed as u64 >= produced {
             break;
         }
@@ -861,8 +947,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     drill.await_ready_group("the final stop")?;
     let catch_up = Instant::now();
     loop {
-        let committed = drill.admin.committed(&input_topic)?;
-        let latest = latest_snapshots(&conn, &drill.names)?;
+        let committed = drill.patiently("reading the committed offsets", |d| {
+            Ok(d.admin.committed(&input_topic)?)
+        })?;
+        let latest = drill.patiently("reading the snapshots", |d| {
+            latest_snapshots(&d.conn, &d.names)
+        })?;
         let behind: Vec<i32> = committed
             .iter()
             .filter(|(p, c)| latest.by_partition.get(p).map(|s| s.next_offset) != Some(**c))
@@ -912,25 +1002,29 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     // The labels name offsets only if every record the generator sent landed
     // once, in order.
     let expect = std::mem::take(&mut *expect.lock().unwrap());
-    let marks = drill.watermarks()?;
+    let marks = drill.patiently("reading the watermarks", |d| d.watermarks())?;
     let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
     drill.report.harness_errors = expect.check_offsets(&high);
     drill.report.longest_without_commit_secs = drill.watch.longest.as_secs_f64();
     drill.report_unstruck();
 
     // Guarantee 1: every input record exactly once in output or DLQ.
-    let summary = crate::verify::verify_with(
-        &conn,
-        &drill.names.group,
-        &drill.cfg,
-        &drill.names.output,
-        &drill.names.dlq,
-        crate::verify::Options {
-            before_trim: Some(&drill.before_trim),
-        },
-        &mut |_| {},
-    )?;
-    let committed = drill.admin.committed(&input_topic)?;
+    let summary = drill.patiently("verifying the outputs", |d| {
+        Ok(crate::verify::verify_with(
+            &d.conn,
+            &d.names.group,
+            &d.cfg,
+            &d.names.output,
+            &d.names.dlq,
+            crate::verify::Options {
+                before_trim: Some(&d.before_trim),
+            },
+            &mut |_| {},
+        )?)
+    })?;
+    let committed = drill.patiently("reading the committed offsets", |d| {
+        Ok(d.admin.committed(&input_topic)?)
+    })?;
     let r = &mut drill.report;
     r.events = expect.total();
     r.malformed = (0..drill.args.partitions)
@@ -980,8 +1074,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     // Guarantee 2: every snapshot in the insights topic and every checkpoint
     // equals the recount of its partition's records below its offset, on every
     // field; the latest snapshots cover the committed offsets.
-    let snapshots = all_snapshots(&conn, &drill.names)?;
+    let (snapshots, odd) = drill.patiently("reading the snapshots", |d| {
+        all_snapshots(&d.conn, &d.names)
+    })?;
+    let r = &mut drill.report;
     r.snapshots_checked = snapshots.len() as u32;
+    r.snapshot_mismatches.extend(odd);
     let mut latest = Latest::default();
     let mut written = Vec::new();
     for (k, s) in snapshots.into_iter().enumerate() {

@@ -41,6 +41,8 @@ pub struct Report {
     pub not_struck: Vec<String>,
     /// Snapshots in the insights topic checked against the recount.
     pub snapshots_checked: u32,
+    /// Committed offsets seen to move backwards while the drill sampled them.
+    pub offset_regressions: Vec<String>,
     /// Longest a partition with input waiting went without a commit.
     pub longest_without_commit_secs: f64,
     /// The drill's own premises that failed (offsets no longer name the
@@ -63,6 +65,7 @@ impl Report {
             && self.snapshot_mismatches.is_empty()
             && self.unexpected_exits.is_empty()
             && self.stalls.is_empty()
+            && self.offset_regressions.is_empty()
             && self.not_struck.is_empty()
             && self.runtime_dead_letters == 0
             && self.harness_errors.is_empty()
@@ -136,6 +139,13 @@ impl Report {
             self.longest_without_commit_secs
         );
         for m in &self.stalls {
+            println!("    {m}");
+        }
+        println!(
+            "  committed offsets moved backwards {}",
+            self.offset_regressions.len()
+        );
+        for m in &self.offset_regressions {
             println!("    {m}");
         }
         println!("  time to drain {:.1} s", self.drain_secs);

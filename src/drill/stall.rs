@@ -27,6 +27,9 @@ pub struct StallWatch {
     partitions: BTreeMap<i32, Progress>,
     /// Longest time a partition with input waiting went without a commit.
     pub longest: Duration,
+    /// Committed offsets seen to move backwards: (partition, from, to). Nothing
+    /// in tally ever commits an offset below one it committed.
+    pub regressions: Vec<(i32, i64, i64)>,
 }
 
 impl StallWatch {
@@ -48,6 +51,11 @@ impl StallWatch {
                 since: now,
                 reported: false,
             });
+            if let (Some(was), Some(to)) = (e.committed, c)
+                && to < was
+            {
+                self.regressions.push((p, was, to));
+            }
             if e.committed != c || !waiting {
                 *e = Progress {
                     committed: c,
@@ -98,6 +106,18 @@ mod tests {
             w.sample(late + Duration::from_secs(2) + STALL_BOUND, &moved, &hw),
             vec![(0, Some(11), 100)]
         );
+    }
+
+    #[test]
+    fn a_committed_offset_moving_backwards_is_recorded() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::default();
+        let hw = BTreeMap::from([(0, 100), (1, 100)]);
+        w.sample(t0, &BTreeMap::from([(0, 40), (1, 40)]), &hw);
+        w.sample(t0, &BTreeMap::from([(0, 50), (1, 39)]), &hw);
+        // A sample without partition 0's offset is no regression.
+        w.sample(t0, &BTreeMap::from([(1, 60)]), &hw);
+        assert_eq!(w.regressions, vec![(1, 40, 39)]);
     }
 
     #[test]

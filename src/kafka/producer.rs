@@ -2,7 +2,7 @@
 //! classification) and a plain idempotent one (generator, benchmark baseline).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -127,6 +127,11 @@ fn poll_until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -
     }
 }
 
+/// How many fencing probes that fail without an answer (see
+/// [`TxnProducer::probe_fencing`]) are sent before the producer is taken as
+/// fenced.
+const PROBE_ATTEMPTS: u32 = 3;
+
 /// The key of [`TxnProducer::probe_fencing`]'s record.
 const PROBE_KEY: &[u8] = b"tally-fencing-probe";
 
@@ -145,8 +150,8 @@ pub struct DeliveryContext {
     /// The insights topic of the transactional producer: its records are
     /// snapshots of the input partition they are written to, and the probe.
     insights: Option<String>,
-    /// The fencing probe's record failed (see [`TxnProducer::probe_fencing`]).
-    probe_failed: AtomicBool,
+    /// Why the fencing probe's record failed (see [`TxnProducer::probe_fencing`]).
+    probe_failed: Mutex<Option<String>>,
     failures: AtomicU64,
     record_failures: Mutex<Vec<RecordFailure>>,
 }
@@ -169,7 +174,7 @@ impl ProducerContext for DeliveryContext {
             Origin::Unknown
         };
         if origin == Origin::Probe {
-            self.probe_failed.store(true, Ordering::SeqCst);
+            *self.probe_failed.lock().expect("not poisoned") = Some(e.to_string());
             return;
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -514,12 +519,37 @@ impl TxnProducer {
     /// Whether another process took this producer's transactional.id. A record
     /// in a transaction makes librdkafka add its partition under our epoch, which
     /// the coordinator refuses once a newer `init_transactions` fenced us; only a
-    /// delivered probe shows that it did not. Anything short of that (not sent,
-    /// not delivered in time, refused) fails closed, as fenced: an abort alone
-    /// may never reach the coordinator. Then the transaction (the open one, if
-    /// `open`) is aborted. The probe is no snapshot (every reader ignores its key
-    /// and value) and is never committed.
+    /// delivered probe shows that it did not. A probe that fails short of that
+    /// (not sent: the transaction already failed; not delivered: e.g. the
+    /// coordinator had timed the transaction out) while its transaction aborts
+    /// cleanly proves nothing either way, so it is asked again in a new
+    /// transaction, [`PROBE_ATTEMPTS`] times in all; then it fails closed, as
+    /// fenced: an abort alone may never reach the coordinator. The transaction
+    /// (the open one, if `open`) is aborted in every case. The probe is no
+    /// snapshot (every reader ignores its key and value) and is never committed.
     pub fn probe_fencing(&self, open: bool) -> Result<(), TxnError> {
+        let mut open = open;
+        let mut attempt = 1;
+        loop {
+            let Some(why) = self.probe_once(open)? else {
+                return Ok(());
+            };
+            if attempt == PROBE_ATTEMPTS {
+                return Err(TxnError::Fenced(format!(
+                    "the transactional producer could not be shown unfenced \
+                     ({PROBE_ATTEMPTS} probes; the last: {why})"
+                )));
+            }
+            tracing::warn!(attempt, error = %why, "fencing probe failed and its transaction aborted cleanly; probing again");
+            attempt += 1;
+            open = false;
+        }
+    }
+
+    /// One fencing probe in a transaction (the open one if `open`), aborted
+    /// after: `None` when it was delivered, else why not. An abort that fails is
+    /// the error (a fenced producer is in a fatal state).
+    fn probe_once(&self, open: bool) -> Result<Option<String>, TxnError> {
         if !open {
             self.begin()?;
         }
@@ -531,35 +561,32 @@ impl TxnProducer {
             timestamp_ms: None,
         };
         let context = self.producer.context();
-        context.probe_failed.store(false, Ordering::SeqCst);
-        let unproven = |why: &str| {
-            TxnError::Fenced(format!(
-                "the transactional producer could not be shown unfenced ({why})"
-            ))
+        *context.probe_failed.lock().expect("not poisoned") = None;
+        let why = match self.send(probe) {
+            Err(e) => Some(format!("probe not sent: {e}")),
+            Ok(()) => {
+                // Only failures are reported, so the probe is known delivered
+                // only once every record of the transaction has settled: wait as
+                // long as a record may take to be delivered or to fail.
+                // Records alone: `rd_kafka_flush` in event mode counts messages,
+                // not queued log lines or events, and a failed record still
+                // counts until its report has been served.
+                let settled = poll_until(self.settled_within, Duration::from_millis(1), || {
+                    self.producer.flush(Duration::ZERO).is_ok()
+                });
+                let failed = context.probe_failed.lock().expect("not poisoned").take();
+                match (settled, failed) {
+                    (_, Some(e)) => Some(format!("probe not delivered: {e}")),
+                    (false, None) => Some(format!(
+                        "probe not settled within {:?}",
+                        self.settled_within
+                    )),
+                    (true, None) => None,
+                }
+            }
         };
-        if let Err(e) = self.send(probe) {
-            return Err(unproven(&format!("probe not sent: {e}")));
-        }
-        // Only failures are reported, so the probe is known delivered only once
-        // every record of the transaction has settled: wait as long as a record
-        // may take to be delivered or to fail.
-        // Records alone: `rd_kafka_flush` in event mode counts messages, not
-        // queued log lines or events, and a failed record still counts until its
-        // report has been served.
-        let settled = poll_until(self.settled_within, Duration::from_millis(1), || {
-            self.producer.flush(Duration::ZERO).is_ok()
-        });
-        let delivered = settled && !context.probe_failed.load(Ordering::SeqCst);
-        if !delivered {
-            // A fenced producer is in a fatal state: say so rather than guess.
-            return Err(self.abort().err().unwrap_or_else(|| {
-                unproven(&format!(
-                    "probe not delivered within {:?}",
-                    self.settled_within
-                ))
-            }));
-        }
-        self.abort()
+        self.abort()?;
+        Ok(why)
     }
 
     /// Aborts the open transaction, retrying for up to two call timeouts.
