@@ -24,6 +24,9 @@
 //! librdkafka started the partition's fetcher).
 //! `topic-limits-unreadable` (the output topics' `max.message.bytes` cannot be
 //! read: the fallback flags apply, so the broker can be made to refuse a record).
+//! `consumer-fenced` (the next poll reports the consumer fenced by its own
+//! rejoin, with a transaction open) and `probe-undelivered` (a fencing probe is
+//! taken as not delivered, though its transaction still aborts cleanly).
 //! Planted faults, wrong on purpose, to show that the drill and `verify` catch
 //! them: `plant-loss` (a record's output is not sent, yet its offset commits),
 //! `plant-duplicate` (an output is sent twice), `plant-wrong-snapshot` (a

@@ -230,8 +230,10 @@ fn rewind_while_a_batch_is_in_flight_loses_nothing() {
 /// librdkafka can fence a static member by its own rejoin after its session
 /// timed out while the broker was unreachable (librdkafka #3437; seen here after
 /// a 40 s broker freeze). Its producer is not fenced, so tally replaces the
-/// consumer, rejoins under the same instance id and goes on, exactly. (A process
-/// that another one fenced is `second_process_with_same_instance_id_fences_the_first`.)
+/// consumer, rejoins under the same instance id and goes on, exactly. A first
+/// probe lost (its transaction aborts cleanly, so the producer is not fenced)
+/// is asked again, not taken as fenced. (A process that another one fenced is
+/// `second_process_with_same_instance_id_fences_the_first`.)
 #[test]
 fn consumer_fenced_by_its_own_rejoin_is_replaced_and_the_stream_goes_on() {
     let names = Names::create("rejoin", 2);
@@ -243,7 +245,10 @@ fn consumer_fenced_by_its_own_rejoin_is_replaced_and_the_stream_goes_on() {
         &dir.path().join("state"),
         &["--max-batch-records", "200"],
         // Counted over batches (200 records each here): mid-stream.
-        &[("FAILPOINTS", "consumer-fenced=5*off->1*return->off")],
+        &[(
+            "FAILPOINTS",
+            "consumer-fenced=5*off->1*return->off;probe-undelivered=1*return->off",
+        )],
     );
     run.wait_for_log("rejoined the group with a new consumer", 1, LONG);
     // The stream goes on after the rejoin.
@@ -257,6 +262,7 @@ fn consumer_fenced_by_its_own_rejoin_is_replaced_and_the_stream_goes_on() {
         1,
         "{log}"
     );
+    assert_eq!(log.matches("probing again").count(), 1, "{log}");
     // The transaction open when the consumer was fenced, and nothing else.
     let last_progress = log
         .lines()

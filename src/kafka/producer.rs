@@ -574,7 +574,10 @@ impl TxnProducer {
                 let settled = poll_until(self.settled_within, Duration::from_millis(1), || {
                     self.producer.flush(Duration::ZERO).is_ok()
                 });
-                let failed = context.probe_failed.lock().expect("not poisoned").take();
+                let mut failed = context.probe_failed.lock().expect("not poisoned").take();
+                if crate::failpoints::error("probe-undelivered") {
+                    failed = Some("injected by failpoint probe-undelivered".into());
+                }
                 match (settled, failed) {
                     (_, Some(e)) => Some(format!("probe not delivered: {e}")),
                     (false, None) => Some(format!(
