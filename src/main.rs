@@ -4,6 +4,7 @@
 
 mod cli;
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,13 +18,14 @@ const EXIT_FENCED: i32 = 3;
 
 fn main() {
     let cli = cli::Cli::parse();
-    init_logging(cli.log_format);
+    let logging = init_logging(cli.log_format);
     let _failpoints = failpoints::setup();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let mut out_of_time = false;
+    let mut error = None;
     let code = match rt.block_on(cli::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -31,7 +33,7 @@ fn main() {
             let fenced = pipeline.is_some_and(|p| matches!(p, PipelineError::Fenced { .. }));
             out_of_time =
                 pipeline.is_some_and(|p| matches!(p, PipelineError::ShutdownTimeout { .. }));
-            eprintln!("error: {e:#}");
+            error = Some(e);
             if fenced { EXIT_FENCED } else { 1 }
         }
     };
@@ -42,17 +44,32 @@ fn main() {
         // Exit without waiting for blocking threads (a poll in flight).
         rt.shutdown_timeout(Duration::from_secs(1));
     }
+    // Writes out the log lines still queued (`process::exit` runs no destructor),
+    // then the error after them. A closed stderr changes nothing of the status.
+    drop(logging);
+    if let Some(e) = error {
+        let _ = writeln!(std::io::stderr(), "error: {e:#}");
+    }
     std::process::exit(code);
 }
 
 /// Logs go to stderr: readable text (coloured on a terminal), or one JSON object
-/// a line with the structured fields at the top level, for log shippers.
-fn init_logging(format: cli::LogFormat) {
+/// a line with the structured fields at the top level, for log shippers. They
+/// are written by a thread of their own and dropped when it falls behind, so a
+/// slow reader of stderr never blocks the loop, and a closed one (`| head`, a
+/// log shipper restarting) loses the lines, never the process: write errors
+/// are ignored there. Keep the guard until exit: dropping it writes out what is
+/// queued.
+fn init_logging(format: cli::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("tally-log")
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         cli::LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -64,6 +81,7 @@ fn init_logging(format: cli::LogFormat) {
             .with_span_list(false)
             .init(),
     }
+    guard
 }
 
 /// Sets the flag on SIGINT or SIGTERM.

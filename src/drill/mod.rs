@@ -611,29 +611,32 @@ impl Drill {
                 // It recovers: loses its partitions and is assigned again, which
                 // its rebalance count shows. Or it exits as fenced, with the
                 // message, and is restarted. Anything else is unexpected.
-                match self.idle(Duration::from_secs(10), Some(i))? {
-                    None => {
-                        // The rejoin may take longer than the 10 s above on a
-                        // loaded host: watch for up to 30 s more.
-                        let mut now = self.instances[i].metric("tally_rebalances_total");
-                        let until = Instant::now() + Duration::from_secs(30);
-                        while rebalances.is_some() && now <= rebalances && Instant::now() < until {
-                            self.idle(Duration::from_millis(500), None)?;
-                            now = self.instances[i].metric("tally_rebalances_total");
-                        }
-                        match (rebalances, now) {
-                            (Some(a), Some(b)) if b > a => {
-                                self.report.zombie_outcomes.push(format!("{id}: recovered"));
-                                self.struck(
-                                    "zombie",
-                                    format!("{id} recovered; tally_rebalances_total {a} -> {b}"),
-                                );
-                            }
-                            (a, b) => self.not_struck(format!(
-                                "zombie {id} runs on without a new assignment (tally_rebalances_total {a:?} -> {b:?}): not shown to have lost its partitions"
-                            )),
-                        }
+                // The rejoin may take a while on a loaded host, or after
+                // fencing probes that were lost (each waits up to
+                // transaction.timeout.ms + 5 s): watched for up to 190 s.
+                let until = Instant::now() + Duration::from_secs(190);
+                let mut exited = None;
+                let mut now = rebalances;
+                while rebalances.is_some() && now <= rebalances && Instant::now() < until {
+                    exited = self.idle(Duration::from_millis(500), Some(i))?;
+                    if exited.is_some() {
+                        break;
                     }
+                    now = self.instances[i].metric("tally_rebalances_total");
+                }
+                match exited {
+                    None => match (rebalances, now) {
+                        (Some(a), Some(b)) if b > a => {
+                            self.report.zombie_outcomes.push(format!("{id}: recovered"));
+                            self.struck(
+                                "zombie",
+                                format!("{id} recovered; tally_rebalances_total {a} -> {b}"),
+                            );
+                        }
+                        (a, b) => self.not_struck(format!(
+                            "zombie {id} runs on without a new assignment (tally_rebalances_total {a:?} -> {b:?}): not shown to have lost its partitions"
+                        )),
+                    },
                     Some(st)
                         if st.code() == Some(FENCED_EXIT)
                             && self.instances[i].this_run_log().contains("fenced") =>

@@ -30,6 +30,8 @@ pub struct StallWatch {
     /// Committed offsets seen to move backwards: (partition, from, to). Nothing
     /// in tally ever commits an offset below one it committed.
     pub regressions: Vec<(i32, i64, i64)>,
+    /// The highest committed offset seen per partition.
+    highest: BTreeMap<i32, i64>,
 }
 
 impl StallWatch {
@@ -51,10 +53,12 @@ impl StallWatch {
                 since: now,
                 reported: false,
             });
-            if let (Some(was), Some(to)) = (e.committed, c)
-                && to < was
-            {
-                self.regressions.push((p, was, to));
+            if let Some(to) = c {
+                let highest = self.highest.entry(p).or_insert(to);
+                if to < *highest {
+                    self.regressions.push((p, *highest, to));
+                }
+                *highest = (*highest).max(to);
             }
             if e.committed != c || !waiting {
                 *e = Progress {
@@ -115,9 +119,11 @@ mod tests {
         let hw = BTreeMap::from([(0, 100), (1, 100)]);
         w.sample(t0, &BTreeMap::from([(0, 40), (1, 40)]), &hw);
         w.sample(t0, &BTreeMap::from([(0, 50), (1, 39)]), &hw);
-        // A sample without partition 0's offset is no regression.
+        // A sample without partition 0's offset is no regression, nor does it
+        // hide one across it.
         w.sample(t0, &BTreeMap::from([(1, 60)]), &hw);
-        assert_eq!(w.regressions, vec![(1, 40, 39)]);
+        w.sample(t0, &BTreeMap::from([(0, 45), (1, 60)]), &hw);
+        assert_eq!(w.regressions, vec![(1, 40, 39), (0, 50, 45)]);
     }
 
     #[test]

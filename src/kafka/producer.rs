@@ -127,11 +127,6 @@ fn poll_until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -
     }
 }
 
-/// How many fencing probes that fail without an answer (see
-/// [`TxnProducer::probe_fencing`]) are sent before the producer is taken as
-/// fenced.
-const PROBE_ATTEMPTS: u32 = 3;
-
 /// The key of [`TxnProducer::probe_fencing`]'s record.
 const PROBE_KEY: &[u8] = b"tally-fencing-probe";
 
@@ -519,37 +514,15 @@ impl TxnProducer {
     /// Whether another process took this producer's transactional.id. A record
     /// in a transaction makes librdkafka add its partition under our epoch, which
     /// the coordinator refuses once a newer `init_transactions` fenced us; only a
-    /// delivered probe shows that it did not. A probe that fails short of that
-    /// (not sent: the transaction already failed; not delivered: e.g. the
-    /// coordinator had timed the transaction out) while its transaction aborts
-    /// cleanly proves nothing either way, so it is asked again in a new
-    /// transaction, [`PROBE_ATTEMPTS`] times in all; then it fails closed, as
-    /// fenced: an abort alone may never reach the coordinator. The transaction
-    /// (the open one, if `open`) is aborted in every case. The probe is no
-    /// snapshot (every reader ignores its key and value) and is never committed.
-    pub fn probe_fencing(&self, open: bool) -> Result<(), TxnError> {
-        let mut open = open;
-        let mut attempt = 1;
-        loop {
-            let Some(why) = self.probe_once(open)? else {
-                return Ok(());
-            };
-            if attempt == PROBE_ATTEMPTS {
-                return Err(TxnError::Fenced(format!(
-                    "the transactional producer could not be shown unfenced \
-                     ({PROBE_ATTEMPTS} probes; the last: {why})"
-                )));
-            }
-            tracing::warn!(attempt, error = %why, "fencing probe failed and its transaction aborted cleanly; probing again");
-            attempt += 1;
-            open = false;
-        }
-    }
-
-    /// One fencing probe in a transaction (the open one if `open`), aborted
-    /// after: `None` when it was delivered, else why not. An abort that fails is
-    /// the error (a fenced producer is in a fatal state).
-    fn probe_once(&self, open: bool) -> Result<Option<String>, TxnError> {
+    /// delivered probe shows that it did not. The transaction (the open one, if
+    /// `open`) is aborted in every case; a fenced producer fails there, in a
+    /// fatal state, which is the error. `Ok(None)`: delivered, not fenced.
+    /// `Ok(Some(why))`: not delivered (not sent, refused, not settled in time)
+    /// although the abort succeeded, which proves nothing either way: an abort
+    /// with no partition registered never reaches the coordinator. The caller
+    /// decides whether to probe again. The probe is no snapshot (every reader
+    /// ignores its key and value) and is never committed.
+    pub fn probe_fencing(&self, open: bool) -> Result<Option<String>, TxnError> {
         if !open {
             self.begin()?;
         }

@@ -16,6 +16,10 @@ use crate::observe::{CycleTally, PartitionsAssigned, PartitionsRevoked, Transact
 const MAX_REJOINS: usize = 3;
 const REJOIN_WINDOW: Duration = Duration::from_secs(600);
 
+/// Fencing probes sent at most before a producer never shown unfenced is taken
+/// as fenced, the later ones only within `transaction.timeout.ms` of the first.
+const PROBE_ATTEMPTS: u32 = 3;
+
 impl Pipeline {
     /// The consumer was fenced (`FENCED_INSTANCE_ID`). Another process that took
     /// our instance id called `init_transactions` on our transactional.id before
@@ -42,11 +46,7 @@ impl Pipeline {
         self.rejoins.push(now);
         tracing::warn!(error = %detail, "consumer fenced; asking the broker whether the transactional producer is fenced too");
         let open = matches!(self.txn, Txn::Open { .. });
-        let p = self.producer.clone();
-        let probed = blocking(move || p.probe_fencing(open)).await;
-        // After the probe, which may take as long as a record can: the age that
-        // tells a transaction the coordinator timed out from another process.
-        let open_for = self.open_for();
+        let first = self.probe(open).await;
         self.txn = Txn::Idle;
         if open {
             // The records come again; failures of theirs reported meanwhile go to
@@ -56,15 +56,40 @@ impl Pipeline {
             self.cycle = CycleTally::default();
             emit(TransactionAborted);
         }
+        // A probe lost while its transaction aborted cleanly proves nothing
+        // (the first request after a long pause can fail so): asked again in a
+        // new transaction, while the first probe's transaction could still have
+        // been open.
+        let started = Instant::now();
+        let mut probed = first;
+        let mut attempts = 1;
+        while let ((Ok(Some(why)), _), true) = (
+            &probed,
+            attempts < PROBE_ATTEMPTS && started.elapsed() < self.producer.transaction_timeout(),
+        ) {
+            tracing::warn!(attempt = attempts, error = %why, "fencing probe not delivered, its transaction aborted cleanly; probing again");
+            attempts += 1;
+            probed = self.probe(false).await;
+        }
         match probed {
-            Ok(()) => {}
-            // The coordinator may have timed the transaction out: then no other
-            // process holds the id and only this producer needs replacing.
-            Err(TxnError::Fenced(why)) => match self.timed_out(open_for, &why) {
+            (Ok(None), _) => {}
+            // Fails closed: never shown unfenced.
+            (Ok(Some(why)), _) => {
+                return Err(fenced(
+                    &self.cfg,
+                    format!(
+                        "{detail}; the transactional producer could not be shown unfenced \
+                         ({attempts} probes; the last: {why})"
+                    ),
+                ));
+            }
+            // The coordinator may have timed the probe's transaction out: then no
+            // other process holds the id and only this producer needs replacing.
+            (Err(TxnError::Fenced(why)), open_for) => match self.timed_out(open_for, &why) {
                 Some(why) => self.renew_producer(&why).await?,
                 None => return Err(fenced(&self.cfg, format!("{detail}; {why}"))),
             },
-            Err(e) => return Err(txn_fatal(&self.cfg, e)),
+            (Err(e), _) => return Err(txn_fatal(&self.cfg, e)),
         }
         let lost: Vec<i32> = self.partitions.keys().copied().collect();
         self.partitions.clear();
@@ -79,6 +104,34 @@ impl Pipeline {
         drop(tokio::task::spawn_blocking(move || drop(old)));
         tracing::warn!(partitions = ?lost, "the producer is not fenced: the consumer was fenced by its own rejoin; rejoined the group with a new consumer");
         Ok(())
+    }
+
+    /// One fencing probe (see [`crate::kafka::TxnProducer::probe_fencing`]), in
+    /// the open transaction if `open`, else in a new one; with how long the
+    /// probe's transaction had been open when it ended, the age that tells a
+    /// transaction the coordinator timed out from another process.
+    async fn probe(
+        &mut self,
+        open: bool,
+    ) -> (
+        std::result::Result<Option<String>, TxnError>,
+        Option<Duration>,
+    ) {
+        let status = &crate::observe::telemetry().status;
+        status.beat();
+        let stage = std::mem::replace(
+            &mut self.stage,
+            "probing whether the transactional producer is fenced",
+        );
+        let since = match self.txn {
+            Txn::Open { since, .. } if open => since,
+            _ => Instant::now(),
+        };
+        let p = self.producer.clone();
+        let probed = blocking(move || p.probe_fencing(open)).await;
+        status.beat();
+        self.stage = stage;
+        (probed, Some(since.elapsed()))
     }
 
     pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {

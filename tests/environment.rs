@@ -1,0 +1,102 @@
+//! Faults of tally's own environment rather than of Kafka: the sink of its logs
+//! going away. A service must neither die nor stall because a log shipper
+//! restarted or a terminal closed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(180);
+
+/// `tally run ... 2>&1 | head`: stderr is a pipe whose reader exits while tally
+/// is logging. The stream goes on, exactly once, and SIGTERM still ends it
+/// cleanly.
+#[test]
+fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
+    let names = Names::create("pipe", 2);
+    let mut input = produce_generated(&names.input, 2_000, 41, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(tally_bin())
+        .arg("run")
+        .args([
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--group-id",
+            &names.group,
+            "--instance-id",
+            "pipe-1",
+        ])
+        .args(names.topic_args())
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        // A progress line every second: tally keeps writing into the broken pipe.
+        .args(["--progress-secs", "1"])
+        .env("RUST_LOG", "info")
+        .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
+        .env_remove("TALLY_LOG_FORMAT")
+        .env_remove("FAILPOINTS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tally run");
+    // Read as `head` would, until the first partition is restored; then the
+    // reader goes away.
+    let mut head = Vec::new();
+    {
+        let stderr = child.stderr.take().unwrap();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            let done = line.contains("partition restored");
+            head.push(line);
+            if done {
+                break;
+            }
+        }
+    }
+    input.merge(&produce_generated(&names.input, 1_000, 42, 0.05));
+    let deadline = Instant::now() + LONG;
+    loop {
+        let committed: i64 = committed_offsets(&names.group, &names.input).values().sum();
+        if committed == 3_000 {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "tally run ended ({status}) after its log pipe broke; it had logged:\n{}",
+                head.join("\n")
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed {committed} of 3000 in {LONG:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Still logging into the broken pipe for a few progress lines.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "tally run ended after the drain"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tally run still running 40 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_verified(&names, input.valid(), input.malformed);
+}
