@@ -1,6 +1,6 @@
 //! Faults of tally's own environment rather than of Kafka: the sink of its logs
-//! going away. A service must neither die nor stall because a log shipper
-//! restarted or a terminal closed.
+//! going away (a service must neither die nor stall because a log shipper
+//! restarted or a terminal closed), and a signal while the broker is gone.
 
 mod common;
 
@@ -99,4 +99,46 @@ fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
     };
     assert_eq!(status.code(), Some(0), "{status}");
     assert_verified(&names, input.valid(), input.malformed);
+}
+
+/// `tally generate` whose broker dies under it: sends pile up in its queue; a
+/// SIGTERM still ends it within seconds (not the 120 s its final flush may
+/// take), failing and saying how many events were not delivered.
+#[test]
+fn generate_ends_soon_after_sigterm_when_the_broker_is_gone() {
+    let broker = PrivateBroker::start();
+    let names = broker.pipeline("gen", 0);
+    let mut child = Command::new(tally_bin())
+        .args(["generate", "--bootstrap-servers", &broker.bootstrap])
+        .args(["--topic", &names.input, "--rate", "2000", "--huge", "false"])
+        .env_remove("FAILPOINTS")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tally generate");
+    std::thread::sleep(Duration::from_secs(3));
+    broker.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("tally generate still running 60 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("were not delivered within 5 s of the signal"),
+        "{err}"
+    );
 }

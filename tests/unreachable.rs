@@ -106,3 +106,53 @@ fn run_waits_for_the_cluster_not_ready_and_gives_up_after_connect_timeout() {
     assert!((2..=4).contains(&warns), "{warns} warn lines:\n{text}");
     assert!(!text.contains("librdkafka"), "{text}");
 }
+
+/// Sends SIGTERM to `child` and waits for its exit, at most `limit`.
+fn terminate_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running {limit:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `tally run` waiting for a cluster that is gone ends soon after SIGTERM.
+#[test]
+fn run_ends_soon_after_sigterm_with_no_broker() {
+    let addr = dead_address();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tally()
+        .args([
+            "run",
+            "--bootstrap-servers",
+            &addr,
+            "--instance-id",
+            "nobroker-2",
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, took) = terminate_within(&mut child, Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(10), "took {took:?}: {err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+}

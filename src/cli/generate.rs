@@ -51,6 +51,12 @@ pub struct GenerateArgs {
     pub oversize_every: u64,
 }
 
+/// How long the events sent may take to be delivered at the end.
+const FLUSH_LIMIT: Duration = Duration::from_secs(120);
+/// How long they may take once SIGINT or SIGTERM came: an operator stopping
+/// the generator must not wait minutes on a broker that is gone.
+const FLUSH_AFTER_SIGNAL: Duration = Duration::from_secs(5);
+
 pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let conn = a.kafka.connection();
     let stop = shutdown_flag();
@@ -83,11 +89,25 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
                 }
             }
             let r = g.next_record();
-            producer.send(&a.topic, Some(&r.key), r.value.as_deref(), &[])?;
+            // A full queue (the broker gone) is waited on only until a signal.
+            if !producer.send_unless(&a.topic, Some(&r.key), r.value.as_deref(), &stop)? {
+                break;
+            }
             n += 1;
             bad += u64::from(r.malformed.is_some());
         }
-        producer.flush()?;
+        let left = producer.flush_unless(FLUSH_LIMIT, &stop, FLUSH_AFTER_SIGNAL);
+        if left > 0 {
+            anyhow::bail!(
+                "{left} of {n} events sent to {} were not delivered{} (is the broker up?)",
+                a.topic,
+                if stop.load(Ordering::SeqCst) {
+                    format!(" within {} s of the signal", FLUSH_AFTER_SIGNAL.as_secs())
+                } else {
+                    format!(" within {} s", FLUSH_LIMIT.as_secs())
+                }
+            );
+        }
         Ok((n, bad))
     })
     .await?;

@@ -2,7 +2,7 @@
 //! classification) and a plain idempotent one (generator, benchmark baseline).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -657,6 +657,34 @@ impl PlainProducer {
         headers: &[(String, Vec<u8>)],
         timestamp_ms: Option<i64>,
     ) -> Result<()> {
+        let never = AtomicBool::new(false);
+        self.enqueue(topic, partition, key, value, headers, timestamp_ms, &never)
+            .map(|_| ())
+    }
+
+    /// Like [`PlainProducer::send`], but gives up waiting on a full queue once
+    /// `stop` is set: `Ok(false)` then, the record not sent.
+    pub fn send_unless(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        self.enqueue(topic, None, key, value, &[], None, stop)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+        timestamp_ms: Option<i64>,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
         let deadline = std::time::Instant::now() + CALL_TIMEOUT;
         loop {
             let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
@@ -676,7 +704,12 @@ impl PlainProducer {
                 br = br.timestamp(ts);
             }
             match self.producer.send(br) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if stop.load(Ordering::SeqCst) =>
+                {
+                    return Ok(false);
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if std::time::Instant::now() < deadline =>
                 {
@@ -695,6 +728,26 @@ impl PlainProducer {
         self.producer
             .flush(Duration::from_secs(120))
             .map_err(ctx("flushing the producer"))
+    }
+
+    /// Waits until every record sent is delivered, at most `limit`, and at most
+    /// `grace` once `stop` is set; returns how many are still undelivered.
+    pub fn flush_unless(&self, limit: Duration, stop: &AtomicBool, grace: Duration) -> u64 {
+        let started = std::time::Instant::now();
+        let mut stopped_at = None;
+        loop {
+            let left = self.producer.in_flight_count().max(0) as u64;
+            if left == 0 || started.elapsed() >= limit {
+                return left;
+            }
+            if stop.load(Ordering::SeqCst) {
+                let at = *stopped_at.get_or_insert_with(std::time::Instant::now);
+                if at.elapsed() >= grace {
+                    return left;
+                }
+            }
+            let _ = self.producer.flush(Duration::from_millis(100));
+        }
     }
 }
 
