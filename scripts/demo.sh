@@ -4,14 +4,23 @@
 # stops everything this script started, then runs `tally verify` and `tally insights`.
 #
 # Environment: KAFKA_BOOTSTRAP (use that broker, start none), DEMO_RATE (events/s,
-# default 500), DEMO_PARTITIONS (default 6).
+# default 500), DEMO_PARTITIONS (default 6), TALLY_BIN (a tally binary to use
+# instead of building one).
+#
+# It cleans up however it ends: Ctrl+C, SIGTERM, the terminal closing (SIGHUP),
+# or its output piped into a reader that went away (`| tee` ended by the same
+# Ctrl+C, `| head`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
-cargo build --release --bin tally
-tally=$CARGO_TARGET_DIR/release/tally
+if [ -n "${TALLY_BIN:-}" ]; then
+  tally=$TALLY_BIN
+else
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
+  cargo build --release --bin tally
+  tally=$CARGO_TARGET_DIR/release/tally
+fi
 
 run_id=demo-$(date +%s)
 work=.run/$run_id
@@ -34,8 +43,14 @@ export TALLY_GROUP_ID=$run_id
 gen_pid=
 run_pid=
 finish() {
-  trap - INT TERM EXIT
-  echo >&2
+  trap - INT TERM HUP EXIT
+  # The cleanup must not die with the reader of our output: writes to a closed
+  # pipe fail instead of killing this shell, and if stdout or stderr is such a
+  # pipe, the rest goes to /dev/null.
+  trap '' PIPE
+  set +e
+  { printf '\n' >&2; } 2>/dev/null || exec 2>/dev/null
+  { printf '\n'; } 2>/dev/null || exec >/dev/null
   echo "demo: stopping" >&2
   # Generator first, then let tally drain what it produced, then stop tally.
   [ -n "$gen_pid" ] && kill -INT "$gen_pid" 2>/dev/null && wait "$gen_pid" 2>/dev/null || true
@@ -52,7 +67,7 @@ finish() {
   if $started_broker; then scripts/kafka.sh stop; fi
   exit $status
 }
-trap finish INT TERM EXIT
+trap finish INT TERM HUP EXIT
 
 "$tally" create-topics --partitions "${DEMO_PARTITIONS:-6}"
 # Own sessions (setsid): a Ctrl+C in the terminal reaches only this script, which

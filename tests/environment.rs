@@ -142,3 +142,82 @@ fn generate_ends_soon_after_sigterm_when_the_broker_is_gone() {
         "{err}"
     );
 }
+
+/// The processes whose environment holds `key=value` (none of another user's).
+fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// `scripts/demo.sh 2>&1 | head` whose terminal then closes (SIGHUP): the
+/// script still stops the generator and `tally run` it started, though its
+/// output has nowhere to go.
+#[test]
+fn demo_cut_off_from_its_output_and_hung_up_leaves_nothing_behind() {
+    let mut demo = Command::new("bash")
+        .args(["-c", "exec scripts/demo.sh 2>&1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("TALLY_BIN", tally_bin())
+        .env("DEMO_RATE", "200")
+        .env("DEMO_PARTITIONS", "2")
+        .env_remove("FAILPOINTS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn scripts/demo.sh");
+    let mut topic = None;
+    {
+        let out = demo.stdout.take().unwrap();
+        for line in BufReader::new(out).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("demo: generating into ") {
+                topic = rest.split_whitespace().next().map(str::to_string);
+                break;
+            }
+        }
+    }
+    let topic = topic.expect("the demo said where it generates");
+    std::thread::sleep(Duration::from_secs(3));
+    // The script exports the names after it started, so its own environment
+    // does not show them; its children's do.
+    let started = processes_with_env("TALLY_INPUT_TOPIC", &topic);
+    if started.len() != 2 {
+        for pid in &started {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = demo.kill();
+        panic!("expected the demo's generator and tally run, found {started:?}");
+    }
+    Command::new("kill")
+        .args(["-HUP", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while demo.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(200),
+            "the demo still runs 200 s after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = processes_with_env("TALLY_INPUT_TOPIC", &topic);
+    for pid in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "left running after the demo ended: {left:?}"
+    );
+}
