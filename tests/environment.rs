@@ -220,4 +220,11 @@ fn demo_cut_off_from_its_output_and_hung_up_leaves_nothing_behind() {
         left.is_empty(),
         "left running after the demo ended: {left:?}"
     );
+    if let Some(run_id) = topic.strip_suffix("-user-login") {
+        let _ = std::fs::remove_dir_all(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(".run")
+                .join(run_id),
+        );
+    }
 }
