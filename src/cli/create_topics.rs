@@ -15,18 +15,31 @@ pub struct CreateTopicsArgs {
     /// Partitions of each topic.
     #[arg(long, env = "TALLY_PARTITIONS", default_value_t = 6)]
     pub partitions: i32,
-    /// Replication factor.
-    #[arg(long, env = "TALLY_REPLICATION", default_value_t = 1)]
-    pub replication: i32,
+    /// Replication factor (default: 3, or the number of brokers when fewer).
+    /// With 3 or more, the topics get `min.insync.replicas` 2.
+    #[arg(long, env = "TALLY_REPLICATION")]
+    pub replication: Option<i32>,
 }
 
 pub async fn run(a: CreateTopicsArgs) -> anyhow::Result<()> {
     let conn = a.kafka.connection();
-    let specs = kafka::pipeline_topic_specs(
+    let brokers = kafka::TopicAdmin::new(&conn)?.broker_count().await?;
+    let (replication, min_insync) = kafka::replication_for(brokers, a.replication);
+    let mut specs = kafka::pipeline_topic_specs(
         &a.topics.input_topic,
         &a.topics.outputs(),
         a.partitions,
-        a.replication,
+        replication,
+    );
+    if let Some(n) = min_insync {
+        for s in &mut specs {
+            s.config
+                .push(("min.insync.replicas".to_string(), n.to_string()));
+        }
+    }
+    eprintln!(
+        "create-topics: {brokers} broker(s): replication factor {replication}{}",
+        min_insync.map_or(String::new(), |n| format!(", min.insync.replicas {n}"))
     );
     for (name, created) in kafka::create_topics(&conn, &specs).await? {
         println!("{name}: {}", if created { "created" } else { "exists" });

@@ -53,6 +53,17 @@ pub fn pipeline_topic_specs(
     ]
 }
 
+/// The replication factor and `min.insync.replicas` of new topics on a cluster
+/// of `brokers`, unless `requested` names the factor: three copies where there
+/// are three brokers, so one broker's death takes no partition offline, and two
+/// in sync for an acknowledged write, so one more death loses nothing that was
+/// acknowledged (`acks=all`, which idempotent and transactional producers use).
+/// With fewer replicas than three the broker's own `min.insync.replicas` stays.
+pub fn replication_for(brokers: usize, requested: Option<i32>) -> (i32, Option<i32>) {
+    let factor = requested.unwrap_or_else(|| brokers.clamp(1, 3) as i32);
+    (factor, (factor >= 3).then_some(2))
+}
+
 /// Creates the topics; ones that already exist are left as they are.
 pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec<(String, bool)>> {
     let topic_admin = TopicAdmin::new(conn)?;
@@ -161,6 +172,20 @@ impl TopicAdmin {
         Ok(TopicAdmin {
             admin: Arc::new(config.create().map_err(ctx("creating admin client"))?),
         })
+    }
+
+    /// How many brokers the cluster has.
+    pub async fn broker_count(&self) -> Result<usize> {
+        let admin = Arc::clone(&self.admin);
+        tokio::task::spawn_blocking(move || {
+            admin
+                .inner()
+                .fetch_metadata(None, CALL_TIMEOUT)
+                .map(|m| m.brokers().len())
+                .map_err(ctx("reading the cluster's metadata"))
+        })
+        .await
+        .expect("metadata task panicked")
     }
 
     /// The topic's partitions; an error when it does not exist. The metadata
@@ -457,4 +482,20 @@ fn coordinator_busy(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::RequestTimedOut
             | RDKafkaErrorCode::OperationTimedOut
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn new_topics_get_three_replicas_two_in_sync_where_the_cluster_has_them() {
+        use super::replication_for;
+        assert_eq!(replication_for(1, None), (1, None));
+        assert_eq!(replication_for(2, None), (2, None));
+        assert_eq!(replication_for(3, None), (3, Some(2)));
+        assert_eq!(replication_for(5, None), (3, Some(2)));
+        assert_eq!(replication_for(0, None), (1, None));
+        // Asked for: as asked.
+        assert_eq!(replication_for(5, Some(1)), (1, None));
+        assert_eq!(replication_for(5, Some(5)), (5, Some(2)));
+    }
 }
