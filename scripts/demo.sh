@@ -11,6 +11,9 @@
 # or its output piped into a reader that went away (`| tee` ended by the same
 # Ctrl+C, `| head`).
 set -euo pipefail
+# A write to a closed pipe fails (and, with -e, exits through the cleanup below)
+# instead of killing this shell before it can stop what it started.
+trap '' PIPE
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
@@ -43,14 +46,15 @@ export TALLY_GROUP_ID=$run_id
 gen_pid=
 run_pid=
 finish() {
-  trap - INT TERM HUP EXIT
-  # The cleanup must not die with the reader of our output: writes to a closed
-  # pipe fail instead of killing this shell, and if stdout or stderr is such a
-  # pipe, the rest goes to /dev/null.
-  trap '' PIPE
+  # Once: a second Ctrl+C or the terminal closing meanwhile must not end the
+  # cleanup half-way.
+  trap '' INT TERM HUP
+  trap - EXIT
+  # The cleanup must not die with the reader of our output: if stdout or stderr
+  # is a closed pipe, the rest goes to /dev/null.
   set +e
-  { printf '\n' >&2; } 2>/dev/null || exec 2>/dev/null
-  { printf '\n'; } 2>/dev/null || exec >/dev/null
+  printf '\n' >&2 2>/dev/null || exec 2>/dev/null
+  printf '\n' 2>/dev/null || exec >/dev/null
   echo "demo: stopping" >&2
   # Generator first, then let tally drain what it produced, then stop tally.
   [ -n "$gen_pid" ] && kill -INT "$gen_pid" 2>/dev/null && wait "$gen_pid" 2>/dev/null || true

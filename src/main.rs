@@ -44,12 +44,21 @@ fn main() {
         // Exit without waiting for blocking threads (a poll in flight).
         rt.shutdown_timeout(Duration::from_secs(1));
     }
-    // Writes out the log lines still queued (`process::exit` runs no destructor),
-    // then the error after them. A closed stderr changes nothing of the status.
-    drop(logging);
-    if let Some(e) = error {
-        let _ = writeln!(std::io::stderr(), "error: {e:#}");
-    }
+    // The log lines still queued are written out (`process::exit` runs no
+    // destructor), then the error after them; neither a closed nor a stalled
+    // stderr (a reader that stopped reading) may change the status or hold the
+    // exit: both happen on a thread given at most 2 s.
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The guard reports a worker that did not stop on stdout, which panics
+        // when stdout is a closed pipe.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(logging)));
+        if let Some(e) = error {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+        }
+        let _ = done.send(());
+    });
+    let _ = wait.recv_timeout(Duration::from_secs(2));
     std::process::exit(code);
 }
 

@@ -4,13 +4,87 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const LONG: Duration = Duration::from_secs(180);
+
+/// A child process killed (with the processes named in `also`) when the test
+/// ends, passing or not.
+struct Reaped {
+    child: Child,
+    also: Vec<u32>,
+}
+
+impl Reaped {
+    fn spawn(cmd: &mut Command) -> Reaped {
+        Reaped {
+            child: cmd.spawn().expect("spawn"),
+            also: Vec::new(),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Its exit status, waiting at most `limit`.
+    fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in &self.also {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Reads `from` line by line on a thread until a line satisfies `until` or
+/// `limit` passes; returns the lines read (the last the one wanted, if found).
+/// The reader is closed when this returns.
+fn read_until(
+    from: impl Read + Send + 'static,
+    limit: Duration,
+    until: impl Fn(&str) -> bool + Send + 'static,
+) -> Vec<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            let done = until(&line);
+            if tx.send(line).is_err() || done {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        lines.push(line);
+    }
+    lines
+}
 
 /// `tally run ... 2>&1 | head`: stderr is a pipe whose reader exits while tally
 /// is logging. The stream goes on, exactly once, and SIGTERM still ends it
@@ -20,43 +94,40 @@ fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
     let names = Names::create("pipe", 2);
     let mut input = produce_generated(&names.input, 2_000, 41, 0.05);
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(tally_bin())
-        .arg("run")
-        .args([
-            "--bootstrap-servers",
-            &bootstrap(),
-            "--group-id",
-            &names.group,
-            "--instance-id",
-            "pipe-1",
-        ])
-        .args(names.topic_args())
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        // A progress line every second: tally keeps writing into the broken pipe.
-        .args(["--progress-secs", "1"])
-        .env("RUST_LOG", "info")
-        .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
-        .env_remove("TALLY_LOG_FORMAT")
-        .env_remove("FAILPOINTS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tally run");
+    let mut run = Reaped::spawn(
+        Command::new(tally_bin())
+            .arg("run")
+            .args([
+                "--bootstrap-servers",
+                &bootstrap(),
+                "--group-id",
+                &names.group,
+                "--instance-id",
+                "pipe-1",
+            ])
+            .args(names.topic_args())
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            // A progress line every second: tally keeps writing into the broken pipe.
+            .args(["--progress-secs", "1"])
+            .env("RUST_LOG", "info")
+            .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
+            .env_remove("TALLY_LOG_FORMAT")
+            .env_remove("FAILPOINTS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     // Read as `head` would, until the first partition is restored; then the
     // reader goes away.
-    let mut head = Vec::new();
-    {
-        let stderr = child.stderr.take().unwrap();
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            let done = line.contains("partition restored");
-            head.push(line);
-            if done {
-                break;
-            }
-        }
-    }
+    let head = read_until(run.child.stderr.take().unwrap(), LONG, |l| {
+        l.contains("partition restored")
+    });
+    assert!(
+        head.last()
+            .is_some_and(|l| l.contains("partition restored")),
+        "no partition restored in {LONG:?}:\n{}",
+        head.join("\n")
+    );
     input.merge(&produce_generated(&names.input, 1_000, 42, 0.05));
     let deadline = Instant::now() + LONG;
     loop {
@@ -64,7 +135,7 @@ fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
         if committed == 3_000 {
             break;
         }
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = run.child.try_wait().unwrap() {
             panic!(
                 "tally run ended ({status}) after its log pipe broke; it had logged:\n{}",
                 head.join("\n")
@@ -79,24 +150,13 @@ fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
     // Still logging into the broken pipe for a few progress lines.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        run.child.try_wait().unwrap().is_none(),
         "tally run ended after the drain"
     );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tally run still running 40 s after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    run.signal("-TERM");
+    let status = run
+        .wait_within(Duration::from_secs(40))
+        .expect("tally run still running 40 s after SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
     assert_verified(&names, input.valid(), input.malformed);
 }
@@ -108,42 +168,36 @@ fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
 fn generate_ends_soon_after_sigterm_when_the_broker_is_gone() {
     let broker = PrivateBroker::start();
     let names = broker.pipeline("gen", 0);
-    let mut child = Command::new(tally_bin())
-        .args(["generate", "--bootstrap-servers", &broker.bootstrap])
-        .args(["--topic", &names.input, "--rate", "2000", "--huge", "false"])
-        .env_remove("FAILPOINTS")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tally generate");
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("generate.err");
+    let mut generate = Reaped::spawn(
+        Command::new(tally_bin())
+            .args(["generate", "--bootstrap-servers", &broker.bootstrap])
+            .args(["--topic", &names.input, "--rate", "2000", "--huge", "false"])
+            .env_remove("FAILPOINTS")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap()),
+    );
     std::thread::sleep(Duration::from_secs(3));
     broker.kill9();
     std::thread::sleep(Duration::from_secs(3));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    generate.signal("-TERM");
     let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("tally generate still running 60 s after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = generate
+        .wait_within(Duration::from_secs(60))
+        .expect("tally generate still running 60 s after SIGTERM");
     let took = started.elapsed();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = std::fs::read_to_string(&err_path).unwrap();
     assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("were not delivered within 5 s of the signal"),
         "{err}"
     );
 }
 
-/// The processes whose environment holds `key=value` (none of another user's).
+/// The processes whose environment holds `key=value`.
 fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
     let needle = format!("{key}={value}");
     std::fs::read_dir("/proc")
@@ -157,74 +211,64 @@ fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
 }
 
 /// `scripts/demo.sh 2>&1 | head` whose terminal then closes (SIGHUP): the
-/// script still stops the generator and `tally run` it started, though its
-/// output has nowhere to go.
+/// script still stops the generator and `tally run` it started, and verifies,
+/// though its output has nowhere to go.
 #[test]
 fn demo_cut_off_from_its_output_and_hung_up_leaves_nothing_behind() {
-    let mut demo = Command::new("bash")
-        .args(["-c", "exec scripts/demo.sh 2>&1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("TALLY_BIN", tally_bin())
-        .env("DEMO_RATE", "200")
-        .env("DEMO_PARTITIONS", "2")
-        .env_remove("FAILPOINTS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn scripts/demo.sh");
-    let mut topic = None;
-    {
-        let out = demo.stdout.take().unwrap();
-        for line in BufReader::new(out).lines() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("demo: generating into ") {
-                topic = rest.split_whitespace().next().map(str::to_string);
-                break;
-            }
-        }
-    }
-    let topic = topic.expect("the demo said where it generates");
+    let mut demo = Reaped::spawn(
+        Command::new("bash")
+            .args(["-c", "exec scripts/demo.sh 2>&1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KAFKA_BOOTSTRAP", bootstrap())
+            .env("TALLY_BIN", tally_bin())
+            .env("DEMO_RATE", "200")
+            .env("DEMO_PARTITIONS", "2")
+            .env_remove("FAILPOINTS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    );
+    const SAID: &str = "demo: generating into ";
+    let head = read_until(demo.child.stdout.take().unwrap(), LONG, |l| {
+        l.starts_with(SAID)
+    });
+    let topic = head
+        .last()
+        .and_then(|l| l.strip_prefix(SAID))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            panic!(
+                "the demo did not say where it generates:\n{}",
+                head.join("\n")
+            )
+        });
+    let run_dir = topic.strip_suffix("-user-login").map(|id| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".run")
+            .join(id)
+    });
     std::thread::sleep(Duration::from_secs(3));
     // The script exports the names after it started, so its own environment
     // does not show them; its children's do.
     let started = processes_with_env("TALLY_INPUT_TOPIC", &topic);
-    if started.len() != 2 {
-        for pid in &started {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        let _ = demo.kill();
-        panic!("expected the demo's generator and tally run, found {started:?}");
-    }
-    Command::new("kill")
-        .args(["-HUP", &demo.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    while demo.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(200),
-            "the demo still runs 200 s after SIGHUP"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    demo.also = started.clone();
+    assert_eq!(
+        started.len(),
+        2,
+        "the demo's generator and tally run: {started:?}"
+    );
+    demo.signal("-HUP");
+    let status = demo
+        .wait_within(Duration::from_secs(200))
+        .expect("the demo still runs 200 s after SIGHUP");
     let left = processes_with_env("TALLY_INPUT_TOPIC", &topic);
-    for pid in &left {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+    if let Some(d) = &run_dir {
+        let _ = std::fs::remove_dir_all(d);
     }
     assert!(
         left.is_empty(),
         "left running after the demo ended: {left:?}"
     );
-    if let Some(run_id) = topic.strip_suffix("-user-login") {
-        let _ = std::fs::remove_dir_all(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(".run")
-                .join(run_id),
-        );
-    }
+    // Its status is verify's: every record exactly once.
+    assert_eq!(status.code(), Some(0), "{status}");
 }

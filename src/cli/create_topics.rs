@@ -38,8 +38,15 @@ pub async fn run(a: CreateTopicsArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!(
-        "create-topics: {brokers} broker(s): replication factor {replication}{}",
-        min_insync.map_or(String::new(), |n| format!(", min.insync.replicas {n}"))
+        "create-topics: {brokers} broker(s) answered: replication factor {replication}{}{}",
+        min_insync.map_or(String::new(), |n| format!(", min.insync.replicas {n}")),
+        if a.replication.is_none() && brokers < 3 {
+            // The metadata names live brokers only: one that is down would make
+            // a production cluster's topics fragile for good.
+            " (fewer than 3 brokers: if one is down, pass --replication)"
+        } else {
+            ""
+        }
     );
     for (name, created) in kafka::create_topics(&conn, &specs).await? {
         println!("{name}: {}", if created { "created" } else { "exists" });

@@ -522,7 +522,9 @@ impl TxnProducer {
     /// with no partition registered never reaches the coordinator. The caller
     /// decides whether to probe again. The probe is no snapshot (every reader
     /// ignores its key and value) and is never committed.
-    pub fn probe_fencing(&self, open: bool) -> Result<Option<String>, TxnError> {
+    ///
+    /// `alive` is called as it waits, for the caller's liveness clock.
+    pub fn probe_fencing(&self, open: bool, alive: &dyn Fn()) -> Result<Option<String>, TxnError> {
         if !open {
             self.begin()?;
         }
@@ -545,6 +547,7 @@ impl TxnProducer {
                 // not queued log lines or events, and a failed record still
                 // counts until its report has been served.
                 let settled = poll_until(self.settled_within, Duration::from_millis(1), || {
+                    alive();
                     self.producer.flush(Duration::ZERO).is_ok()
                 });
                 let mut failed = context.probe_failed.lock().expect("not poisoned").take();

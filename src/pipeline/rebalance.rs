@@ -46,6 +46,7 @@ impl Pipeline {
         self.rejoins.push(now);
         tracing::warn!(error = %detail, "consumer fenced; asking the broker whether the transactional producer is fenced too");
         let open = matches!(self.txn, Txn::Open { .. });
+        let started = Instant::now();
         let first = self.probe(open).await;
         self.txn = Txn::Idle;
         if open {
@@ -60,7 +61,6 @@ impl Pipeline {
         // (the first request after a long pause can fail so): asked again in a
         // new transaction, while the first probe's transaction could still have
         // been open.
-        let started = Instant::now();
         let mut probed = first;
         let mut attempts = 1;
         while let ((Ok(Some(why)), _), true) = (
@@ -108,8 +108,11 @@ impl Pipeline {
 
     /// One fencing probe (see [`crate::kafka::TxnProducer::probe_fencing`]), in
     /// the open transaction if `open`, else in a new one; with how long the
-    /// probe's transaction had been open when it ended, the age that tells a
-    /// transaction the coordinator timed out from another process.
+    /// probe's transaction had been open when the probe was sent, the age that
+    /// tells a transaction the coordinator timed out from another process. Not
+    /// counted: the wait for the probe itself, so a probe slow to settle is
+    /// never read as a timed-out transaction (which would replace the producer
+    /// and fence the process that really holds the id); fenced then, it exits.
     async fn probe(
         &mut self,
         open: bool,
@@ -127,11 +130,14 @@ impl Pipeline {
             Txn::Open { since, .. } if open => since,
             _ => Instant::now(),
         };
+        let age = since.elapsed();
         let p = self.producer.clone();
-        let probed = blocking(move || p.probe_fencing(open)).await;
+        let probed =
+            blocking(move || p.probe_fencing(open, &|| crate::observe::telemetry().status.beat()))
+                .await;
         status.beat();
         self.stage = stage;
-        (probed, Some(since.elapsed()))
+        (probed, Some(age))
     }
 
     pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {
