@@ -251,6 +251,21 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     admin
         .check_insights_topic(&a.topics.input_topic, &a.topics.insights_topic)
         .await?;
+    // Runs on, but says so: a production cluster's topics should survive one
+    // broker's death. Not readable (e.g. not authorised) is no warning.
+    let written = [
+        a.topics.output_topic.as_str(),
+        a.topics.dlq_topic.as_str(),
+        a.topics.insights_topic.as_str(),
+    ];
+    match admin.fragile_topics(&written).await {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "the topics' replication could not be read"),
+    }
     // Not kept for the pipeline's lifetime: an idle client still holds its
     // connections and refreshes metadata. Dropping it joins its threads.
     blocking(move || drop(admin)).await;

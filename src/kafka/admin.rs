@@ -64,6 +64,30 @@ pub fn replication_for(brokers: usize, requested: Option<i32>) -> (i32, Option<i
     (factor, (factor >= 3).then_some(2))
 }
 
+/// What makes a topic of `replicas` copies (the fewest of any partition) and
+/// `min_insync` fragile on a cluster of `brokers`: `None` when nothing does.
+pub fn fragility(
+    topic: &str,
+    brokers: usize,
+    replicas: usize,
+    min_insync: Option<i32>,
+) -> Option<String> {
+    if brokers > 1 && replicas == 1 {
+        return Some(format!(
+            "topic {topic} has replication factor 1 on a cluster of {brokers} brokers: one broker's \
+             death takes some of its partitions offline, and tally's writes then wait until it \
+             stops; give it 3 replicas (`tally create-topics` creates them so)"
+        ));
+    }
+    if replicas >= 3 && min_insync == Some(1) {
+        return Some(format!(
+            "topic {topic} has {replicas} replicas but min.insync.replicas 1: a write \
+             acknowledged by one broker is lost if that broker dies; set min.insync.replicas=2"
+        ));
+    }
+    None
+}
+
 /// Creates the topics; ones that already exist are left as they are.
 pub async fn create_topics(conn: &Connection, specs: &[TopicSpec]) -> Result<Vec<(String, bool)>> {
     let topic_admin = TopicAdmin::new(conn)?;
@@ -186,6 +210,41 @@ impl TopicAdmin {
         })
         .await
         .expect("metadata task panicked")
+    }
+
+    /// For each topic, what makes it fragile on this cluster (see
+    /// [`fragility`]): for the warnings of `tally run` at start.
+    pub async fn fragile_topics(&self, topics: &[&str]) -> Result<Vec<String>> {
+        let admin = Arc::clone(&self.admin);
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let layout = tokio::task::spawn_blocking(move || -> Result<Vec<(String, usize, usize)>> {
+            let mut out = Vec::new();
+            for t in &names {
+                let m = admin
+                    .inner()
+                    .fetch_metadata(Some(t), CALL_TIMEOUT)
+                    .map_err(ctx(format!("reading the metadata of {t}")))?;
+                let replicas = m
+                    .topics()
+                    .iter()
+                    .flat_map(|mt| mt.partitions())
+                    .map(|p| p.replicas().len())
+                    .min()
+                    .unwrap_or(0);
+                out.push((t.clone(), m.brokers().len(), replicas));
+            }
+            Ok(out)
+        })
+        .await
+        .expect("metadata task panicked")?;
+        let min_insync = self.config_entry(topics, "min.insync.replicas").await?;
+        Ok(layout
+            .iter()
+            .zip(min_insync)
+            .filter_map(|((t, brokers, replicas), isr)| {
+                fragility(t, *brokers, *replicas, isr.and_then(|v| v.parse().ok()))
+            })
+            .collect())
     }
 
     /// The topic's partitions; an error when it does not exist. The metadata
@@ -486,6 +545,33 @@ fn coordinator_busy(code: RDKafkaErrorCode) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_replica_on_a_cluster_or_one_in_sync_of_three_is_fragile() {
+        use super::fragility;
+        assert_eq!(
+            fragility("t", 1, 1, None),
+            None,
+            "a one-broker cluster has no choice"
+        );
+        assert!(
+            fragility("t", 3, 1, None)
+                .unwrap()
+                .contains("replication factor 1 on a cluster of 3")
+        );
+        assert_eq!(fragility("t", 3, 3, Some(2)), None);
+        assert_eq!(
+            fragility("t", 3, 2, Some(1)),
+            None,
+            "two replicas cannot ask for two in sync and survive one death"
+        );
+        assert!(
+            fragility("t", 3, 3, Some(1))
+                .unwrap()
+                .contains("min.insync.replicas 1")
+        );
+        assert_eq!(fragility("t", 3, 3, None), None, "not readable: no guess");
+    }
+
     #[test]
     fn new_topics_get_three_replicas_two_in_sync_where_the_cluster_has_them() {
         use super::replication_for;

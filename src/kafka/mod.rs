@@ -19,7 +19,7 @@ pub mod reader;
 
 pub use admin::{
     GroupAdmin, GroupDescription, TopicAdmin, TopicSpec, create_topics, delete_records,
-    delete_topics, pipeline_topic_specs, replication_for,
+    delete_topics, fragility, pipeline_topic_specs, replication_for,
 };
 pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
