@@ -300,6 +300,25 @@ impl Drill {
         Ok(out)
     }
 
+    /// The group's committed offsets on the input, asked again while failing.
+    fn committed_patiently(&mut self) -> anyhow::Result<BTreeMap<i32, i64>> {
+        self.patiently("reading the committed offsets", |d| {
+            Ok(d.admin.committed(&d.names.input)?)
+        })
+    }
+
+    /// [`Self::watermarks`], asked again while failing.
+    fn watermarks_patiently(&mut self) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+        self.patiently("reading the watermarks", |d| d.watermarks())
+    }
+
+    /// The latest snapshot of every input partition, asked again while failing.
+    fn latest_patiently(&mut self) -> anyhow::Result<Latest> {
+        self.patiently("reading the snapshots", |d| {
+            latest_snapshots(&d.conn, &d.names)
+        })
+    }
+
     /// Once a second: committed offsets and high watermarks, for the stall
     /// watch. A sample that fails (the broker busy) is skipped.
     fn sample_progress(&mut self) {
@@ -540,12 +559,8 @@ impl Drill {
                 // --snapshot-interval of input, which Kafka's time- or size-based
                 // retention never reaches (it keeps the active segment). Deleting
                 // `[S, C)` too is the refusal case of tests/restore.rs.
-                let committed = self.patiently("reading the committed offsets", |d| {
-                    Ok(d.admin.committed(&d.names.input)?)
-                })?;
-                let snapshots = self.patiently("reading the snapshots", |d| {
-                    latest_snapshots(&d.conn, &d.names)
-                })?;
+                let committed = self.committed_patiently()?;
+                let snapshots = self.latest_patiently()?;
                 let below: BTreeMap<i32, i64> = committed
                     .iter()
                     .filter_map(|(p, c)| {
@@ -556,7 +571,7 @@ impl Drill {
                 self.log(format!(
                     "kill -9 {id}, delete its state, delete the input below the latest snapshots {below:?} (committed {committed:?}), restart after {delay} ms"
                 ));
-                let before = self.patiently("reading the watermarks", |d| d.watermarks())?;
+                let before = self.watermarks_patiently()?;
                 // Idempotent: a failed read is recorded again from where it began.
                 let recorded = self.patiently("recording verify's expectations", |d| {
                     Ok(d.before_trim.record_until(&d.conn, &d.cfg, &below)?)
@@ -571,7 +586,7 @@ impl Drill {
                         .block_on(kafka::delete_records(&d.conn, &d.names.input, &below))?;
                     Ok(())
                 })?;
-                let after = self.patiently("reading the watermarks", |d| d.watermarks())?;
+                let after = self.watermarks_patiently()?;
                 let moved: BTreeMap<i32, (i64, i64)> = after
                     .iter()
                     .filter_map(|(p, (low, _))| {
@@ -921,14 +936,8 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         }
     }
     let drain_start = Instant::now();
-    let input_topic = drill.names.input.clone();
     loop {
-        let committed: i64 = drill
-            .patiently("reading the committed offsets", |d| {
-                Ok(d.admin.committed(&input_topic)?)
-            })?
-            .values()
-            .sum();
+        let committed: i64 = drill.committed_patiently()?.values().sum();
         if committed as u64 >= produced {
             break;
         }
@@ -950,12 +959,8 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     drill.await_ready_group("the final stop")?;
     let catch_up = Instant::now();
     loop {
-        let committed = drill.patiently("reading the committed offsets", |d| {
-            Ok(d.admin.committed(&input_topic)?)
-        })?;
-        let latest = drill.patiently("reading the snapshots", |d| {
-            latest_snapshots(&d.conn, &d.names)
-        })?;
+        let committed = drill.committed_patiently()?;
+        let latest = drill.latest_patiently()?;
         let behind: Vec<i32> = committed
             .iter()
             .filter(|(p, c)| latest.by_partition.get(p).map(|s| s.next_offset) != Some(**c))
@@ -1005,7 +1010,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     // The labels name offsets only if every record the generator sent landed
     // once, in order.
     let expect = std::mem::take(&mut *expect.lock().unwrap());
-    let marks = drill.patiently("reading the watermarks", |d| d.watermarks())?;
+    let marks = drill.watermarks_patiently()?;
     let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
     drill.report.harness_errors = expect.check_offsets(&high);
     drill.report.longest_without_commit_secs = drill.watch.longest.as_secs_f64();
@@ -1025,9 +1030,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
             &mut |_| {},
         )?)
     })?;
-    let committed = drill.patiently("reading the committed offsets", |d| {
-        Ok(d.admin.committed(&input_topic)?)
-    })?;
+    let committed = drill.committed_patiently()?;
     let r = &mut drill.report;
     r.events = expect.total();
     r.malformed = (0..drill.args.partitions)
