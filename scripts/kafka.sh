@@ -5,6 +5,7 @@
 #                                        prints the bootstrap servers on stdout
 #   scripts/kafka.sh stop                stop every node by PID
 #   scripts/kafka.sh status              running nodes and the bootstrap servers
+#   scripts/kafka.sh controller          the node id of the active controller
 #   scripts/kafka.sh node I stop|kill|start|pause|resume
 #                                        one node: clean shutdown, SIGKILL, restart
 #                                        with its data, SIGSTOP, SIGCONT
@@ -217,6 +218,24 @@ status() {
   [ $up -gt 0 ] || return 3
 }
 
+# The active controller's node id: the quorum leader of the highest epoch any
+# node has recorded (a stopped node's record is older, never newer); -1 when
+# none is known.
+controller() {
+  local f best=-1 epoch=-1 id e
+  [ -f "$dir/nodes" ] || die "not running"
+  for f in "$dir"/node*/data/__cluster_metadata-0/quorum-state; do
+    [ -f "$f" ] || continue
+    id=$(sed -n 's/.*"leaderId":\(-\{0,1\}[0-9]*\).*/\1/p' "$f")
+    e=$(sed -n 's/.*"leaderEpoch":\([0-9]*\).*/\1/p' "$f")
+    if [ -n "$id" ] && [ -n "$e" ] && [ "$e" -gt "$epoch" ] && [ "$id" -ge 0 ]; then
+      epoch=$e
+      best=$id
+    fi
+  done
+  echo "$best"
+}
+
 node() {
   local i=${1:-} action=${2:-} pid
   [ -n "$i" ] && [ -d "$(node_dir "$i")" ] || die "no node '$i' in $dir"
@@ -243,5 +262,6 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   node) shift; node "$@" ;;
-  *) echo "usage: $0 start [--nodes N] | stop | status | node I stop|kill|start|pause|resume" >&2; exit 2 ;;
+  controller) controller ;;
+  *) echo "usage: $0 start [--nodes N] | stop | status | controller | node I stop|kill|start|pause|resume" >&2; exit 2 ;;
 esac

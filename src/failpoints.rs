@@ -10,6 +10,10 @@
 //! open transaction is aborted and rewound while a polled batch is in flight),
 //! `stop-before-commit` (the process sends itself SIGSTOP right before the
 //! commit, after every check of the loop, as a pause of the process may hit it),
+//! `stop-before-send-offsets` (the same, right before the offsets are sent to
+//! the transaction, so a test can kill the group coordinator's broker first),
+//! `send-offsets-hang` (use `sleep(ms)`: sending the offsets takes that long,
+//! ignoring its timeout, as librdkafka's call has been seen to),
 //! `hold-commits` (commits are held as after a pause; evaluated once a batch is
 //! in the open transaction, before the cycle may close) and
 //! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit);

@@ -18,17 +18,6 @@ const LONG: Duration = Duration::from_secs(180);
 /// `transaction.timeout.ms` (60 s) holds it plus the commit interval plus 30 s.
 const SESSION: &str = "20000";
 
-fn metric(run: &mut TallyProc, name: &str) -> u64 {
-    let (code, body) = http_get(&format!("{}/metrics", run.endpoint()));
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} not exported:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Waits until the two instances are ready and own every partition between
 /// them, and their rebalance counters have stood still for 3 s (the group
 /// settled).
@@ -37,11 +26,11 @@ fn settled(a: &mut TallyProc, b: &mut TallyProc, partitions: u64) -> (u64, u64) 
     let mut last = None;
     let mut since = Instant::now();
     loop {
-        let owned = metric(a, "tally_assigned_partitions") + metric(b, "tally_assigned_partitions");
-        let ready = metric(a, "tally_ready") + metric(b, "tally_ready");
+        let owned = a.metric("tally_assigned_partitions") + b.metric("tally_assigned_partitions");
+        let ready = a.metric("tally_ready") + b.metric("tally_ready");
         let counts = (
-            metric(a, "tally_rebalances_total"),
-            metric(b, "tally_rebalances_total"),
+            a.metric("tally_rebalances_total"),
+            b.metric("tally_rebalances_total"),
         );
         if owned == partitions && ready == 2 && last == Some(counts) {
             if since.elapsed() >= Duration::from_secs(3) {
@@ -90,12 +79,12 @@ fn restart_one_of_two(test: &str, leave: bool) -> (u64, u64) {
         &mut [&mut a, &mut b],
     );
     let (_, before) = settled(&mut a, &mut b, 4);
-    let b_owned = metric(&mut b, "tally_assigned_partitions");
+    let b_owned = b.metric("tally_assigned_partitions");
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
     let stopped = Instant::now();
     if leave {
         wait_for("b to take every partition", Duration::from_secs(10), || {
-            (metric(&mut b, "tally_assigned_partitions") == 4).then_some(())
+            (b.metric("tally_assigned_partitions") == 4).then_some(())
         });
         eprintln!(
             "b owned all 4 partitions {:?} after a stopped",
@@ -103,8 +92,8 @@ fn restart_one_of_two(test: &str, leave: bool) -> (u64, u64) {
         );
     } else {
         std::thread::sleep(Duration::from_secs(3));
-        assert_eq!(metric(&mut b, "tally_assigned_partitions"), b_owned);
-        assert_eq!(metric(&mut b, "tally_rebalances_total"), before);
+        assert_eq!(b.metric("tally_assigned_partitions"), b_owned);
+        assert_eq!(b.metric("tally_rebalances_total"), before);
     }
     // Records arrive while a is down: its partitions wait for it (or were
     // handed to b).

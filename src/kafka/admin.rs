@@ -64,6 +64,19 @@ pub fn replication_for(brokers: usize, requested: Option<i32>) -> (i32, Option<i
     (factor, (factor >= 3).then_some(2))
 }
 
+/// The partition of a Kafka internal topic whose leader coordinates `key`:
+/// `__consumer_offsets` for a group id, `__transaction_state` for a
+/// transactional.id. Kafka's rule, `Utils.abs(key.hashCode()) % partitions`
+/// with Java's `String.hashCode` (over UTF-16 units, wrapping).
+pub fn coordinator_partition(key: &str, partitions: i32) -> i32 {
+    let hash = key
+        .encode_utf16()
+        .fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(i32::from(u)));
+    // Kafka's `Utils.abs` maps i32::MIN to 0, where `i32::abs` would overflow.
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions.max(1)
+}
+
 /// What makes a topic of `replicas` copies (the fewest of any partition) and
 /// `min_insync` fragile on a cluster of `brokers`: `None` when nothing does.
 pub fn fragility(
@@ -210,6 +223,35 @@ impl TopicAdmin {
         })
         .await
         .expect("metadata task panicked")
+    }
+
+    /// The leader (broker id) of each partition of `topic`; -1 while a
+    /// partition has none.
+    pub async fn leaders(&self, topic: &str) -> Result<BTreeMap<i32, i32>> {
+        let (admin, topic) = (Arc::clone(&self.admin), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let m = admin
+                .inner()
+                .fetch_metadata(Some(&topic), CALL_TIMEOUT)
+                .map_err(ctx(format!("reading the metadata of {topic}")))?;
+            Ok(m.topics()
+                .iter()
+                .flat_map(|t| t.partitions())
+                .map(|p| (p.id(), p.leader()))
+                .collect())
+        })
+        .await
+        .expect("metadata task panicked")
+    }
+
+    /// The broker that coordinates `key` (see [`coordinator_partition`]):
+    /// `internal_topic` is `__consumer_offsets` for a group id,
+    /// `__transaction_state` for a transactional.id. `None` until the internal
+    /// topic exists (the first group or transaction creates it).
+    pub async fn coordinator(&self, internal_topic: &str, key: &str) -> Result<Option<i32>> {
+        let leaders = self.leaders(internal_topic).await?;
+        let p = coordinator_partition(key, leaders.len() as i32);
+        Ok(leaders.get(&p).copied().filter(|l| *l >= 0))
     }
 
     /// For each topic, what makes it fragile on this cluster (see
@@ -545,6 +587,22 @@ fn coordinator_busy(code: RDKafkaErrorCode) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn coordinator_partitions_follow_javas_string_hash() {
+        use super::coordinator_partition;
+        // Expected values printed by Java's `String.hashCode` and Kafka's rule.
+        for (key, of50, of6) in [
+            ("hello", 22, 4),
+            ("polygenelubricants", 0, 0), // hashCode is i32::MIN
+            ("tally-drill-1-x", 17, 3),
+            ("grüße-😀", 27, 1),   // UTF-16 units, a surrogate pair
+            ("zzzzzzzzzz", 36, 4), // a negative hash
+        ] {
+            assert_eq!(coordinator_partition(key, 50), of50, "{key}");
+            assert_eq!(coordinator_partition(key, 6), of6, "{key}");
+        }
+    }
+
     #[test]
     fn one_replica_on_a_cluster_or_one_in_sync_of_three_is_fragile() {
         use super::fragility;

@@ -463,7 +463,8 @@ impl TxnProducer {
     /// abortable (a pause may have made this process a zombie). Retries end by
     /// `deadline`, when the coordinator would time the transaction out: past it
     /// the commit fails as abortable, so the transaction is aborted by tally
-    /// rather than by the broker.
+    /// rather than by the broker. A librdkafka call that ignores its own
+    /// timeout can still hold this past `deadline`: the caller bounds it too.
     pub fn commit(
         &self,
         consumer: &GroupConsumer,
@@ -476,7 +477,10 @@ impl TxnProducer {
             None => Ok(()),
         };
         // First, so the zombie checks below come right before the two calls.
-        self.await_deliveries(CALL_TIMEOUT);
+        // Never past the deadline: the caller's own bound counts from it.
+        self.await_deliveries(
+            CALL_TIMEOUT.min(deadline.saturating_duration_since(std::time::Instant::now())),
+        );
         if !offsets.is_empty() {
             let meta = consumer
                 .consumer
@@ -488,6 +492,10 @@ impl TxnProducer {
                     .expect("valid offset");
             }
             check()?;
+            crate::failpoints::stop("stop-before-send-offsets");
+            // With `sleep(ms)`: the call hangs past its timeout, as librdkafka's
+            // has been seen to while the group coordinator is gone.
+            crate::failpoints::error("send-offsets-hang");
             self.retry("send_offsets_to_transaction", deadline, |t| {
                 self.producer.send_offsets_to_transaction(&tpl, &meta, t)
             })?;

@@ -21,6 +21,11 @@ use crate::observe::{
 };
 use crate::{failpoints, insights};
 
+/// How long past the transaction's deadline a commit may take to return before
+/// tally stops waiting for it: a commit that keeps to its deadline returns
+/// within one more retry step.
+const COMMIT_GRACE: Duration = Duration::from_secs(5);
+
 impl Pipeline {
     /// True while `check_paused` holds commits back.
     pub(super) fn commits_held(&self) -> bool {
@@ -383,7 +388,24 @@ impl Pipeline {
         } else if data && failpoints::error("commit-fatal") {
             Err(TxnError::Fatal("injected by failpoint commit-fatal".into()))
         } else {
-            blocking(move || producer.commit(&consumer, &to_commit, &guard, deadline)).await
+            // librdkafka's `send_offsets_to_transaction` has been seen to wait
+            // past its timeout while the group coordinator is gone (librdkafka
+            // issues 5456, 5511). Past the deadline the transaction's outcome is
+            // not known here: the producer is replaced, whose initialisation
+            // fences the stuck one and settles its transaction, and every
+            // partition is restored from what Kafka committed.
+            let bound = deadline.saturating_duration_since(Instant::now()) + COMMIT_GRACE;
+            let call = blocking(move || producer.commit(&consumer, &to_commit, &guard, deadline));
+            match tokio::time::timeout(bound, call).await {
+                Ok(res) => res,
+                Err(_) => Err(TxnError::Fatal(format!(
+                    "the commit did not return within {:.1} s, {} s past the transaction's \
+                     deadline (transaction.timeout.ms): a coordinator may be gone and \
+                     librdkafka still waiting on it",
+                    bound.as_secs_f64(),
+                    COMMIT_GRACE.as_secs()
+                ))),
+            }
         };
         match res {
             Ok(()) => {}

@@ -536,6 +536,18 @@ impl TallyProc {
         }
     }
 
+    /// A counter or gauge from `/metrics` (the first series of that name).
+    pub fn metric(&mut self, name: &str) -> u64 {
+        let (code, body) = http_get(&format!("{}/metrics", self.endpoint()));
+        assert_eq!(code, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} not exported:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }
@@ -669,8 +681,14 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> PrivateBroker {
+        Self::start_nodes(1)
+    }
+
+    /// A cluster of `n` nodes (`scripts/kafka.sh start --nodes n`): with 3,
+    /// replication factor 3 and `min.insync.replicas=2` by default.
+    pub fn start_nodes(n: usize) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
-        let out = Self::script(dir.path(), &["start"])
+        let out = Self::script(dir.path(), &["start", "--nodes", &n.to_string()])
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("run scripts/kafka.sh");
@@ -692,11 +710,33 @@ impl PrivateBroker {
     /// `stop` (clean shutdown), `start` (restart with its data, waiting until the
     /// coordinators answer), `pause` (SIGSTOP), `resume` (SIGCONT).
     pub fn node(&self, action: &str) {
-        let ok = Self::script(self.dir.path(), &["node", "1", action])
+        self.node_at(1, action);
+    }
+
+    /// `scripts/kafka.sh node <id> <action>`: node ids are Kafka's broker ids.
+    pub fn node_at(&self, id: i32, action: &str) {
+        let ok = Self::script(self.dir.path(), &["node", &id.to_string(), action])
             .status()
             .expect("run scripts/kafka.sh")
             .success();
-        assert!(ok, "scripts/kafka.sh node 1 {action} failed");
+        assert!(ok, "scripts/kafka.sh node {id} {action} failed");
+    }
+
+    /// The leader (broker id) of each partition of `topic`.
+    pub fn leaders(&self, topic: &str) -> std::collections::BTreeMap<i32, i32> {
+        let conn = tally::kafka::Connection {
+            bootstrap: self.bootstrap.clone(),
+            properties: Vec::new(),
+        };
+        let admin = tally::kafka::TopicAdmin::new(&conn).unwrap();
+        block_on(admin.leaders(topic)).unwrap()
+    }
+
+    /// The broker coordinating `key` (a group id in `__consumer_offsets`, a
+    /// transactional.id in `__transaction_state`).
+    pub fn coordinator(&self, internal_topic: &str, key: &str) -> i32 {
+        let p = tally::kafka::coordinator_partition(key, self.leaders(internal_topic).len() as i32);
+        self.leaders(internal_topic)[&p]
     }
 
     /// `kill -9` of this broker only, by the PID its script recorded.
@@ -849,6 +889,15 @@ pub fn watermarks(topic: &str, partition: i32) -> (i64, i64) {
     consumer
         .fetch_watermarks(topic, partition, TIMEOUT)
         .expect("watermarks")
+}
+
+/// Runs a future of the library to completion, for the tests' synchronous code.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// Polls `f` until it returns `Some`, failing with `what` after `timeout`.
