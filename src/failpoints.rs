@@ -14,6 +14,8 @@
 //! the transaction, so a test can kill the group coordinator's broker first),
 //! `send-offsets-hang` (use `sleep(ms)`: sending the offsets takes that long,
 //! ignoring its timeout, as librdkafka's call has been seen to),
+//! `commit-returns-late` (use `sleep(ms)`: the transaction committed, but the
+//! call returns that much later),
 //! `hold-commits` (commits are held as after a pause; evaluated once a batch is
 //! in the open transaction, before the cycle may close) and
 //! `shutdown-before-commit` (use `sleep(ms)`: delays the shutdown's commit);

@@ -30,21 +30,20 @@ fn busiest(leaders: &BTreeMap<i32, i32>) -> i32 {
         .expect("the topic has partitions")
 }
 
-/// A commit that hangs past the transaction's deadline (a failpoint sleeps
-/// in the call, ignoring its timeout) is abandoned within
-/// `transaction.timeout.ms` + 5 s of the transaction's opening: the producer
-/// is replaced (which fences the stuck one) and the partitions restored.
-/// Nothing is lost or doubled.
-#[test]
-fn a_commit_that_hangs_past_its_deadline_is_abandoned_and_nothing_is_lost() {
+/// A commit call that does not return by the transaction's deadline is
+/// abandoned within `transaction.timeout.ms` + 5 s of the transaction's
+/// opening: the producer is replaced (which fences the stuck one and settles
+/// its transaction) and the partitions restored from what Kafka committed.
+/// Nothing is lost or doubled, whether the stuck call had committed or not.
+fn abandoned_commit(prefix: &str, failpoints: &str, seed: u64) {
     const EVENTS: u64 = 3_000;
-    let names = Names::create("hang", 2);
-    let input = produce_generated(&names.input, EVENTS, 31, 0.05);
+    let names = Names::create(prefix, 2);
+    let input = produce_generated(&names.input, EVENTS, seed, 0.05);
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut run = TallyProc::start(
         &names,
-        "hang-1",
+        &format!("{prefix}-1"),
         &dir.path().join("state"),
         &[
             "--max-batch-records",
@@ -54,7 +53,7 @@ fn a_commit_that_hangs_past_its_deadline_is_abandoned_and_nothing_is_lost() {
             "-X",
             "transaction.timeout.ms=40000",
         ],
-        &[("FAILPOINTS", "send-offsets-hang=1*off->1*sleep(600000)")],
+        &[("FAILPOINTS", failpoints)],
     );
     run.wait_for_log("the commit did not return within", 1, LONG);
     let abandoned = started.elapsed();
@@ -75,6 +74,20 @@ fn a_commit_that_hangs_past_its_deadline_is_abandoned_and_nothing_is_lost() {
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     assert_verified(&names, input.valid(), input.malformed);
     assert_insights_match(&names, &input);
+}
+
+/// The call hangs before the offsets are sent (a failpoint sleeps in it,
+/// ignoring its timeout): the transaction is aborted.
+#[test]
+fn a_commit_that_hangs_past_its_deadline_is_abandoned_and_nothing_is_lost() {
+    abandoned_commit("hang", "send-offsets-hang=1*off->1*sleep(600000)", 31);
+}
+
+/// The transaction committed, but the call returns long after: the restore
+/// finds the new committed offset and goes on from there.
+#[test]
+fn a_commit_that_landed_but_returned_late_is_abandoned_and_nothing_is_doubled() {
+    abandoned_commit("late", "commit-returns-late=1*off->1*sleep(600000)", 32);
 }
 
 /// On a 3-node cluster (replication factor 3, `min.insync.replicas` 2), two

@@ -44,6 +44,8 @@ warmup_events=${WARMUP_EVENTS:-20000}
 restore_events=${RESTORE_EVENTS:-0}
 tools=${TOOLS_DIR:-$repo/.tools}
 export TOOLS_DIR=$tools
+# Every peer runs with a 10 s consumer session (see README.md): tally too.
+export TALLY_SESSION_TIMEOUT_MS=10000
 
 . scripts/lib.sh
 procs=()

@@ -85,8 +85,12 @@ pub struct RunArgs {
     /// shortlex order (shorter, then bytewise); the rest are counted as "other" (an empty key).
     #[arg(long, env = "TALLY_TOP_K", default_value_t = 1000, value_parser = parse_positive)]
     pub top_k: usize,
-    /// Consumer session timeout in milliseconds (at least 6000).
-    #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    /// Consumer session timeout in milliseconds (at least 6000). The default
+    /// outlasts the death of the group coordinator's broker (the brokers'
+    /// `broker.session.timeout.ms`, 9 s by default, an election and the new
+    /// coordinator's load), so that costs no rebalance; an instance that dies
+    /// and is not restarted holds its partitions this long.
+    #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "25000", value_parser = parse_millis)]
     pub session_timeout: Duration,
     /// Seconds a shutdown (SIGINT/SIGTERM) may take: commit or abort the open
     /// transaction, checkpoint, close (or leave) the group. Past it tally exits

@@ -244,6 +244,32 @@ impl TopicAdmin {
         .expect("metadata task panicked")
     }
 
+    /// How many partitions of `topics` have fewer replicas in sync than
+    /// assigned: an operator's rolling restart waits for none before it stops
+    /// the next broker.
+    pub async fn under_replicated(&self, topics: &[&str]) -> Result<usize> {
+        let admin = Arc::clone(&self.admin);
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            for t in &names {
+                let m = admin
+                    .inner()
+                    .fetch_metadata(Some(t), CALL_TIMEOUT)
+                    .map_err(ctx(format!("reading the metadata of {t}")))?;
+                n += m
+                    .topics()
+                    .iter()
+                    .flat_map(|mt| mt.partitions())
+                    .filter(|p| p.isr().len() < p.replicas().len())
+                    .count();
+            }
+            Ok(n)
+        })
+        .await
+        .expect("metadata task panicked")
+    }
+
     /// The broker that coordinates `key` (see [`coordinator_partition`]):
     /// `internal_topic` is `__consumer_offsets` for a group id,
     /// `__transaction_state` for a transactional.id. `None` until the internal

@@ -350,7 +350,8 @@ mod tests {
 
     #[test]
     fn transaction_timeout_must_hold_the_commit_interval() {
-        // Default 60 s: 100 ms + 10 s + 30 s fits; 25 s does not.
+        // Default 60 s: 100 ms + the test's 10 s session + 30 s fits; 25 s
+        // does not.
         let err = with(&[])
             .validate(Duration::from_secs(25), SESSION)
             .unwrap_err()

@@ -501,9 +501,14 @@ impl TxnProducer {
             })?;
         }
         check()?;
+        // rust-rdkafka's `commit_transaction(t)` flushes for up to `t`, then
+        // commits for up to `t`: half each, so one call ends within `t`.
         self.retry("commit_transaction", deadline, |t| {
-            self.producer.commit_transaction(t)
-        })
+            self.producer.commit_transaction(t / 2)
+        })?;
+        // With `sleep(ms)`: the commit landed, but the call returns late.
+        crate::failpoints::error("commit-returns-late");
+        Ok(())
     }
 
     /// Waits (at most `limit`) until every record sent is delivered. rust-rdkafka's

@@ -3,6 +3,7 @@
 //! and the replacement of a producer that failed fatally.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tally_state::Checkpoint;
@@ -22,9 +23,25 @@ use crate::observe::{
 use crate::{failpoints, insights};
 
 /// How long past the transaction's deadline a commit may take to return before
-/// tally stops waiting for it: a commit that keeps to its deadline returns
-/// within one more retry step.
+/// tally stops waiting for it: each call of a commit that keeps to its
+/// deadline ends by it, so this covers only the step between two calls.
 const COMMIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Awaits `f` for at most `limit`, beating the liveness clock meanwhile: a
+/// wait on the cluster within its bound is no hang of the loop. `None`: the
+/// limit passed first.
+async fn beating<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    let status = &crate::observe::telemetry().status;
+    let end = tokio::time::Instant::now() + limit;
+    tokio::pin!(f);
+    loop {
+        tokio::select! {
+            res = &mut f => return Some(res),
+            _ = tokio::time::sleep_until(end) => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => status.beat(),
+        }
+    }
+}
 
 impl Pipeline {
     /// True while `check_paused` holds commits back.
@@ -394,17 +411,35 @@ impl Pipeline {
             // not known here: the producer is replaced, whose initialisation
             // fences the stuck one and settles its transaction, and every
             // partition is restored from what Kafka committed.
+            // A second abandoned call while the first still hangs ends the
+            // process instead: each holds a thread and a whole producer, and a
+            // restart is what frees them.
             let bound = deadline.saturating_duration_since(Instant::now()) + COMMIT_GRACE;
-            let call = blocking(move || producer.commit(&consumer, &to_commit, &guard, deadline));
-            match tokio::time::timeout(bound, call).await {
-                Ok(res) => res,
-                Err(_) => Err(TxnError::Fatal(format!(
-                    "the commit did not return within {:.1} s, {} s past the transaction's \
-                     deadline (transaction.timeout.ms): a coordinator may be gone and \
-                     librdkafka still waiting on it",
-                    bound.as_secs_f64(),
-                    COMMIT_GRACE.as_secs()
-                ))),
+            let running = self.commits_running.clone();
+            running.fetch_add(1, Ordering::SeqCst);
+            let call = blocking(move || {
+                let res = producer.commit(&consumer, &to_commit, &guard, deadline);
+                running.fetch_sub(1, Ordering::SeqCst);
+                res
+            });
+            match beating(bound, call).await {
+                Some(res) => res,
+                None => {
+                    let why = format!(
+                        "the commit did not return within {:.1} s, {} s past the transaction's \
+                         deadline (transaction.timeout.ms): a coordinator may be gone and \
+                         librdkafka still waiting on it",
+                        bound.as_secs_f64(),
+                        COMMIT_GRACE.as_secs()
+                    );
+                    if self.commits_running.load(Ordering::SeqCst) > 1 {
+                        return Err(PipelineError::FatalTxn(format!(
+                            "{why}; an earlier abandoned commit has not returned either, so \
+                             this process stops (a restart frees what they hold)"
+                        )));
+                    }
+                    Err(TxnError::Fatal(why))
+                }
             }
         };
         match res {

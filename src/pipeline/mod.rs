@@ -262,6 +262,9 @@ pub struct Pipeline {
     hold_commits_until: Option<Instant>,
     /// When the transactional producer was last replaced (see `replace_producer`).
     producer_replacements: Vec<Instant>,
+    /// Commit calls running, abandoned ones among them (see `COMMIT_GRACE`):
+    /// each holds a thread and the producer it was called on until it returns.
+    commits_running: Arc<std::sync::atomic::AtomicUsize>,
     /// When the consumer was last re-created after being fenced (see `rejoin`).
     rejoins: Vec<Instant>,
     /// Records to dead-letter on their next attempt, and abort streaks.
@@ -334,6 +337,7 @@ impl Pipeline {
             cycle: CycleTally::default(),
             hold_commits_until: None,
             producer_replacements: Vec::new(),
+            commits_running: Arc::default(),
             rejoins: Vec::new(),
             poison: poison::Poison::new(cfg_poison),
             refused: Vec::new(),
