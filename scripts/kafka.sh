@@ -19,6 +19,7 @@
 #   KAFKA_DIR    the cluster's data, logs and PIDs (default .kafka/)
 #   TOOLS_DIR    where Kafka's jars are installed (default .tools/)
 #   KAFKA_HEAP   JVM heap flags per node (default -Xms128m -Xmx512m)
+#   KAFKA_OPTS   more JVM flags per node (default none)
 #   JAVA         the java to run (default: java on PATH)
 set -euo pipefail
 
@@ -30,6 +31,7 @@ tools=${TOOLS_DIR:-$repo/.tools}
 libs=$tools/kafka-$version/libs
 java=${JAVA:-java}
 heap=${KAFKA_HEAP:--Xms128m -Xmx512m}
+opts=${KAFKA_OPTS:-}
 ready_timeout=${KAFKA_READY_TIMEOUT:-120}
 
 log() { echo "kafka: $*" >&2; }
@@ -117,7 +119,7 @@ launch() {
   port_open "$(cat "$nd/port")" && die "node $1's port $(cat "$nd/port") is taken by another process"
   mkdir -p "$nd/logs"
   # shellcheck disable=SC2086
-  setsid "$java" $heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent \
+  setsid "$java" $heap $opts -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent \
     -Djava.awt.headless=true -Dkafka.logs.dir="$nd/logs" \
     -Dlog4j2.configurationFile="$conf/log4j2.properties" \
     -cp "$libs/*" kafka.Kafka "$nd/server.properties" >"$nd/logs/stdout.log" 2>&1 </dev/null &

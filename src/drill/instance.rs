@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{Names, SESSION_TIMEOUT_MS};
+use super::Names;
 
 /// Begins each run's part of an instance's log.
 const START_MARKER: &str = "=== drill: start #";
@@ -42,6 +42,7 @@ impl Instance {
         tally: &Path,
         bootstrap: &str,
         names: &Names,
+        member: super::Member,
         failpoints: Option<&str>,
     ) -> anyhow::Result<()> {
         let mut log = OpenOptions::new()
@@ -86,7 +87,9 @@ impl Instance {
             .args(["--min-app-version", super::expect::MIN_APP_VERSION])
             .args([
                 "--session-timeout",
-                &SESSION_TIMEOUT_MS.to_string(),
+                &member.session_ms.to_string(),
+                "--shutdown-timeout",
+                &member.shutdown_secs.to_string(),
                 "--progress-secs",
                 "5",
             ])

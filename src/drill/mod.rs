@@ -8,9 +8,11 @@
 //! Errors are `anyhow`: the drill is a harness whose every error ends the run
 //! with its message, like a binary's edge.
 
+mod cluster;
 mod expect;
 mod instance;
 mod report;
+mod sampler;
 mod stall;
 
 use std::collections::BTreeMap;
@@ -21,9 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::Parser;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom as _, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -33,10 +35,12 @@ use crate::event::{Filters, Limits, OutputLimits, ProcessConfig};
 use crate::generate::Generator;
 use crate::insights::{Latest, Snapshot};
 use crate::kafka::{self, Connection, GroupAdmin, OutputTopics, PlainProducer, TopicReader};
+use cluster::Cluster;
 use expect::{Expectations, Label, Written};
 use instance::Instance;
 pub use report::Report;
-use stall::StallWatch;
+use sampler::Sampler;
+use stall::{Recoveries, StallWatch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -98,6 +102,14 @@ pub struct DrillArgs {
     /// wrong thing on purpose. The drill must then fail; this shows it can.
     #[arg(long, env = "DRILL_PLANT", value_enum)]
     pub plant: Option<Plant>,
+    /// The data directory (`KAFKA_DIR`) of the cluster under the drill, as
+    /// `scripts/kafka.sh` started it: the broker faults stop, kill, freeze and
+    /// restart its nodes. `all` includes them when it has 3 nodes or more.
+    #[arg(long, env = "DRILL_KAFKA_DIR")]
+    pub kafka_dir: Option<PathBuf>,
+    /// The script that controls that cluster's nodes.
+    #[arg(long, env = "DRILL_KAFKA_SCRIPT", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))]
+    pub kafka_script: PathBuf,
 }
 
 /// The fault kinds a drill applies, every one once per round.
@@ -143,7 +155,36 @@ impl Plant {
     }
 }
 
-const SESSION_TIMEOUT_MS: u64 = 6000;
+/// How the instances are run: their `--session-timeout` and
+/// `--shutdown-timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member {
+    pub(crate) session_ms: u64,
+    pub(crate) shutdown_secs: u64,
+}
+
+impl Member {
+    /// Without broker faults: a short session, so a zombie (paused past it)
+    /// costs the drill little time; tally's default shutdown bound.
+    const ALONE: Member = Member {
+        session_ms: 6000,
+        shutdown_secs: 30,
+    };
+    /// With broker faults: tally's default session, which outlasts a group
+    /// coordinator's failover (shorter, every death of the coordinator's broker
+    /// expires every member's session); and time for a graceful stop to finish
+    /// its commit while a broker is down, which may take until the
+    /// transaction's deadline (`transaction.timeout.ms`, 60 s).
+    const CLUSTER: Member = Member {
+        session_ms: 25_000,
+        shutdown_secs: 90,
+    };
+
+    /// How long the drill waits for an instance to exit after SIGTERM.
+    fn stop_wait(self) -> Duration {
+        Duration::from_secs(self.shutdown_secs + 30)
+    }
+}
 const INPUT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The drill's runs of junk records (see `--oversize-every`) for a DLQ of `dlq_limit`.
@@ -184,7 +225,50 @@ pub enum Fault {
     /// directory deleted: it comes back as a new host that can restore only from
     /// the snapshots, never from the deleted input.
     Retention,
+    /// A broker killed with `kill -9` and restarted after a few seconds: the
+    /// leader of the most input and output partitions, the group's
+    /// coordinator, or an instance's transaction coordinator, as the cluster
+    /// says at the time.
+    BrokerKill,
+    /// A broker stopped (SIGSTOP) past `broker.session.timeout.ms`, then
+    /// continued: the controller fences it and moves its leaderships.
+    BrokerFreeze,
+    /// Every broker in turn stopped cleanly and started again, as an
+    /// operator's upgrade does.
+    RollingRestart,
+    /// The active controller (a broker too) killed with `kill -9` and
+    /// restarted once another was elected.
+    ControllerKill,
 }
+
+impl Fault {
+    /// Faults of the cluster rather than of tally: they need `--kafka-dir`.
+    pub fn is_broker(self) -> bool {
+        matches!(
+            self,
+            Fault::BrokerKill | Fault::BrokerFreeze | Fault::RollingRestart | Fault::ControllerKill
+        )
+    }
+
+    /// The name in the summary (as in `summary.json`).
+    fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// How long the drill goes without a sample of the committed offsets before it
+/// starts a new sampler.
+const SAMPLER_PATIENCE: Duration = Duration::from_secs(20);
+
+/// How long the drill waits for a restarted broker's replicas to be in sync.
+const IN_SYNC_LIMIT: Duration = Duration::from_secs(120);
+
+/// `broker.session.timeout.ms` of `scripts/kafka/server.properties`: a frozen
+/// broker is fenced by the controller past it.
+const BROKER_SESSION_MS: u64 = 6000;
 
 /// How long a group may take to be ready again after a fault.
 const READY_LIMIT: Duration = Duration::from_secs(60);
@@ -224,7 +308,12 @@ struct Drill {
     admin: GroupAdmin,
     input: TopicReader,
     watch: StallWatch,
-    last_sample: Instant,
+    sampler: Sampler,
+    member: Member,
+    /// When the latest sample was taken.
+    last_sample_at: Instant,
+    /// The input's high watermarks in the latest sample.
+    last_high: BTreeMap<i32, i64>,
     /// Crash points applied so far: the next one is the next in [`CRASH_POINTS`].
     crash_rounds: usize,
     /// What verify expects of the input, as the instances run.
@@ -232,6 +321,9 @@ struct Drill {
     /// verify's expectations of every input record recorded before a trim
     /// deleted it.
     before_trim: crate::verify::Expectations,
+    /// The cluster, when the drill controls it (`--kafka-dir`).
+    cluster: Option<Cluster>,
+    recoveries: Recoveries,
 }
 
 impl Drill {
@@ -246,7 +338,22 @@ impl Drill {
             (Some(a), Some(b)) => Some(format!("{a};{b}")),
             (a, b) => a.or(b).map(str::to_string),
         };
-        self.instances[i].start(&tally, &bootstrap, &self.names, failpoints.as_deref())
+        let member = self.member;
+        self.instances[i].start(
+            &tally,
+            &bootstrap,
+            &self.names,
+            member,
+            failpoints.as_deref(),
+        )
+    }
+
+    /// Starts the clock of a recovery from `fault`, which struck now: it ends
+    /// once the input written before it (to the high watermarks last sampled)
+    /// is committed.
+    fn begin_recovery(&mut self, fault: Fault) {
+        let high = self.last_high.clone();
+        self.recoveries.begin(&fault.name(), Instant::now(), high);
     }
 
     /// Records that `fault` struck, with its evidence.
@@ -319,35 +426,51 @@ impl Drill {
         })
     }
 
-    /// Once a second: committed offsets and high watermarks, for the stall
-    /// watch. A sample that fails (the broker busy) is skipped.
+    /// The samples of committed offsets and high watermarks taken since the
+    /// last call, into the stall watch and the recovery clocks.
     fn sample_progress(&mut self) {
-        if self.last_sample.elapsed() < Duration::from_secs(1) {
-            return;
+        let samples = self.sampler.take();
+        match samples.last() {
+            Some(s) => self.last_sample_at = s.at,
+            // A read can hang on a coordinator that is gone (librdkafka issue
+            // 5511): without samples the stall watch would be blind.
+            None if self.last_sample_at.elapsed() > SAMPLER_PATIENCE => {
+                self.log(format!(
+                    "no sample of the committed offsets for {:.0} s; starting a new sampler",
+                    self.last_sample_at.elapsed().as_secs_f64()
+                ));
+                match Sampler::start(
+                    &self.conn,
+                    &self.names.group,
+                    &self.names.input,
+                    self.args.partitions,
+                ) {
+                    Ok(s) => self.sampler = s,
+                    Err(e) => self.log(format!("starting a sampler failed: {e:#}")),
+                }
+                self.last_sample_at = Instant::now();
+            }
+            None => {}
         }
-        self.last_sample = Instant::now();
-        let partitions: Vec<i32> = (0..self.args.partitions).collect();
-        let (Ok(committed), Ok(marks)) = (
-            self.admin.committed_of(&self.names.input, &partitions),
-            self.watermarks(),
-        ) else {
-            return;
-        };
-        let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
-        let stalled = self.watch.sample(Instant::now(), &committed, &high);
-        for (p, from, to) in std::mem::take(&mut self.watch.regressions) {
-            let msg =
-                format!("partition {p}: committed offset moved backwards from {from} to {to}");
-            self.log(&msg);
-            self.report.offset_regressions.push(msg);
-        }
-        for (p, c, h) in stalled {
-            let msg = format!(
-                "partition {p}: committed offset {c:?} did not move for {} s while input waited (high watermark {h})",
-                stall::STALL_BOUND.as_secs()
-            );
-            self.log(&msg);
-            self.report.stalls.push(msg);
+        for sample in samples {
+            let (at, committed, high) = (sample.at, &sample.committed, &sample.high);
+            self.recoveries.sample(at, committed);
+            self.last_high.clone_from(high);
+            let stalled = self.watch.sample(at, committed, high);
+            for (p, from, to) in std::mem::take(&mut self.watch.regressions) {
+                let msg =
+                    format!("partition {p}: committed offset moved backwards from {from} to {to}");
+                self.log(&msg);
+                self.report.offset_regressions.push(msg);
+            }
+            for (p, c, h) in stalled {
+                let msg = format!(
+                    "partition {p}: committed offset {c:?} did not move for {} s while input waited (high watermark {h})",
+                    self.watch.bound.as_secs()
+                );
+                self.log(&msg);
+                self.report.stalls.push(msg);
+            }
         }
     }
 
@@ -452,6 +575,117 @@ impl Drill {
         }
     }
 
+    fn cluster(&self) -> anyhow::Result<&Cluster> {
+        self.cluster
+            .as_ref()
+            .context("broker faults need the cluster's --kafka-dir")
+    }
+
+    /// `scripts/kafka.sh node <node> <action>` to its end, the instances
+    /// supervised meanwhile (`start` returns once the cluster answers again).
+    fn node(&mut self, node: i32, action: &str) -> anyhow::Result<()> {
+        let mut child = self.cluster()?.spawn(node, action)?;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                anyhow::ensure!(
+                    st.success(),
+                    "scripts/kafka.sh node {node} {action} failed ({st})"
+                );
+                return Ok(());
+            }
+            self.idle(Duration::from_millis(200), None)?;
+        }
+    }
+
+    /// Waits until every partition of the drill's topics and of Kafka's
+    /// internal ones has all its replicas in sync again, as an operator waits
+    /// between two brokers of a rolling restart: a fault while a restarted
+    /// broker still catches up would take a second copy of some partitions
+    /// away, below `min.insync.replicas`, which no client can ride out. Gives
+    /// up after [`IN_SYNC_LIMIT`] and says so.
+    fn await_in_sync(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let topics = [
+                self.names.input.clone(),
+                self.names.output.clone(),
+                self.names.dlq.clone(),
+                self.names.insights.clone(),
+                "__consumer_offsets".to_string(),
+                "__transaction_state".to_string(),
+            ];
+            let behind = block_on(async {
+                let admin = kafka::TopicAdmin::new(&self.conn)?;
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                admin.under_replicated(&names).await
+            })?;
+            match behind {
+                Ok(0) => {
+                    self.log(format!(
+                        "every replica in sync after {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    ));
+                    return Ok(());
+                }
+                Ok(n) if start.elapsed() > IN_SYNC_LIMIT => {
+                    self.log(format!(
+                        "{n} partitions still under-replicated after {} s; going on",
+                        IN_SYNC_LIMIT.as_secs()
+                    ));
+                    return Ok(());
+                }
+                Err(e) if start.elapsed() > IN_SYNC_LIMIT => return Err(e.into()),
+                _ => self.idle(Duration::from_millis(500), None).map(drop)?,
+            }
+        }
+    }
+
+    /// A broker to fail, by a role picked at random, and that role as the
+    /// cluster answers at the time: the leader of the most input and output
+    /// partitions, the group's coordinator, or the transaction coordinator of
+    /// a running instance.
+    fn pick_broker(&mut self) -> anyhow::Result<(i32, String)> {
+        let role = self.rng.random_range(0..3u8);
+        let running = self.running();
+        let txn_id = running
+            .choose(&mut self.rng)
+            .map(|i| format!("tally-{}", self.instances[*i].id));
+        self.patiently("asking the cluster which broker to fail", |d| {
+            block_on(async {
+                let admin = kafka::TopicAdmin::new(&d.conn)?;
+                let coordinator: Option<(&str, String, &str)> = match (role, &txn_id) {
+                    (1, _) => Some((
+                        "__consumer_offsets",
+                        d.names.group.clone(),
+                        "group coordinator of",
+                    )),
+                    (2, Some(id)) => Some((
+                        "__transaction_state",
+                        id.clone(),
+                        "transaction coordinator of",
+                    )),
+                    _ => None,
+                };
+                if let Some((topic, key, what)) = coordinator
+                    && let Some(node) = admin.coordinator(topic, &key).await?
+                {
+                    return Ok((node, format!("{what} {key}")));
+                }
+                let input = admin.leaders(&d.names.input).await?;
+                let output = admin.leaders(&d.names.output).await?;
+                let all: Vec<i32> = input.values().chain(output.values()).copied().collect();
+                let (node, led) = busiest(&all).context("no partition has a leader")?;
+                Ok((
+                    node,
+                    format!(
+                        "leader of {led} of {} input and output partitions",
+                        all.len()
+                    ),
+                ))
+            })?
+        })
+    }
+
     fn running(&self) -> Vec<usize> {
         (0..self.instances.len())
             .filter(|i| self.instances[*i].child.is_some())
@@ -475,6 +709,7 @@ impl Drill {
                 };
                 self.log(format!("kill -9 {id}, restart after {delay} ms"));
                 self.instances[i].kill9();
+                self.begin_recovery(fault);
                 self.struck("kill9_restart", format!("{id} killed"));
                 self.idle(Duration::from_millis(delay), None)?;
                 self.restart(i)?;
@@ -485,6 +720,7 @@ impl Drill {
                     "kill -9 {id}, delete its state, restart after {delay} ms (new host)"
                 ));
                 self.instances[i].kill9();
+                self.begin_recovery(fault);
                 std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
                 self.struck("kill9_new_host", format!("{id} killed, state deleted"));
                 self.idle(Duration::from_millis(delay), None)?;
@@ -495,7 +731,8 @@ impl Drill {
                 self.log(format!(
                     "stop {id} gracefully, start it again after {down} ms"
                 ));
-                let code = self.instances[i].terminate(Duration::from_secs(60));
+                let code = self.instances[i].terminate(self.member.stop_wait());
+                self.begin_recovery(fault);
                 if code == Some(0) {
                     self.struck("graceful_scale_down", format!("{id} exited 0 on SIGTERM"));
                 } else {
@@ -521,6 +758,7 @@ impl Drill {
                         if st.signal() == Some(SIGABRT)
                             && self.instances[i].this_run_log().contains(&marker) =>
                     {
+                        self.begin_recovery(fault);
                         self.struck(
                             &format!("crash_point:{point}"),
                             format!("{id} aborted at {point} ({st}) after {after} passes"),
@@ -553,6 +791,7 @@ impl Drill {
             Fault::Retention => {
                 let delay = self.rng.random_range(0..3_000);
                 self.instances[i].kill9();
+                self.begin_recovery(fault);
                 std::fs::remove_dir_all(&self.instances[i].state_dir).ok();
                 // Below the committed offset `C`, and below the latest snapshot
                 // `S`: a new host restores from `S` and replays `[S, C)`, at most
@@ -580,10 +819,7 @@ impl Drill {
                     "recorded verify's expectations of {recorded} input records before the trim"
                 ));
                 self.patiently("deleting the input below the snapshots", |d| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?
-                        .block_on(kafka::delete_records(&d.conn, &d.names.input, &below))?;
+                    block_on(kafka::delete_records(&d.conn, &d.names.input, &below))??;
                     Ok(())
                 })?;
                 let after = self.watermarks_patiently()?;
@@ -606,6 +842,105 @@ impl Drill {
                 self.idle(Duration::from_millis(delay), None)?;
                 self.restart(i)?;
             }
+            Fault::BrokerKill => {
+                let (node, role) = self.pick_broker()?;
+                let delay = self.rng.random_range(1_000..10_000);
+                self.log(format!(
+                    "kill -9 broker {node} ({role}), restart it after {delay} ms"
+                ));
+                self.node(node, "kill")?;
+                self.begin_recovery(fault);
+                self.struck("broker_kill", format!("broker {node} ({role}) killed"));
+                self.idle(Duration::from_millis(delay), None)?;
+                self.node(node, "start")?;
+                self.await_in_sync()?;
+            }
+            Fault::BrokerFreeze => {
+                let (node, role) = self.pick_broker()?;
+                let paused = BROKER_SESSION_MS + self.rng.random_range(2_000..6_000);
+                self.log(format!(
+                    "SIGSTOP broker {node} ({role}) for {paused} ms (past broker.session.timeout.ms), then SIGCONT"
+                ));
+                self.node(node, "pause")?;
+                self.begin_recovery(fault);
+                let stopped = self.cluster()?.stopped(node);
+                self.idle(Duration::from_millis(paused), None)?;
+                let still = self.cluster()?.stopped(node);
+                self.node(node, "resume")?;
+                self.await_in_sync()?;
+                if stopped && still {
+                    self.struck(
+                        "broker_freeze",
+                        format!("broker {node} ({role}) stopped for {paused} ms"),
+                    );
+                } else {
+                    self.not_struck(format!(
+                        "broker {node} was not seen stopped through its freeze (at its start: {stopped}, at its end: {still})"
+                    ));
+                }
+            }
+            Fault::RollingRestart => {
+                let nodes = self.cluster()?.nodes.clone();
+                self.log(format!(
+                    "rolling restart of brokers {nodes:?}: each stopped cleanly, then started"
+                ));
+                let mut restarted = Vec::new();
+                for &n in &nodes {
+                    let before = self.cluster()?.pid(n);
+                    self.node(n, "stop")?;
+                    self.begin_recovery(fault);
+                    self.node(n, "start")?;
+                    self.await_in_sync()?;
+                    let after = self.cluster()?.pid(n);
+                    if before.is_some() && after.is_some() && before != after {
+                        restarted.push(n);
+                    }
+                }
+                if restarted == nodes {
+                    self.struck(
+                        "rolling_restart",
+                        format!("brokers {nodes:?} each stopped and started again"),
+                    );
+                } else {
+                    self.not_struck(format!(
+                        "rolling restart: only brokers {restarted:?} of {nodes:?} were seen with a new process"
+                    ));
+                }
+            }
+            Fault::ControllerKill => {
+                let Some(before) = self.cluster()?.controller() else {
+                    self.not_struck("controller kill: no active controller known".into());
+                    return Ok(());
+                };
+                let delay = self.rng.random_range(1_000..10_000);
+                self.log(format!(
+                    "kill -9 the active controller, node {before}; restart it after {delay} ms"
+                ));
+                self.node(before, "kill")?;
+                self.begin_recovery(fault);
+                let killed = Instant::now();
+                let mut after = None;
+                while after.is_none() && killed.elapsed() < Duration::from_secs(30) {
+                    self.idle(Duration::from_millis(250), None)?;
+                    after = self.cluster()?.controller().filter(|c| *c != before);
+                }
+                match after {
+                    Some(c) => self.struck(
+                        "controller_kill",
+                        format!(
+                            "controller {before} killed; node {c} elected after {:.1} s",
+                            killed.elapsed().as_secs_f64()
+                        ),
+                    ),
+                    None => self.not_struck(format!(
+                        "controller {before} killed; no other node elected within 30 s"
+                    )),
+                }
+                let left = Duration::from_millis(delay).saturating_sub(killed.elapsed());
+                self.idle(left, None)?;
+                self.node(before, "start")?;
+                self.await_in_sync()?;
+            }
             Fault::Zombie => {
                 self.await_ready_group("a zombie fault")?;
                 let mut rebalances = None;
@@ -616,11 +951,12 @@ impl Drill {
                     }
                     self.idle(Duration::from_millis(500), None)?;
                 }
-                let paused = SESSION_TIMEOUT_MS + self.rng.random_range(1_000..4_000);
+                let paused = self.member.session_ms + self.rng.random_range(1_000..4_000);
                 self.log(format!(
                     "SIGSTOP {id} for {paused} ms (past the session timeout), then SIGCONT"
                 ));
                 self.instances[i].signal("-STOP");
+                self.begin_recovery(fault);
                 self.idle(Duration::from_millis(paused), None)?;
                 self.instances[i].signal("-CONT");
                 // It recovers: loses its partitions and is assigned again, which
@@ -673,6 +1009,25 @@ impl Drill {
         }
         Ok(())
     }
+}
+
+/// The broker leading the most of `leaders` (partitions without a leader, -1,
+/// aside), with how many it leads; the lowest id among equals.
+fn busiest(leaders: &[i32]) -> Option<(i32, usize)> {
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    for l in leaders.iter().filter(|l| **l >= 0) {
+        *led.entry(*l).or_default() += 1;
+    }
+    led.into_iter().max_by_key(|(id, n)| (*n, -id))
+}
+
+/// A future of the Kafka layer run to its end on a runtime of its own: the
+/// drill is synchronous.
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
 }
 
 /// Every snapshot of the drill's input in the insights topic, in the order
@@ -733,6 +1088,23 @@ fn latest_snapshots(conn: &Connection, names: &Names) -> anyhow::Result<Latest> 
 /// Runs the drill; the result is the exit status (0: passed).
 pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     eprintln!("drill: seed {seed} (repeat with --seed {seed})");
+    let cluster = match &args.kafka_dir {
+        Some(dir) => Some(Cluster::open(args.kafka_script.clone(), dir.clone())?),
+        None => None,
+    };
+    // `all` has the broker faults where the drill controls a cluster that can
+    // lose a broker; named, they need a cluster the drill controls.
+    let mut kinds = args.faults.0.clone();
+    if parse_faults("all").is_ok_and(|all| all == args.faults)
+        && cluster.as_ref().is_none_or(|c| c.nodes.len() < 3)
+    {
+        kinds.retain(|k| !k.is_broker());
+    }
+    if cluster.is_none() && kinds.iter().any(|k| k.is_broker()) {
+        bail!(
+            "broker faults need the cluster's data directory: pass --kafka-dir (scripts/drill.sh --brokers 3 does)"
+        );
+    }
     let tally = match &args.tally_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("tally"),
@@ -768,7 +1140,18 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         dead_letter: names.dlq.clone(),
         insights: names.insights.clone(),
     };
-    let mut specs = kafka::pipeline_topic_specs(&names.input, &outputs, args.partitions, 1);
+    // As `tally create-topics` makes them: 3 replicas and 2 in sync on a
+    // cluster of 3 brokers or more, so one broker's death takes nothing offline.
+    let brokers = block_on(kafka::TopicAdmin::new(&conn)?.broker_count())??;
+    let (replication, min_insync) = kafka::replication_for(brokers, None);
+    let mut specs =
+        kafka::pipeline_topic_specs(&names.input, &outputs, args.partitions, replication);
+    if let Some(m) = min_insync {
+        for spec in &mut specs {
+            spec.config
+                .push(("min.insync.replicas".to_string(), m.to_string()));
+        }
+    }
     // The input allows more than the DLQ (2 MiB): records over the DLQ's limit
     // and over the broker's default message size reach tally.
     for (k, v) in &mut specs[0].config {
@@ -782,10 +1165,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         .find(|(k, _)| k == "max.message.bytes")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(OutputLimits::default().dlq_max_bytes);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(kafka::create_topics(&conn, &specs))?;
+    block_on(kafka::create_topics(&conn, &specs))??;
     eprintln!(
         "drill: topics {}*, group {}, logs in {}",
         tag,
@@ -794,11 +1174,9 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     );
     // What verify expects of the input, as the instances are configured; the
     // output topics' limits as created.
-    let [output_max, dlq_max] = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(kafka::TopicAdmin::new(&conn)?.max_message_bytes(&[&names.output, &names.dlq]))?
-        [..]
+    let [output_max, dlq_max] =
+        block_on(kafka::TopicAdmin::new(&conn)?.max_message_bytes(&[&names.output, &names.dlq]))??
+            [..]
     else {
         bail!("describing two topics gave another number of results");
     };
@@ -844,9 +1222,22 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         cfg,
         before_trim: crate::verify::Expectations::default(),
         input: TopicReader::new(&conn, &names.input)?,
-        watch: StallWatch::default(),
-        last_sample: Instant::now(),
+        watch: StallWatch::new(if kinds.iter().any(|k| k.is_broker()) {
+            stall::CLUSTER_STALL_BOUND
+        } else {
+            stall::STALL_BOUND
+        }),
+        sampler: Sampler::start(&conn, &names.group, &names.input, args.partitions)?,
+        last_high: BTreeMap::new(),
+        last_sample_at: Instant::now(),
+        member: if kinds.iter().any(|k| k.is_broker()) {
+            Member::CLUSTER
+        } else {
+            Member::ALONE
+        },
         crash_rounds: 0,
+        cluster,
+        recoveries: Recoveries::default(),
         names,
         args,
     };
@@ -902,7 +1293,6 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     };
 
     // Faults: every kind once per round, in a seeded order.
-    let mut kinds = drill.args.faults.0.clone();
     if !drill.args.zombie {
         kinds.retain(|k| *k != Fault::Zombie);
     }
@@ -998,7 +1388,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     }
     for i in 0..drill.instances.len() {
         let id = drill.instances[i].id.clone();
-        let code = drill.instances[i].terminate(Duration::from_secs(60));
+        let code = drill.instances[i].terminate(drill.member.stop_wait());
         if code != Some(0) {
             drill
                 .report
@@ -1014,6 +1404,19 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
     drill.report.harness_errors = expect.check_offsets(&high);
     drill.report.longest_without_commit_secs = drill.watch.longest.as_secs_f64();
+    drill.report.stall_bound_secs = drill.watch.bound.as_secs();
+    drill.report.recovery = drill
+        .recoveries
+        .times
+        .iter()
+        .map(|(k, t)| (k.clone(), report::Recovery::of(t)))
+        .collect();
+    for (kind, since) in drill.recoveries.unrecovered(Instant::now()) {
+        drill.report.stalls.push(format!(
+            "{kind}: not every partition committed again in the {:.0} s since it struck",
+            since.as_secs_f64()
+        ));
+    }
     drill.report_unstruck();
 
     // Guarantee 1: every input record exactly once in output or DLQ.

@@ -45,6 +45,8 @@ pub struct Report {
     pub offset_regressions: Vec<String>,
     /// Longest a partition with input waiting went without a commit.
     pub longest_without_commit_secs: f64,
+    /// How long a partition may go without a commit while input waits.
+    pub stall_bound_secs: u64,
     /// The drill's own premises that failed (offsets no longer name the
     /// generator's records): nothing else can be judged then.
     pub harness_errors: Vec<String>,
@@ -53,6 +55,33 @@ pub struct Report {
     pub runtime_dead_letters: u64,
     /// The fault planted in tally, if any: the drill must then fail.
     pub planted: Option<super::Plant>,
+    /// Per fault kind: the time from each strike until every input record
+    /// written before it was committed.
+    pub recovery: BTreeMap<String, Recovery>,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Recovery {
+    pub count: usize,
+    pub median_secs: f64,
+    pub max_secs: f64,
+}
+
+impl Recovery {
+    pub fn of(times: &[std::time::Duration]) -> Recovery {
+        let mut secs: Vec<f64> = times.iter().map(|d| d.as_secs_f64()).collect();
+        secs.sort_by(f64::total_cmp);
+        let median = match secs.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => secs[n / 2],
+            n => (secs[n / 2 - 1] + secs[n / 2]) / 2.0,
+        };
+        Recovery {
+            count: secs.len(),
+            median_secs: median,
+            max_secs: secs.last().copied().unwrap_or(0.0),
+        }
+    }
 }
 
 impl Report {
@@ -135,7 +164,7 @@ impl Report {
         println!(
             "  stalls {} (bound {} s; longest without a commit while input waited {:.1} s)",
             self.stalls.len(),
-            super::stall::STALL_BOUND.as_secs(),
+            self.stall_bound_secs,
             self.longest_without_commit_secs
         );
         for m in &self.stalls {
@@ -147,6 +176,13 @@ impl Report {
         );
         for m in &self.offset_regressions {
             println!("    {m}");
+        }
+        println!("  recovery, from the strike until the input written before it was committed:");
+        for (kind, r) in &self.recovery {
+            println!(
+                "    {kind}: {} times, median {:.1} s, max {:.1} s",
+                r.count, r.median_secs, r.max_secs
+            );
         }
         println!("  time to drain {:.1} s", self.drain_secs);
         println!(
@@ -164,5 +200,26 @@ impl Report {
                 .map(|l| format!("  verify: {}\n", l.trim()))
                 .collect::<String>()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recovery;
+    use std::time::Duration;
+
+    #[test]
+    fn recovery_median_and_max() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            Recovery::of(&[s(9), s(1), s(4)]),
+            Recovery {
+                count: 3,
+                median_secs: 4.0,
+                max_secs: 9.0
+            }
+        );
+        assert_eq!(Recovery::of(&[s(2), s(6)]).median_secs, 4.0);
+        assert_eq!(Recovery::of(&[]), Recovery::default());
     }
 }

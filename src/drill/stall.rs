@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 /// restore, a crash-point run (at most 30 s) and the zombie's pause.
 pub const STALL_BOUND: Duration = Duration::from_secs(60);
 
+/// The bound with broker faults. A commit may wait on a coordinator until its
+/// transaction's deadline (`transaction.timeout.ms`, 60 s) plus 5 s before
+/// tally abandons it; a coordinator away longer than the session (25 s) costs
+/// a rebalance; then a restore and the first commit: 120 s.
+pub const CLUSTER_STALL_BOUND: Duration = Duration::from_secs(120);
+
 #[derive(Debug, Clone, Copy)]
 struct Progress {
     committed: Option<i64>,
@@ -22,8 +28,10 @@ struct Progress {
 
 /// Tracks, per partition, how long committed offsets stood still while input
 /// waited.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StallWatch {
+    /// How long a partition may go without a commit while input waits.
+    pub bound: Duration,
     partitions: BTreeMap<i32, Progress>,
     /// Longest time a partition with input waiting went without a commit.
     pub longest: Duration,
@@ -34,9 +42,25 @@ pub struct StallWatch {
     highest: BTreeMap<i32, i64>,
 }
 
+impl Default for StallWatch {
+    fn default() -> Self {
+        StallWatch::new(STALL_BOUND)
+    }
+}
+
 impl StallWatch {
+    pub fn new(bound: Duration) -> Self {
+        StallWatch {
+            bound,
+            partitions: BTreeMap::new(),
+            longest: Duration::ZERO,
+            regressions: Vec::new(),
+            highest: BTreeMap::new(),
+        }
+    }
+
     /// One sample at `now`; returns the partitions that just passed
-    /// [`STALL_BOUND`] (each stall reported once) with their committed offset
+    /// the bound (each stall reported once) with their committed offset
     /// and high watermark.
     pub fn sample(
         &mut self,
@@ -70,7 +94,7 @@ impl StallWatch {
             }
             let still = now.saturating_duration_since(e.since);
             self.longest = self.longest.max(still);
-            if still >= STALL_BOUND && !e.reported {
+            if still >= self.bound && !e.reported {
                 e.reported = true;
                 stalled.push((p, c, hw));
             }
@@ -79,9 +103,94 @@ impl StallWatch {
     }
 }
 
+/// Times to recover from faults: from the moment a fault struck until every
+/// input record written before it was committed (each partition's committed
+/// offset reached the high watermark it had then).
+#[derive(Debug, Default)]
+pub struct Recoveries {
+    pending: Vec<Pending>,
+    /// Per fault kind, the time each recovery took.
+    pub times: BTreeMap<String, Vec<Duration>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: String,
+    since: Instant,
+    /// High watermarks when the fault struck.
+    high: BTreeMap<i32, i64>,
+}
+
+impl Recoveries {
+    /// A fault of `kind` struck at `now`; `high` are the input's high
+    /// watermarks last seen.
+    pub fn begin(&mut self, kind: &str, now: Instant, high: BTreeMap<i32, i64>) {
+        self.pending.push(Pending {
+            kind: kind.to_string(),
+            since: now,
+            high,
+        });
+    }
+
+    /// One sample of the group's committed offsets at `now`.
+    pub fn sample(&mut self, now: Instant, committed: &BTreeMap<i32, i64>) {
+        let recovered = |p: &Pending| {
+            p.high
+                .iter()
+                .all(|(part, hw)| committed.get(part).is_some_and(|c| c >= hw))
+        };
+        let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(recovered);
+        self.pending = pending;
+        for p in done {
+            self.times
+                .entry(p.kind)
+                .or_default()
+                .push(now.saturating_duration_since(p.since));
+        }
+    }
+
+    /// Faults whose input is not all committed yet at `now`: (kind, time
+    /// since it struck).
+    pub fn unrecovered(&self, now: Instant) -> Vec<(String, Duration)> {
+        self.pending
+            .iter()
+            .map(|p| (p.kind.clone(), now.saturating_duration_since(p.since)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recovery_ends_when_the_input_written_before_the_fault_is_committed() {
+        let t0 = Instant::now();
+        let mut r = Recoveries::default();
+        r.begin(
+            "broker_kill",
+            t0,
+            BTreeMap::from([(0, 100), (1, 20), (2, 50)]),
+        );
+        // Partition 2 never committed yet; 0 is short of 100.
+        r.sample(
+            t0 + Duration::from_secs(3),
+            &BTreeMap::from([(0, 99), (1, 20)]),
+        );
+        assert!(r.times.is_empty());
+        assert_eq!(
+            r.unrecovered(t0 + Duration::from_secs(4)),
+            vec![("broker_kill".to_string(), Duration::from_secs(4))]
+        );
+        r.sample(
+            t0 + Duration::from_secs(7),
+            &BTreeMap::from([(0, 120), (1, 20), (2, 50)]),
+        );
+        assert_eq!(r.times["broker_kill"], vec![Duration::from_secs(7)]);
+        assert!(r.unrecovered(t0).is_empty());
+    }
 
     #[test]
     fn only_waiting_input_without_commits_is_a_stall() {

@@ -671,6 +671,10 @@ pub fn assert_verified_with(names: &Names, extra: &[&str], processed: u64, dead_
     }
 }
 
+/// JVM flags of a test cluster's nodes (see `scripts/drill.sh`).
+const CLUSTER_JVM_OPTS: &str =
+    "-XX:TieredStopAtLevel=1 -XX:CICompilerCount=1 -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1";
+
 /// An Apache Kafka of the test's own (`scripts/kafka.sh` in a temporary
 /// directory, free ports), for tests that kill, freeze or restart the broker:
 /// that cannot be done to a shared broker. Stopped on drop.
@@ -688,7 +692,12 @@ impl PrivateBroker {
     /// replication factor 3 and `min.insync.replicas=2` by default.
     pub fn start_nodes(n: usize) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
-        let out = Self::script(dir.path(), &["start", "--nodes", &n.to_string()])
+        let mut start = Self::script(dir.path(), &["start", "--nodes", &n.to_string()]);
+        if n > 1 {
+            // As scripts/drill.sh does: brokers that start with half the CPU.
+            start.env("KAFKA_OPTS", CLUSTER_JVM_OPTS);
+        }
+        let out = start
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("run scripts/kafka.sh");
