@@ -18,11 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 brokers=
+work=
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --brokers) brokers=${2:?--brokers needs a number}; shift 2 ;;
     --brokers=*) brokers=${1#*=}; shift ;;
+    --work-dir) work=${2:?--work-dir needs a directory}; args+=("$1" "$2"); shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -32,7 +34,17 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}
 cargo build --release --bin tally --bin tally-drill >&2
 
 . scripts/lib.sh
-tally_traps
+# The cluster's logs outlive it: the evidence of a failed run.
+keep_broker_logs() {
+  [ -n "$brokers" ] && [ -n "$tally_broker_dir" ] || return 0
+  local to=${work:-.run}/kafka-logs
+  mkdir -p "$to"
+  for d in "$tally_broker_dir"/node*; do
+    [ -d "$d/logs" ] && cp -r "$d/logs" "$to/$(basename "$d")"
+  done
+  echo "drill.sh: the brokers' logs are in $to" >&2
+}
+tally_traps keep_broker_logs
 if [ -n "$brokers" ]; then
   # A cluster the drill can fail: never one named by KAFKA_BOOTSTRAP.
   unset KAFKA_BOOTSTRAP
@@ -40,6 +52,8 @@ if [ -n "$brokers" ]; then
   # compile less (C1 only) and collect with one thread start with half the CPU,
   # so a broker's restart starves the others less.
   export KAFKA_OPTS=${KAFKA_OPTS:--XX:TieredStopAtLevel=1 -XX:CICompilerCount=1 -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1}
+  # A restart under that load can take minutes.
+  export KAFKA_READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-300}
   tally_ensure_broker "$brokers"
   args+=(--kafka-dir "$tally_broker_dir" --kafka-script "$PWD/scripts/kafka.sh")
 else

@@ -583,18 +583,29 @@ impl Drill {
 
     /// `scripts/kafka.sh node <node> <action>` to its end, the instances
     /// supervised meanwhile (`start` returns once the cluster answers again).
+    /// A start that fails (the node did not answer in time) is asked again,
+    /// 3 times in all: a JVM that is slow to start keeps starting meanwhile.
     fn node(&mut self, node: i32, action: &str) -> anyhow::Result<()> {
-        let mut child = self.cluster()?.spawn(node, action)?;
-        loop {
-            if let Some(st) = child.try_wait()? {
-                anyhow::ensure!(
-                    st.success(),
-                    "scripts/kafka.sh node {node} {action} failed ({st})"
-                );
+        let attempts = if action == "start" { 3 } else { 1 };
+        for attempt in 1..=attempts {
+            let mut child = self.cluster()?.spawn(node, action)?;
+            let st = loop {
+                if let Some(st) = child.try_wait()? {
+                    break st;
+                }
+                self.idle(Duration::from_millis(200), None)?;
+            };
+            if st.success() {
                 return Ok(());
             }
-            self.idle(Duration::from_millis(200), None)?;
+            if attempt == attempts {
+                bail!("scripts/kafka.sh node {node} {action} failed ({st})");
+            }
+            self.log(format!(
+                "scripts/kafka.sh node {node} {action} failed ({st}); asking again"
+            ));
         }
+        Ok(())
     }
 
     /// Waits until every partition of the drill's topics and of Kafka's
