@@ -124,49 +124,123 @@ impl Recount {
     }
 }
 
-/// The labels of every record the generator sent, per partition, by offset.
+/// The header the drill's generator puts on every record: its number among
+/// the records sent to its partition, in decimal.
+pub const SEQ_HEADER: &str = "drill-seq";
+
+/// The labels of every record the generator sent, per partition: as sent (by
+/// the number in [`SEQ_HEADER`]) and, once read back from the input, by
+/// offset. An idempotent producer can still write a record twice (librdkafka
+/// resends what was in flight after it bumps its epoch, and a broker that lost
+/// its producer state cannot tell): the input then holds it twice, at two
+/// offsets, and tally must count it twice.
 #[derive(Debug, Clone, Default)]
 pub struct Expectations {
+    /// By offset, as far as [`Self::align`] has read the input.
     pub by_partition: Vec<Vec<Label>>,
+    /// By sequence number, as sent.
+    sent: Vec<Vec<Label>>,
+    /// Per partition, the next sequence number not yet read back.
+    next_new: Vec<usize>,
+    /// Records the input holds more than once.
+    pub rewritten: u64,
+    /// Records read back that name no record sent, or offsets out of order.
+    pub unaligned: Vec<String>,
 }
 
 impl Expectations {
     pub fn new(partitions: usize) -> Self {
         Expectations {
             by_partition: vec![Vec::new(); partitions],
+            sent: vec![Vec::new(); partitions],
+            next_new: vec![0; partitions],
+            ..Expectations::default()
         }
     }
 
+    /// The sequence number the next record sent to `partition` carries.
+    pub fn next_seq(&self, partition: i32) -> usize {
+        self.sent[partition as usize].len()
+    }
+
+    /// A record was sent to `partition` (with [`Self::next_seq`]).
     pub fn push(&mut self, partition: i32, label: Label) {
-        self.by_partition[partition as usize].push(label);
+        self.sent[partition as usize].push(label);
     }
 
+    /// Records sent.
     pub fn total(&self) -> u64 {
-        self.by_partition.iter().map(|l| l.len() as u64).sum()
+        self.sent.iter().map(|l| l.len() as u64).sum()
     }
 
-    /// The label of the record at `offset`, if the generator sent one there.
+    /// Records of the input labelled by offset.
+    pub fn aligned(&self, partition: i32) -> i64 {
+        self.by_partition[partition as usize].len() as i64
+    }
+
+    /// The record at `offset` of `partition`, read back from the input with
+    /// `seq` its [`SEQ_HEADER`]: its label goes to that offset. Records come
+    /// in offset order from [`Self::aligned`] on.
+    pub fn align(&mut self, partition: i32, offset: i64, seq: Option<&[u8]>) {
+        let p = partition as usize;
+        if offset != self.by_partition[p].len() as i64 {
+            self.unaligned.push(format!(
+                "partition {partition}: read offset {offset}, expected {}",
+                self.by_partition[p].len()
+            ));
+            return;
+        }
+        let seq = seq.and_then(|s| std::str::from_utf8(s).ok()?.parse::<usize>().ok());
+        let Some((n, label)) = seq.and_then(|n| Some((n, self.sent[p].get(n)?.clone()))) else {
+            self.unaligned.push(format!(
+                "partition {partition} offset {offset}: {SEQ_HEADER} {seq:?} names no record sent"
+            ));
+            return;
+        };
+        // Records are sent in order: below the next new number, a record
+        // written again; past it, records sent but missing from the input.
+        let next = &mut self.next_new[p];
+        match n.cmp(next) {
+            std::cmp::Ordering::Less => self.rewritten += 1,
+            std::cmp::Ordering::Equal => *next += 1,
+            std::cmp::Ordering::Greater => {
+                self.unaligned.push(format!(
+                    "partition {partition} offset {offset}: records {next}..{n} sent but not in the input"
+                ));
+                *next = n + 1;
+            }
+        }
+        self.by_partition[p].push(label);
+    }
+
+    /// The label of the record at `offset`, if the input was read back there.
     pub fn get(&self, partition: i32, offset: i64) -> Option<&Label> {
         let labels = self.by_partition.get(usize::try_from(partition).ok()?)?;
         labels.get(usize::try_from(offset).ok()?)
     }
 
-    /// Every partition's high watermark is the number of records sent to it:
-    /// else a send was lost or doubled and offsets no longer name labels.
+    /// Every partition's input was read back to its high watermark, every
+    /// record naming one sent, every record sent found: else offsets do not
+    /// name labels and nothing can be judged.
     pub fn check_offsets(&self, high_watermarks: &BTreeMap<i32, i64>) -> Vec<String> {
-        self.by_partition
-            .iter()
-            .enumerate()
-            .filter_map(|(p, labels)| {
-                let hw = high_watermarks.get(&(p as i32)).copied();
-                (hw != Some(labels.len() as i64)).then(|| {
-                    format!(
-                        "partition {p}: high watermark {hw:?} but the generator sent {} records",
-                        labels.len()
-                    )
-                })
-            })
-            .collect()
+        let mut errors = self.unaligned.clone();
+        for (p, labels) in self.by_partition.iter().enumerate() {
+            let hw = high_watermarks.get(&(p as i32)).copied();
+            if hw != Some(labels.len() as i64) {
+                errors.push(format!(
+                    "partition {p}: high watermark {hw:?} but {} records were read back",
+                    labels.len()
+                ));
+            }
+            if self.next_new[p] != self.sent[p].len() {
+                errors.push(format!(
+                    "partition {p}: {} records sent, {} found in the input",
+                    self.sent[p].len(),
+                    self.next_new[p]
+                ));
+            }
+        }
+        errors
     }
 
     /// The aggregate of `partition`'s records below `next_offset`, or `None`
@@ -322,6 +396,47 @@ mod tests {
     use super::*;
     use crate::generate::Generator;
 
+    /// Reads every record sent back, once each, in order.
+    fn read_back(e: &mut Expectations) {
+        for p in 0..e.sent.len() {
+            for n in e.aligned(p as i32) as usize..e.sent[p].len() {
+                e.align(p as i32, n as i64, Some(n.to_string().as_bytes()));
+            }
+        }
+    }
+
+    #[test]
+    fn records_written_twice_are_labelled_at_both_offsets() {
+        let mut g = Generator::new(3, 1_700_000_000, 0.2, false);
+        let mut e = Expectations::new(1);
+        for _ in 0..5 {
+            e.push(0, Label::of(&g.next_record(), None));
+        }
+        // Records 2 and 3 were written again after 3.
+        for (offset, seq) in ["0", "1", "2", "3", "2", "3", "4"].iter().enumerate() {
+            e.align(0, offset as i64, Some(seq.as_bytes()));
+        }
+        assert_eq!(e.rewritten, 2);
+        assert_eq!(e.by_partition[0][4], e.sent[0][2]);
+        assert_eq!(e.by_partition[0][6], e.sent[0][4]);
+        assert!(e.check_offsets(&BTreeMap::from([(0, 7)])).is_empty());
+        // A record missing, one naming nothing sent, an offset out of order.
+        let mut f = Expectations::new(1);
+        for _ in 0..3 {
+            f.push(0, Label::Malformed);
+        }
+        f.align(0, 0, Some(b"0"));
+        f.align(0, 1, Some(b"2"));
+        f.align(0, 2, Some(b"9"));
+        f.align(0, 5, Some(b"1"));
+        assert_eq!(
+            f.check_offsets(&BTreeMap::from([(0, 2)])).len(),
+            3,
+            "{:?}",
+            f.unaligned
+        );
+    }
+
     #[test]
     fn versions_compare_by_number_not_text() {
         assert!(version_below("2.3.1", "2.4.0"));
@@ -342,6 +457,7 @@ mod tests {
                 Label::of(&g.next_record(), Some(MIN_APP_VERSION)),
             );
         }
+        read_back(&mut e);
         let all = e.aggregate_at(0, 200).unwrap();
         assert_eq!(all.total(), 200);
         let o = e.outcomes(0, 0, i64::MAX);
@@ -366,6 +482,7 @@ mod tests {
         for n in 0..300 {
             e.push((n % 2) as i32, Label::of(&g.next_record(), None));
         }
+        read_back(&mut e);
         let at = |p: i32, o: i64| Written {
             what: format!("snapshot {p}@{o}"),
             partition: p,

@@ -323,6 +323,8 @@ struct Drill {
     before_trim: crate::verify::Expectations,
     /// The cluster, when the drill controls it (`--kafka-dir`).
     cluster: Option<Cluster>,
+    /// The labels of what the generator sent, and of the input read back.
+    expect: Arc<Mutex<Expectations>>,
     recoveries: Recoveries,
 }
 
@@ -396,6 +398,30 @@ impl Drill {
                 }
             }
         }
+    }
+
+    /// Reads the input back from where it was last read to `until`, labelling
+    /// each offset by its record's sequence number. Idempotent: a failed read
+    /// is read again from where it began.
+    fn align_until(&mut self, until: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+        let ranges: Vec<_> = {
+            let e = self.expect.lock().unwrap();
+            until
+                .iter()
+                .filter(|(p, u)| e.aligned(**p) < **u)
+                .map(|(p, u)| (*p, kafka::StartAt::Offset(e.aligned(*p)), Some(*u)))
+                .collect()
+        };
+        let mut read = Vec::new();
+        self.input.read(&ranges, |r| {
+            let seq = r.header(expect::SEQ_HEADER).map(<[u8]>::to_vec);
+            read.push((r.record.partition, r.record.offset, seq));
+        })?;
+        let mut e = self.expect.lock().unwrap();
+        for (p, offset, seq) in read {
+            e.align(p, offset, seq.as_deref());
+        }
+        Ok(())
     }
 
     /// The input's log start and high watermark per partition.
@@ -822,6 +848,8 @@ impl Drill {
                     "kill -9 {id}, delete its state, delete the input below the latest snapshots {below:?} (committed {committed:?}), restart after {delay} ms"
                 ));
                 let before = self.watermarks_patiently()?;
+                // The records about to go are labelled by offset first.
+                self.patiently("reading the input back", |d| d.align_until(&below))?;
                 // Idempotent: a failed read is recorded again from where it began.
                 let recorded = self.patiently("recording verify's expectations", |d| {
                     Ok(d.before_trim.record_until(&d.conn, &d.cfg, &below)?)
@@ -1248,6 +1276,7 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         },
         crash_rounds: 0,
         cluster,
+        expect: Arc::new(Mutex::new(Expectations::new(args.partitions as usize))),
         recoveries: Recoveries::default(),
         names,
         args,
@@ -1256,13 +1285,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
         drill.start(i, None)?;
     }
 
-    // The generator: produces at the rate and labels what it made, by offset.
+    // The generator: produces at the rate and labels what it made. The drill
+    // picks each record's partition (round robin) and numbers it there
+    // (`SEQ_HEADER`), so reading the input back labels each offset, and every
+    // partition's aggregates can be recounted.
     let stop = Arc::new(AtomicBool::new(false));
-    // The drill picks each record's partition (round robin), so each record's
-    // offset is known and every partition's aggregates can be recounted.
-    let expect = Arc::new(Mutex::new(Expectations::new(
-        drill.args.partitions as usize,
-    )));
+    let expect = drill.expect.clone();
     let generator = {
         let (stop, expect, conn) = (stop.clone(), expect.clone(), conn.clone());
         let partitions = drill.args.partitions as u64;
@@ -1291,7 +1319,16 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
                 }
                 let r = g.next_record();
                 let p = (n % partitions) as i32;
-                producer.send_to(&topic, Some(p), Some(&r.key), r.value.as_deref(), &[], None)?;
+                let seq = expect.lock().unwrap().next_seq(p);
+                let header = [(expect::SEQ_HEADER.to_string(), seq.to_string().into_bytes())];
+                producer.send_to(
+                    &topic,
+                    Some(p),
+                    Some(&r.key),
+                    r.value.as_deref(),
+                    &header,
+                    None,
+                )?;
                 n += 1;
                 expect
                     .lock()
@@ -1327,8 +1364,14 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     stop.store(true, Ordering::SeqCst);
     generator.join().expect("generator thread")?;
     let produced = expect.lock().unwrap().total();
+    // What the input holds: records written twice count as two.
+    let written: i64 = drill
+        .watermarks_patiently()?
+        .values()
+        .map(|(_, h)| *h)
+        .sum();
     drill.log(format!(
-        "faults done after {:.0} s; {produced} events produced; draining",
+        "faults done after {:.0} s; {produced} events produced, {written} input records written; draining",
         started.elapsed().as_secs_f64()
     ));
     for i in 0..drill.instances.len() {
@@ -1339,12 +1382,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     let drain_start = Instant::now();
     loop {
         let committed: i64 = drill.committed_patiently()?.values().sum();
-        if committed as u64 >= produced {
+        if committed >= written {
             break;
         }
         if drain_start.elapsed() > Duration::from_secs(drill.args.drain_timeout) {
             drill.log(format!(
-                "did not drain within {} s: {committed} of {produced} committed",
+                "did not drain within {} s: {committed} of {written} committed",
                 drill.args.drain_timeout
             ));
             break;
@@ -1410,10 +1453,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
 
     // The labels name offsets only if every record the generator sent landed
     // once, in order.
-    let expect = std::mem::take(&mut *expect.lock().unwrap());
     let marks = drill.watermarks_patiently()?;
     let high: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, h))| (*p, *h)).collect();
+    drill.patiently("reading the input back", |d| d.align_until(&high))?;
+    let expect = std::mem::take(&mut *expect.lock().unwrap());
     drill.report.harness_errors = expect.check_offsets(&high);
+    drill.report.input_rewritten = expect.rewritten;
     drill.report.longest_without_commit_secs = drill.watch.longest.as_secs_f64();
     drill.report.stall_bound_secs = drill.watch.bound.as_secs();
     drill.report.recovery = drill

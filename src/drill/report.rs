@@ -50,6 +50,9 @@ pub struct Report {
     /// The drill's own premises that failed (offsets no longer name the
     /// generator's records): nothing else can be judged then.
     pub harness_errors: Vec<String>,
+    /// Records the generator's producer wrote to the input twice (each is an
+    /// input record of its own, to be processed once).
+    pub input_rewritten: u64,
     /// Valid records dead-lettered while producing (poison, unproducible):
     /// none may be, in a drill.
     pub runtime_dead_letters: u64,
@@ -130,6 +133,10 @@ impl Report {
         if let Some(p) = self.planted {
             println!("  planted fault: {p:?} (the drill must fail)");
         }
+        println!(
+            "  input records the generator's producer wrote twice: {}",
+            self.input_rewritten
+        );
         println!("  restarts {}", self.restarts);
         for z in &self.zombie_outcomes {
             println!("  zombie {z}");
