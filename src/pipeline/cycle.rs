@@ -27,6 +27,23 @@ use crate::{failpoints, insights};
 /// deadline ends by it, so this covers only the step between two calls.
 const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
+/// One running commit call in the count of [`Pipeline`]'s `commits_running`,
+/// until dropped (also when the call panics).
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<std::sync::atomic::AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::SeqCst);
+        Running(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Awaits `f` for at most `limit`, beating the liveness clock meanwhile: a
 /// wait on the cluster within its bound is no hang of the loop. `None`: the
 /// limit passed first.
@@ -36,6 +53,8 @@ async fn beating<T>(limit: Duration, f: impl std::future::Future<Output = T>) ->
     tokio::pin!(f);
     loop {
         tokio::select! {
+            // A commit that ended as the limit passed counts.
+            biased;
             res = &mut f => return Some(res),
             _ = tokio::time::sleep_until(end) => return None,
             _ = tokio::time::sleep(Duration::from_secs(1)) => status.beat(),
@@ -415,11 +434,12 @@ impl Pipeline {
             // process instead: each holds a thread and a whole producer, and a
             // restart is what frees them.
             let bound = deadline.saturating_duration_since(Instant::now()) + COMMIT_GRACE;
-            let running = self.commits_running.clone();
-            running.fetch_add(1, Ordering::SeqCst);
+            let running = Running::start(&self.commits_running);
             let call = blocking(move || {
                 let res = producer.commit(&consumer, &to_commit, &guard, deadline);
-                running.fetch_sub(1, Ordering::SeqCst);
+                // What the call held is freed before it counts as ended.
+                drop((producer, consumer, guard));
+                drop(running);
                 res
             });
             match beating(bound, call).await {
