@@ -580,10 +580,7 @@ impl Drill {
     fn report_unstruck(&mut self) {
         let applied: Vec<(Fault, u32)> = self.report.faults.iter().map(|(f, n)| (*f, *n)).collect();
         for (fault, n) in applied {
-            let name = serde_json::to_value(fault)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let name = fault.name();
             let keys: Vec<String> = if fault == Fault::CrashPoint {
                 CRASH_POINTS
                     .iter()
