@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,18 +16,6 @@ const LONG: Duration = Duration::from_secs(240);
 /// What a `tally run` of these tests adds to the defaults: small batches and
 /// 1 s cycles, so a transaction is open almost all the time.
 const BUSY: [&str; 4] = ["--max-batch-records", "50", "--commit-interval", "1000"];
-
-/// The broker that leads the most of `leaders`' partitions.
-fn busiest(leaders: &BTreeMap<i32, i32>) -> i32 {
-    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
-    for l in leaders.values() {
-        *led.entry(*l).or_default() += 1;
-    }
-    led.into_iter()
-        .max_by_key(|(id, n)| (*n, -id))
-        .map(|(id, _)| id)
-        .expect("the topic has partitions")
-}
 
 /// A commit call that does not return by the transaction's deadline is
 /// abandoned within `transaction.timeout.ms` + 5 s of the transaction's
@@ -104,29 +91,19 @@ fn brokers_killed_on_a_three_node_cluster_lose_and_duplicate_nothing() {
     // The leader of the most output partitions, mid-transaction.
     let names = cluster.pipeline("leader", EVENTS);
     let dirs = tempfile::tempdir().unwrap();
-    let mut a = TallyProc::start_on(
-        &cluster.bootstrap,
-        &names,
-        "leader-a",
-        &dirs.path().join("a"),
-        &BUSY,
-        &[],
-    );
-    let mut b = TallyProc::start_on(
-        &cluster.bootstrap,
-        &names,
-        "leader-b",
-        &dirs.path().join("b"),
-        &BUSY,
-        &[],
-    );
+    let start = |id: &str| {
+        let state = dirs.path().join(id);
+        TallyProc::start_on(&cluster.bootstrap, &names, id, &state, &BUSY, &[])
+    };
+    let (mut a, mut b) = (start("leader-a"), start("leader-b"));
     wait_for("both instances processing", LONG, || {
         (a.metric("tally_assigned_partitions") + b.metric("tally_assigned_partitions") == 2
             && a.metric("tally_ready") + b.metric("tally_ready") == 2)
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    let victim = busiest(&cluster.leaders(&names.output));
+    let (victim, _) = tally::kafka::busiest(cluster.leaders(&names.output).into_values())
+        .expect("the output has leaders");
     cluster.node_at(victim, "kill");
     std::thread::sleep(Duration::from_secs(3));
     cluster.node_at(victim, "start");

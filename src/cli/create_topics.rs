@@ -25,18 +25,12 @@ pub async fn run(a: CreateTopicsArgs) -> anyhow::Result<()> {
     let conn = a.kafka.connection();
     let brokers = kafka::TopicAdmin::new(&conn)?.broker_count().await?;
     let (replication, min_insync) = kafka::replication_for(brokers, a.replication);
-    let mut specs = kafka::pipeline_topic_specs(
+    let specs = kafka::pipeline_topic_specs(
         &a.topics.input_topic,
         &a.topics.outputs(),
         a.partitions,
-        replication,
+        (replication, min_insync),
     );
-    if let Some(n) = min_insync {
-        for s in &mut specs {
-            s.config
-                .push(("min.insync.replicas".to_string(), n.to_string()));
-        }
-    }
     eprintln!(
         "create-topics: {brokers} broker(s) answered: replication factor {replication}{}{}",
         min_insync.map_or(String::new(), |n| format!(", min.insync.replicas {n}")),

@@ -639,20 +639,18 @@ impl Drill {
     /// up after [`IN_SYNC_LIMIT`] and says so.
     fn await_in_sync(&mut self) -> anyhow::Result<()> {
         let start = Instant::now();
+        let admin = kafka::TopicAdmin::new(&self.conn)?;
+        let topics = [
+            self.names.input.clone(),
+            self.names.output.clone(),
+            self.names.dlq.clone(),
+            self.names.insights.clone(),
+            "__consumer_offsets".to_string(),
+            "__transaction_state".to_string(),
+        ];
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         loop {
-            let topics = [
-                self.names.input.clone(),
-                self.names.output.clone(),
-                self.names.dlq.clone(),
-                self.names.insights.clone(),
-                "__consumer_offsets".to_string(),
-                "__transaction_state".to_string(),
-            ];
-            let behind = block_on(async {
-                let admin = kafka::TopicAdmin::new(&self.conn)?;
-                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-                admin.under_replicated(&names).await
-            })?;
+            let behind = block_on(admin.under_replicated(&names))?;
             match behind {
                 Ok(0) => {
                     self.log(format!(
@@ -708,7 +706,8 @@ impl Drill {
                 let input = admin.leaders(&d.names.input).await?;
                 let output = admin.leaders(&d.names.output).await?;
                 let all: Vec<i32> = input.values().chain(output.values()).copied().collect();
-                let (node, led) = busiest(&all).context("no partition has a leader")?;
+                let (node, led) =
+                    kafka::busiest(all.iter().copied()).context("no partition has a leader")?;
                 Ok((
                     node,
                     format!(
@@ -1047,16 +1046,6 @@ impl Drill {
     }
 }
 
-/// The broker leading the most of `leaders` (partitions without a leader, -1,
-/// aside), with how many it leads; the lowest id among equals.
-fn busiest(leaders: &[i32]) -> Option<(i32, usize)> {
-    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
-    for l in leaders.iter().filter(|l| **l >= 0) {
-        *led.entry(*l).or_default() += 1;
-    }
-    led.into_iter().max_by_key(|(id, n)| (*n, -id))
-}
-
 /// A future of the Kafka layer run to its end on a runtime of its own: the
 /// drill is synchronous.
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
@@ -1179,15 +1168,12 @@ pub fn run(args: DrillArgs, seed: u64) -> anyhow::Result<i32> {
     // As `tally create-topics` makes them: 3 replicas and 2 in sync on a
     // cluster of 3 brokers or more, so one broker's death takes nothing offline.
     let brokers = block_on(kafka::TopicAdmin::new(&conn)?.broker_count())??;
-    let (replication, min_insync) = kafka::replication_for(brokers, None);
-    let mut specs =
-        kafka::pipeline_topic_specs(&names.input, &outputs, args.partitions, replication);
-    if let Some(m) = min_insync {
-        for spec in &mut specs {
-            spec.config
-                .push(("min.insync.replicas".to_string(), m.to_string()));
-        }
-    }
+    let mut specs = kafka::pipeline_topic_specs(
+        &names.input,
+        &outputs,
+        args.partitions,
+        kafka::replication_for(brokers, None),
+    );
     // The input allows more than the DLQ (2 MiB): records over the DLQ's limit
     // and over the broker's default message size reach tally.
     for (k, v) in &mut specs[0].config {

@@ -31,10 +31,13 @@ pub fn pipeline_topic_specs(
     input: &str,
     outputs: &OutputTopics,
     partitions: i32,
-    replication: i32,
+    (replication, min_insync): (i32, Option<i32>),
 ) -> Vec<TopicSpec> {
     let spec = |name: &str, compact: bool| {
         let mut config = vec![("max.message.bytes".to_string(), "2097152".to_string())];
+        if let Some(n) = min_insync {
+            config.push(("min.insync.replicas".to_string(), n.to_string()));
+        }
         if compact {
             config.push(("cleanup.policy".to_string(), "compact".to_string()));
         }
@@ -75,6 +78,16 @@ pub fn coordinator_partition(key: &str, partitions: i32) -> i32 {
     // Kafka's `Utils.abs` maps i32::MIN to 0, where `i32::abs` would overflow.
     let abs = if hash == i32::MIN { 0 } else { hash.abs() };
     abs % partitions.max(1)
+}
+
+/// The broker leading the most of `leaders` (partitions without a leader, -1,
+/// aside), with how many it leads; the lowest id among equals.
+pub fn busiest(leaders: impl IntoIterator<Item = i32>) -> Option<(i32, usize)> {
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    for l in leaders.into_iter().filter(|l| *l >= 0) {
+        *led.entry(l).or_default() += 1;
+    }
+    led.into_iter().max_by_key(|(id, n)| (*n, -id))
 }
 
 /// What makes a topic of `replicas` copies (the fewest of any partition) and
@@ -211,63 +224,64 @@ impl TopicAdmin {
         })
     }
 
-    /// How many brokers the cluster has.
-    pub async fn broker_count(&self) -> Result<usize> {
-        let admin = Arc::clone(&self.admin);
+    /// `read` of the cluster's metadata (of `topic`, else of every topic), off
+    /// the async runtime: the request blocks.
+    async fn metadata<T: Send + 'static>(
+        &self,
+        topic: Option<&str>,
+        read: impl FnOnce(&rdkafka::metadata::Metadata) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (admin, topic) = (Arc::clone(&self.admin), topic.map(str::to_string));
         tokio::task::spawn_blocking(move || {
-            admin
+            let what = match &topic {
+                Some(t) => format!("reading the metadata of {t}"),
+                None => "reading the cluster's metadata".to_string(),
+            };
+            let m = admin
                 .inner()
-                .fetch_metadata(None, CALL_TIMEOUT)
-                .map(|m| m.brokers().len())
-                .map_err(ctx("reading the cluster's metadata"))
+                .fetch_metadata(topic.as_deref(), CALL_TIMEOUT)
+                .map_err(ctx(what))?;
+            Ok(read(&m))
         })
         .await
         .expect("metadata task panicked")
     }
 
+    /// How many brokers the cluster has.
+    pub async fn broker_count(&self) -> Result<usize> {
+        self.metadata(None, |m| m.brokers().len()).await
+    }
+
     /// The leader (broker id) of each partition of `topic`; -1 while a
     /// partition has none.
     pub async fn leaders(&self, topic: &str) -> Result<BTreeMap<i32, i32>> {
-        let (admin, topic) = (Arc::clone(&self.admin), topic.to_string());
-        tokio::task::spawn_blocking(move || {
-            let m = admin
-                .inner()
-                .fetch_metadata(Some(&topic), CALL_TIMEOUT)
-                .map_err(ctx(format!("reading the metadata of {topic}")))?;
-            Ok(m.topics()
+        self.metadata(Some(topic), |m| {
+            m.topics()
                 .iter()
                 .flat_map(|t| t.partitions())
                 .map(|p| (p.id(), p.leader()))
-                .collect())
+                .collect()
         })
         .await
-        .expect("metadata task panicked")
     }
 
     /// How many partitions of `topics` have fewer replicas in sync than
     /// assigned: an operator's rolling restart waits for none before it stops
     /// the next broker.
     pub async fn under_replicated(&self, topics: &[&str]) -> Result<usize> {
-        let admin = Arc::clone(&self.admin);
-        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let mut n = 0;
-            for t in &names {
-                let m = admin
-                    .inner()
-                    .fetch_metadata(Some(t), CALL_TIMEOUT)
-                    .map_err(ctx(format!("reading the metadata of {t}")))?;
-                n += m
-                    .topics()
-                    .iter()
-                    .flat_map(|mt| mt.partitions())
-                    .filter(|p| p.isr().len() < p.replicas().len())
-                    .count();
-            }
-            Ok(n)
-        })
-        .await
-        .expect("metadata task panicked")
+        let mut n = 0;
+        for t in topics {
+            n += self
+                .metadata(Some(t), |m| {
+                    m.topics()
+                        .iter()
+                        .flat_map(|mt| mt.partitions())
+                        .filter(|p| p.isr().len() < p.replicas().len())
+                        .count()
+                })
+                .await?;
+        }
+        Ok(n)
     }
 
     /// The broker that coordinates `key` (see [`coordinator_partition`]):
@@ -283,28 +297,23 @@ impl TopicAdmin {
     /// For each topic, what makes it fragile on this cluster (see
     /// [`fragility`]): for the warnings of `tally run` at start.
     pub async fn fragile_topics(&self, topics: &[&str]) -> Result<Vec<String>> {
-        let admin = Arc::clone(&self.admin);
-        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let layout = tokio::task::spawn_blocking(move || -> Result<Vec<(String, usize, usize)>> {
-            let mut out = Vec::new();
-            for t in &names {
-                let m = admin
-                    .inner()
-                    .fetch_metadata(Some(t), CALL_TIMEOUT)
-                    .map_err(ctx(format!("reading the metadata of {t}")))?;
-                let replicas = m
-                    .topics()
-                    .iter()
-                    .flat_map(|mt| mt.partitions())
-                    .map(|p| p.replicas().len())
-                    .min()
-                    .unwrap_or(0);
-                out.push((t.clone(), m.brokers().len(), replicas));
-            }
-            Ok(out)
-        })
-        .await
-        .expect("metadata task panicked")?;
+        let mut layout = Vec::new();
+        for t in topics {
+            // The brokers named, and the fewest replicas of any partition.
+            let (brokers, replicas) = self
+                .metadata(Some(t), |m| {
+                    let replicas = m
+                        .topics()
+                        .iter()
+                        .flat_map(|mt| mt.partitions())
+                        .map(|p| p.replicas().len())
+                        .min()
+                        .unwrap_or(0);
+                    (m.brokers().len(), replicas)
+                })
+                .await?;
+            layout.push((t, brokers, replicas));
+        }
         let min_insync = self.config_entry(topics, "min.insync.replicas").await?;
         Ok(layout
             .iter()

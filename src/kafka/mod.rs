@@ -18,8 +18,8 @@ pub mod producer;
 pub mod reader;
 
 pub use admin::{
-    GroupAdmin, GroupDescription, TopicAdmin, TopicSpec, coordinator_partition, create_topics,
-    delete_records, delete_topics, fragility, pipeline_topic_specs, replication_for,
+    GroupAdmin, GroupDescription, TopicAdmin, TopicSpec, busiest, coordinator_partition,
+    create_topics, delete_records, delete_topics, fragility, pipeline_topic_specs, replication_for,
 };
 pub use connection::{CALL_TIMEOUT, Connection, Error, Result};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};

@@ -731,21 +731,25 @@ impl PrivateBroker {
         assert!(ok, "scripts/kafka.sh node {id} {action} failed");
     }
 
-    /// The leader (broker id) of each partition of `topic`.
-    pub fn leaders(&self, topic: &str) -> std::collections::BTreeMap<i32, i32> {
-        let conn = tally::kafka::Connection {
+    fn admin(&self) -> tally::kafka::TopicAdmin {
+        tally::kafka::TopicAdmin::new(&tally::kafka::Connection {
             bootstrap: self.bootstrap.clone(),
             properties: Vec::new(),
-        };
-        let admin = tally::kafka::TopicAdmin::new(&conn).unwrap();
-        block_on(admin.leaders(topic)).unwrap()
+        })
+        .unwrap()
+    }
+
+    /// The leader (broker id) of each partition of `topic`.
+    pub fn leaders(&self, topic: &str) -> std::collections::BTreeMap<i32, i32> {
+        block_on(self.admin().leaders(topic)).unwrap()
     }
 
     /// The broker coordinating `key` (a group id in `__consumer_offsets`, a
     /// transactional.id in `__transaction_state`).
     pub fn coordinator(&self, internal_topic: &str, key: &str) -> i32 {
-        let p = tally::kafka::coordinator_partition(key, self.leaders(internal_topic).len() as i32);
-        self.leaders(internal_topic)[&p]
+        block_on(self.admin().coordinator(internal_topic, key))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{internal_topic} has no leader for {key}"))
     }
 
     /// `kill -9` of this broker only, by the PID its script recorded.
