@@ -535,3 +535,71 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     assert_insights_match(&names, &all);
     assert_verified(&names, all.valid(), all.malformed);
 }
+
+/// Issue 29, item 1: the group's committed offsets vanish (expired
+/// `offsets.retention.minutes` after the group emptied, or deleted by an
+/// operator) while the checkpoints and snapshots remain. A restart must not
+/// take that for "never committed" and process the retained log again: it
+/// refuses, naming the partition, K and S; with `--resume-from-state` it resumes
+/// from the newest state (after clean stops, exactly where the group was) and
+/// commits it.
+#[test]
+fn lost_group_offsets_are_refused_then_resumed_from_state() {
+    let names = Names::create("lostoff", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("a");
+    let mut all = produce_generated(&names.input, 2_000, 51, 0.05);
+    let mut a = TallyProc::start(&names, "lostoff-a", &state, &[], &[]);
+    wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut a]);
+    assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    let committed = committed_offsets(&names.group, &names.input);
+    assert_eq!(
+        latest_snapshot_offsets(&names),
+        committed
+            .iter()
+            .map(|(p, c)| (*p, *c))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "a clean stop leaves every snapshot at C"
+    );
+
+    delete_group(&names.group);
+    assert!(
+        committed_offsets(&names.group, &names.input).is_empty(),
+        "the group's offsets are gone"
+    );
+    all.merge(&produce_generated(&names.input, 500, 52, 0.05));
+
+    let mut refused = TallyProc::start(&names, "lostoff-a", &state, &[], &[]);
+    assert_eq!(
+        refused.wait(Duration::from_secs(60)),
+        Some(1),
+        "refuses instead of processing the retained log again:\n{}",
+        refused.log()
+    );
+    let log = refused.log();
+    let named = committed.iter().any(|(p, c)| {
+        log.contains(&format!(
+            "partition {p}: the group has no committed offset, but a local checkpoint at K={c} \
+             and a snapshot at S={c} exist"
+        ))
+    });
+    assert!(named, "names partition, K and S:\n{log}");
+    assert!(log.contains("--resume-from-state"), "{log}");
+    assert!(
+        committed_offsets(&names.group, &names.input).is_empty(),
+        "nothing committed by the refusing run"
+    );
+
+    let mut resumed = TallyProc::start(&names, "lostoff-a", &state, &["--resume-from-state"], &[]);
+    wait_for_committed(&names.group, &names.input, 2_500, LONG, &mut [&mut resumed]);
+    assert_eq!(resumed.terminate(), Some(0), "{}", resumed.log());
+    let log = resumed.log();
+    assert_eq!(log.matches("RESUMING FROM STATE").count(), 2, "{log}");
+    assert_insights_match(&names, &all);
+    let (code, s) = verify(&names);
+    assert_eq!(code, 0, "{s:#}");
+    for k in ["missing", "duplicates", "mismatched", "stray", "unconsumed"] {
+        assert_eq!(s[k], 0, "{k}: {s:#}");
+    }
+    assert_eq!(sum_of(&s), 2_500, "{s:#}");
+}

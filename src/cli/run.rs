@@ -112,6 +112,13 @@ pub struct RunArgs {
     /// under the new one instead of refusing to start.
     #[arg(long, env = "TALLY_REBUILD_ON_CONFIG_CHANGE")]
     pub rebuild_on_config_change: bool,
+    /// When the group has no committed offset for a partition but a checkpoint or
+    /// snapshot of it exists (the group's offsets expired or were deleted), resume
+    /// from the newest of them and commit that offset instead of refusing to start.
+    /// Records past it are processed again if an instance crashed after its last
+    /// snapshot; after clean stops, the newest snapshot is where the group was.
+    #[arg(long, env = "TALLY_RESUME_FROM_STATE")]
+    pub resume_from_state: bool,
     /// Dead-letter a record as `poison` once it is at the head of this many
     /// consecutive aborts caused by records the broker refused.
     #[arg(long, env = "TALLY_POISON_ABORTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
@@ -300,6 +307,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         restore: RestoreOptions {
             allow_inexact: a.allow_inexact_restore,
             rebuild_on_config_change: a.rebuild_on_config_change,
+            resume_from_state: a.resume_from_state,
         },
         poison_aborts: a.poison_aborts,
         max_batch_bytes: a.max_batch_bytes,

@@ -14,7 +14,9 @@
 //! `S <= C`): `K == C` resumes; otherwise the larger of `K` and `S` is the start
 //! and `[start, C)` is replayed from the input; with neither, the partition is
 //! rebuilt from offset 0. A start below the input's log start cannot be replayed
-//! exactly: refused unless `--allow-inexact-restore`.
+//! exactly: refused unless `--allow-inexact-restore`. No `C` is "never committed"
+//! only when neither `K` nor any `S` exists; otherwise the group's offsets were
+//! lost and the restore refuses unless `--resume-from-state`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +75,10 @@ pub struct RestoreOptions {
     /// Discard checkpoints and snapshots written under another configuration and
     /// rebuild from offset 0 under the current one.
     pub rebuild_on_config_change: bool,
+    /// A partition the group has no committed offset for, while a checkpoint or
+    /// a snapshot of it exists, resumes from the newest of them instead of
+    /// refusing (see [`uncommitted`]).
+    pub resume_from_state: bool,
 }
 
 /// The latest restore started for a partition. Dropping it (a newer restore
@@ -138,6 +144,23 @@ pub enum RestoreError {
         partition: i32,
         source_name: &'static str,
         changes: String,
+    },
+    #[error(
+        "partition {partition}: the group has no committed offset, but {found} \
+         (the group's offsets expired offsets.retention.minutes after it emptied, or were \
+         deleted); starting at the log start would process every retained record again. \
+         Either set the group's offset of this partition to where it was (kafka-consumer-groups \
+         --reset-offsets --to-offset), or pass --resume-from-state to resume from the newest \
+         state written under the current configuration{newest} and commit that offset (records \
+         past it are processed again if an instance crashed after its last snapshot), or start \
+         over with a new group and a new insights topic"
+    )]
+    NoCommittedOffset {
+        partition: i32,
+        /// What state exists: `a local checkpoint at K=… and a snapshot at S=…`.
+        found: String,
+        /// ` (offset N)`, or empty when none is usable.
+        newest: String,
     },
     #[error(transparent)]
     State(#[from] StateError),
@@ -385,18 +408,7 @@ fn restore_partition(
     // Lets tests make one restore slow enough to be overtaken by a newer one.
     failpoints::error(&format!("restore-delay-{partition}"));
     let Some(c) = committed else {
-        // An unreadable checkpoint is an error even here: never silently reset.
-        ctx.store.load::<Aggregate>(&ctx.ns, partition)?;
-        // The group never committed: nothing is counted yet, and the group
-        // consumer starts at the log start (`auto.offset.reset=earliest`).
-        return Ok(Recovered {
-            committed_offset: log_start,
-            aggregate: Aggregate::default(),
-            path: RestorePath::Rebuild,
-            records: 0,
-            secs: started.elapsed().as_secs_f64(),
-            never_committed: true,
-        });
+        return restore_uncommitted(ctx, partition, log_start, started);
     };
     let start = choose_start(ctx, partition, c)?;
     if start.path == RestorePath::Resume {
@@ -518,6 +530,151 @@ fn restore_partition(
         }],
     )?;
     Ok(recovered_from(path, aggregate, c, records, started))
+}
+
+/// What to do about a partition the group has no committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uncommitted {
+    /// No checkpoint and no snapshot: the group never committed it.
+    NeverCommitted,
+    /// State exists, so the group did commit it once and its offsets are gone
+    /// (expired or deleted): where it was is not known.
+    Refuse,
+    /// The operator asked to resume from the newest state.
+    ResumeFromState,
+}
+
+/// A missing committed offset `C` is "never committed" only when neither a
+/// checkpoint (`k`) nor a snapshot (`s`) of the partition exists. Otherwise the
+/// true `C` is unknown: a snapshot at `S` was committed with offset `S`, and every
+/// revocation and clean shutdown writes one, so after clean stops the newest `S`
+/// is the last `C`; but an instance that crashed may have committed past its last
+/// snapshot, and a checkpoint is written after its commit (`K <= C`). Neither
+/// proves where the group was, so resuming from them is the operator's call.
+fn uncommitted(k: Option<i64>, s: Option<i64>, resume_from_state: bool) -> Uncommitted {
+    match (k, s) {
+        (None, None) => Uncommitted::NeverCommitted,
+        _ if resume_from_state => Uncommitted::ResumeFromState,
+        _ => Uncommitted::Refuse,
+    }
+}
+
+/// What [`RestoreError::NoCommittedOffset`] says exists.
+fn found_state(k: Option<i64>, s: Option<i64>) -> String {
+    match (k, s) {
+        (Some(k), Some(s)) => format!("a local checkpoint at K={k} and a snapshot at S={s} exist"),
+        (Some(k), None) => format!("a local checkpoint at K={k} exists (no snapshot)"),
+        (None, Some(s)) => format!("a snapshot at S={s} exists (no local checkpoint)"),
+        (None, None) => "no state exists".into(),
+    }
+}
+
+/// The partition has no committed offset: started empty at the log start when
+/// it never had one, refused when its offsets were lost, or resumed from the
+/// newest usable state with `--resume-from-state`.
+fn restore_uncommitted(
+    ctx: &RestoreContext,
+    partition: i32,
+    log_start: i64,
+    started: Instant,
+) -> std::result::Result<Recovered, Failure> {
+    // An unreadable checkpoint is an error even here: never silently reset.
+    let k = ctx
+        .store
+        .load::<Aggregate>(&ctx.ns, partition)?
+        .map(|cp| cp.next_offset);
+    // The whole insights partition: a tail read can miss a snapshot, and missing
+    // one here would mean processing the retained log again.
+    let s = latest_snapshot(ctx, partition, i64::MAX)
+        .map_err(transient("reading the insights topic"))?
+        .map(|s| s.next_offset);
+    match uncommitted(k, s, ctx.options.resume_from_state) {
+        Uncommitted::NeverCommitted => {
+            // Nothing is counted yet, and the group consumer starts at the log
+            // start (`auto.offset.reset=earliest`).
+            return Ok(Recovered {
+                committed_offset: log_start,
+                aggregate: Aggregate::default(),
+                path: RestorePath::Rebuild,
+                records: 0,
+                secs: started.elapsed().as_secs_f64(),
+                never_committed: true,
+            });
+        }
+        Uncommitted::Refuse => {
+            // Say where --resume-from-state would start; a source written under
+            // another configuration does not count.
+            let newest = match choose_start(ctx, partition, i64::MAX) {
+                Ok(st) if st.path != RestorePath::Rebuild => format!(" (offset {})", st.from),
+                _ => String::new(),
+            };
+            return Err(RestoreError::NoCommittedOffset {
+                partition,
+                found: found_state(k, s),
+                newest,
+            }
+            .into());
+        }
+        Uncommitted::ResumeFromState => {}
+    }
+    let start = choose_start(ctx, partition, i64::MAX)?;
+    if start.path == RestorePath::Rebuild {
+        // Only state written under another configuration (and
+        // --rebuild-on-config-change): a rebuild would start at the log start.
+        return Err(RestoreError::NoCommittedOffset {
+            partition,
+            found: found_state(k, s),
+            newest: String::new(),
+        }
+        .into());
+    }
+    let Start {
+        path,
+        from,
+        mut aggregate,
+    } = start;
+    let mut resume_at = from;
+    if from < log_start {
+        let e = RestoreError::BelowLogStart {
+            partition,
+            start: from,
+            log_start,
+            committed: from,
+            uncountable: log_start - from,
+        };
+        if !ctx.options.allow_inexact {
+            return Err(e.into());
+        }
+        tracing::warn!(
+            partition,
+            uncounted = log_start - from,
+            "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
+        );
+        aggregate.uncounted += (log_start - from) as u64;
+        resume_at = log_start;
+    }
+    tracing::warn!(
+        partition,
+        path = path.as_str(),
+        next_offset = resume_at,
+        checkpoint = ?k,
+        snapshot = ?s,
+        "RESUMING FROM STATE (--resume-from-state): the group has no committed offset; resuming \
+         at the newest state and committing it. Records past it are processed again if an \
+         instance crashed after its last snapshot"
+    );
+    ctx.store.checkpoint(
+        &ctx.ns,
+        &[Checkpoint {
+            partition,
+            next_offset: resume_at,
+            state: aggregate.clone(),
+            fingerprint: ctx.fingerprint.encode(),
+        }],
+    )?;
+    // `never_committed: false`: a snapshot is due at once, and its transaction
+    // commits `resume_at` as the group's offset.
+    Ok(recovered_from(path, aggregate, resume_at, 0, started))
 }
 
 fn recovered(s: Start, c: i64, records: u64, started: Instant) -> Recovered {
@@ -696,5 +853,48 @@ fn latest_snapshot(
             return Ok(newest);
         }
         window = window.saturating_mul(8);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_offset_and_no_state_is_never_committed() {
+        for resume in [false, true] {
+            assert_eq!(uncommitted(None, None, resume), Uncommitted::NeverCommitted);
+        }
+    }
+
+    #[test]
+    fn no_offset_with_state_is_refused_unless_asked() {
+        for (k, s) in [(Some(10), None), (None, Some(10)), (Some(5), Some(10))] {
+            assert_eq!(uncommitted(k, s, false), Uncommitted::Refuse, "{k:?} {s:?}");
+            assert_eq!(
+                uncommitted(k, s, true),
+                Uncommitted::ResumeFromState,
+                "{k:?} {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_what_exists() {
+        let e = RestoreError::NoCommittedOffset {
+            partition: 3,
+            found: found_state(Some(7), Some(9)),
+            newest: " (offset 9)".into(),
+        }
+        .to_string();
+        assert!(
+            e.starts_with("partition 3: the group has no committed offset"),
+            "{e}"
+        );
+        assert!(
+            e.contains("K=7") && e.contains("S=9") && e.contains("(offset 9)"),
+            "{e}"
+        );
+        assert!(e.contains("--resume-from-state"), "{e}");
     }
 }

@@ -924,3 +924,35 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Deletes consumer group `group`, and with it its committed offsets, as Kafka
+/// does `offsets.retention.minutes` after the group empties (or an operator
+/// with `kafka-consumer-groups --delete`). Waits while the group still has
+/// members (a member that did not leave stays until its session times out).
+pub fn delete_group(group: &str) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    wait_for(
+        "the group to empty and be deleted",
+        Duration::from_secs(60),
+        || {
+            let res = rt
+                .block_on(admin.delete_groups(
+                    &[group],
+                    &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+                ))
+                .expect("delete_groups request");
+            match &res[..] {
+                [Ok(_)] => Some(()),
+                [Err((_, RDKafkaErrorCode::NonEmptyGroup))] => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    None
+                }
+                other => panic!("delete group {group}: {other:?}"),
+            }
+        },
+    );
+}
