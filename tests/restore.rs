@@ -357,9 +357,13 @@ fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
     let dir = tempfile::tempdir().unwrap();
     let wide = unique("insck-wide");
     create_topic_with(&wide, 3, &[("cleanup.policy", "compact")]);
+    // Compacted, but retention still deletes an idle partition's only snapshot.
+    let both = unique("insck-both");
+    create_topic_with(&both, 2, &[("cleanup.policy", "compact,delete")]);
     for (insights, expect) in [
         (&wide, "has 3 partitions but the input"),
         (&names.output, "cleanup.policy=delete"),
+        (&both, "cleanup.policy=compact,delete: the `delete` policy"),
     ] {
         let bad = Names {
             insights: insights.clone(),

@@ -402,12 +402,13 @@ impl TopicAdmin {
             .next()
             .flatten();
         match policy {
-            Some(p) if p.contains("compact") => Ok(()),
-            Some(p) => Err(Error::Other(format!(
-                "insights topic {insights} has cleanup.policy={p}: retention would delete the \
-                 snapshots state is restored from; set cleanup.policy=compact \
-                 (`tally create-topics` creates it so)"
-            ))),
+            Some(p) => match insights_policy_problem(&p) {
+                None => Ok(()),
+                Some(why) => Err(Error::Other(format!(
+                    "insights topic {insights} has cleanup.policy={p}: {why}; set \
+                     cleanup.policy=compact (`tally create-topics` creates it so)"
+                ))),
+            },
             None => {
                 tracing::warn!(
                     topic = insights,
@@ -416,6 +417,31 @@ impl TopicAdmin {
                 Ok(())
             }
         }
+    }
+}
+
+/// Why an insights topic with this `cleanup.policy` cannot keep the snapshots
+/// restores need (`None`: it can). Only `compact` alone keeps the latest
+/// snapshot of every partition forever: with `delete` among the policies
+/// (`compact,delete`), retention deletes a partition's latest snapshot once it is
+/// older than `retention.ms`, and an idle partition's restore then has nothing.
+pub fn insights_policy_problem(policy: &str) -> Option<String> {
+    let policies: Vec<&str> = policy
+        .trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace())
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if policies.contains(&"delete") {
+        Some(
+            "the `delete` policy lets retention delete the latest snapshots that state is \
+             restored from (a partition idle for longer than retention.ms loses its only one)"
+                .into(),
+        )
+    } else if policies != ["compact"] {
+        Some("not compacted, the snapshots that state is restored from would not be kept".into())
+    } else {
+        None
     }
 }
 
@@ -676,5 +702,24 @@ mod tests {
         // Asked for: as asked.
         assert_eq!(replication_for(5, Some(1)), (1, None));
         assert_eq!(replication_for(5, Some(5)), (5, Some(2)));
+    }
+
+    #[test]
+    fn only_compact_alone_keeps_the_snapshots() {
+        for ok in ["compact", " compact ", "[compact]"] {
+            assert_eq!(super::insights_policy_problem(ok), None, "{ok}");
+        }
+        for with_delete in [
+            "compact,delete",
+            "delete,compact",
+            "compact, delete",
+            "delete",
+        ] {
+            let why = super::insights_policy_problem(with_delete).expect(with_delete);
+            assert!(why.contains("`delete` policy"), "{with_delete}: {why}");
+        }
+        for other in ["", "something"] {
+            assert!(super::insights_policy_problem(other).is_some(), "{other}");
+        }
     }
 }
