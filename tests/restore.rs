@@ -607,3 +607,53 @@ fn lost_group_offsets_are_refused_then_resumed_from_state() {
     }
     assert_eq!(sum_of(&s), 2_500, "{s:#}");
 }
+
+/// Issue 29, item 4: partitions added to the input while tally runs would send
+/// their snapshots to insights partitions that do not exist. The assignment of
+/// such a partition stops `tally run`, saying to add the same partitions to the
+/// insights topic; nothing of the new partition is processed.
+#[test]
+fn input_partitions_added_at_runtime_stop_the_run() {
+    let names = Names::create("grow", 2);
+    let dir = tempfile::tempdir().unwrap();
+    produce_generated(&names.input, 500, 53, 0.0);
+    let mut run = TallyProc::start(
+        &names,
+        "grow-1",
+        &dir.path().join("s"),
+        // librdkafka notices new partitions at its next metadata refresh.
+        &["-X", "topic.metadata.refresh.interval.ms=1000"],
+        &[],
+    );
+    wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut run]);
+    add_partitions(&names.input, 3);
+    produce(
+        &names.input,
+        Some(2),
+        &[(Some(b"k".to_vec()), Some(b"{}".to_vec()))],
+    );
+    assert_eq!(
+        run.wait(Duration::from_secs(90)),
+        Some(1),
+        "stops when partition 2 is assigned:\n{}",
+        run.log()
+    );
+    let log = run.log();
+    assert!(
+        log.contains(&format!(
+            "input partitions [2] of {} have no insights partition: {} has 2 partitions",
+            names.input, names.insights
+        )) && log.contains("--partitions 3"),
+        "{log}"
+    );
+    assert!(
+        !committed_offsets(&names.group, &names.input).contains_key(&2),
+        "nothing committed for partition 2"
+    );
+    assert!(
+        read_all(&names.output)
+            .iter()
+            .all(|r| r.json()["source_partition"] != 2),
+        "nothing of partition 2 processed"
+    );
+}

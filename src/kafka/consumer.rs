@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, is_fenced_code};
+use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, is_fenced_code, partitions};
 use crate::model::InputRecord;
 
 /// How long a seek waits for librdkafka to start a partition's fetcher.
@@ -350,6 +350,12 @@ impl GroupConsumer {
                 _ => None,
             })
             .collect())
+    }
+
+    /// The partitions of any topic, from a metadata request (an error when the
+    /// topic does not exist).
+    pub fn topic_partitions(&self, topic: &str) -> Result<Vec<i32>> {
+        partitions(self.consumer.client(), topic)
     }
 
     /// `(low, high)` watermarks of a partition.

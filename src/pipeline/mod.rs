@@ -126,6 +126,19 @@ pub enum PipelineError {
     /// Permanent, or transient errors outlived the retries.
     #[error("restoring state failed: {0}")]
     Restore(Box<RestoreError>),
+    #[error(
+        "input partitions {partitions:?} of {input} have no insights partition: {insights} has \
+         {insights_partitions} partitions. Partitions were added to the input while tally ran; \
+         input partition p's snapshots go to insights partition p, so add the same partitions to \
+         {insights} (kafka-topics --alter --topic {insights} --partitions {needed}), then restart"
+    )]
+    InputGrew {
+        input: String,
+        insights: String,
+        partitions: Vec<i32>,
+        insights_partitions: usize,
+        needed: i32,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -250,6 +263,9 @@ pub struct Pipeline {
     restored_rx: UnboundedReceiver<Restored>,
     /// Tokens of restores started so far (see `RestoreTicket`).
     restore_tokens: u64,
+    /// The insights topic's partition count as last read (0: not read yet); see
+    /// `check_insights_partitions`.
+    insights_partitions: usize,
     /// Stored with every checkpoint and snapshot.
     fingerprint: Fingerprint,
     partitions: BTreeMap<i32, PartitionState>,
@@ -331,6 +347,7 @@ impl Pipeline {
             restored_tx,
             restored_rx,
             restore_tokens: 0,
+            insights_partitions: 0,
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),

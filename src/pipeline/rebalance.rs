@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{PartitionState, Pipeline, Result, Snapshots, Txn, blocking, fenced, txn_fatal};
+use super::{
+    PartitionState, Pipeline, PipelineError, Result, Snapshots, Txn, blocking, fenced, txn_fatal,
+};
 use crate::kafka::RebalanceEvent;
 use crate::kafka::{GroupConsumer, TxnError};
 use crate::observe::{CycleTally, PartitionsAssigned, PartitionsRevoked, TransactionAborted, emit};
@@ -140,6 +142,29 @@ impl Pipeline {
         (probed, Some(age))
     }
 
+    /// Stops before a partition whose snapshots would go to an insights partition
+    /// that does not exist: the input gained partitions at runtime (librdkafka
+    /// then rebalances) and the insights topic did not. The count is read again
+    /// before refusing, in case the operator added the insights partitions too.
+    async fn check_insights_partitions(&mut self, assigned: &[i32]) -> Result<()> {
+        if beyond(assigned, self.insights_partitions).is_empty() {
+            return Ok(());
+        }
+        let (c, topic) = (self.consumer.clone(), self.cfg.topics.insights.clone());
+        self.insights_partitions = blocking(move || c.topic_partitions(&topic)).await?.len();
+        let partitions = beyond(assigned, self.insights_partitions);
+        match partitions.iter().max().copied() {
+            None => Ok(()),
+            Some(max) => Err(PipelineError::InputGrew {
+                input: self.cfg.process.input_topic.clone(),
+                insights: self.cfg.topics.insights.clone(),
+                partitions,
+                insights_partitions: self.insights_partitions,
+                needed: max + 1,
+            }),
+        }
+    }
+
     pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {
         match ev {
             RebalanceEvent::Revoked {
@@ -168,6 +193,7 @@ impl Pipeline {
             }
             RebalanceEvent::Assigned { partitions, epoch } => {
                 tracing::info!(?partitions, epoch, "partitions assigned; restoring state");
+                self.check_insights_partitions(&partitions).await?;
                 emit(PartitionsAssigned {
                     partitions: &partitions,
                 });
@@ -178,5 +204,27 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+/// The assigned partitions that have no insights partition of the same number.
+fn beyond(assigned: &[i32], insights_partitions: usize) -> Vec<i32> {
+    assigned
+        .iter()
+        .copied()
+        .filter(|p| *p as usize >= insights_partitions)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_past_the_insights_topic_are_named() {
+        assert_eq!(beyond(&[0, 1, 2], 3), Vec::<i32>::new());
+        assert_eq!(beyond(&[1, 3, 4], 3), vec![3, 4]);
+        // Not read yet: everything is checked against the broker.
+        assert_eq!(beyond(&[0], 0), vec![0]);
     }
 }

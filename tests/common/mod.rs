@@ -956,3 +956,21 @@ pub fn delete_group(group: &str) {
         },
     );
 }
+
+/// Grows `topic` to `total` partitions, as `kafka-topics --alter --partitions`.
+pub fn add_partitions(topic: &str, total: usize) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.create_partitions(
+            [&rdkafka::admin::NewPartitions::new(topic, total)],
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        ))
+        .expect("create_partitions request");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("add partitions to {t}: {e}"));
+    }
+}
