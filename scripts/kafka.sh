@@ -21,6 +21,12 @@
 #   KAFKA_HEAP   JVM heap flags per node (default -Xms128m -Xmx512m)
 #   KAFKA_OPTS   more JVM flags per node (default none)
 #   JAVA         the java to run (default: java on PATH)
+#   KAFKA_EXTRA_PROPERTIES
+#                key=value broker settings, separated by newlines or commas (so
+#                no value may hold a comma),
+#                appended to every node's server.properties when the cluster is
+#                formatted (first start only; a later key overrides the file's),
+#                e.g. KAFKA_EXTRA_PROPERTIES=auto.create.topics.enable=true
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -101,6 +107,10 @@ format() {
       -e "s|@PORT@|$(cat "$nd/port")|" -e "s|@CONTROLLER_PORT@|$(cat "$nd/controller_port")|" \
       -e "s|@LOG_DIR@|$nd/data|" -e "s|@RF@|$rf|" -e "s|@MIN_ISR@|$isr|" \
       "$conf/server.properties" > "$nd/server.properties"
+    if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then
+      printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" | tr ',' '\n' \
+        >> "$nd/server.properties"
+    fi
     "$java" -cp "$libs/*" -Dlog4j2.configurationFile="$conf/tools-log4j2.properties" \
       kafka.tools.StorageTool format -t "$cid" -c "$nd/server.properties" >"$nd/format.log" 2>&1 \
       || { cat "$nd/format.log" >&2; die "formatting node $i failed"; }

@@ -111,3 +111,99 @@ fn broker_restarts_mid_transaction_lose_and_duplicate_nothing() {
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     broker.assert_exactly_once(&names, EVENTS);
 }
+
+/// Issue 29, item 5: a topic of tally's own deleted while `tally run` writes to
+/// it, on a broker with `auto.create.topics.enable=true`. No tally client may
+/// re-create it (librdkafka producers ask for it by default); `tally run` stops,
+/// naming the topic, and commits nothing past what it produced before.
+#[test]
+fn a_topic_deleted_at_runtime_stops_the_run_and_is_not_recreated() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    const EVENTS: u64 = 1_000;
+    let broker = PrivateBroker::start_with(1, &[("auto.create.topics.enable", "true")]);
+    let names = broker.pipeline("gone", EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = TallyProc::start_on(
+        &broker.bootstrap,
+        &names,
+        "gone-1",
+        &dir.path().join("state"),
+        &[],
+        &[],
+    );
+    wait_drained(&broker, &names, EVENTS, &mut run);
+    let config = || {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &broker.bootstrap);
+        c
+    };
+    let committed = || -> i64 {
+        let consumer: BaseConsumer = config().set("group.id", &names.group).create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..2 {
+            tpl.add_partition(&names.input, p);
+        }
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .unwrap();
+        got.elements()
+            .iter()
+            .filter_map(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .sum()
+    };
+    assert_eq!(committed(), EVENTS as i64);
+
+    let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.delete_topics(
+            &[&names.output],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .unwrap();
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    let (code, _, err) = broker.tally(&[
+        "generate",
+        "--topic",
+        &names.input,
+        "--count",
+        "200",
+        "--huge",
+        "false",
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    assert_eq!(
+        run.wait(Duration::from_secs(120)),
+        Some(1),
+        "stops when its output topic is gone:\n{}",
+        run.log()
+    );
+    let log = run.log();
+    assert!(
+        log.contains(&format!("topic {} does not exist any more", names.output)),
+        "{log}"
+    );
+    let consumer: BaseConsumer = config().create().unwrap();
+    let md = consumer
+        .fetch_metadata(Some(&names.output), Duration::from_secs(30))
+        .unwrap();
+    let exists = md
+        .topics()
+        .first()
+        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+    assert!(!exists, "{} was re-created", names.output);
+    assert_eq!(
+        committed(),
+        EVENTS as i64,
+        "nothing committed past the deletion"
+    );
+}

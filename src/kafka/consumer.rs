@@ -358,6 +358,19 @@ impl GroupConsumer {
         partitions(self.consumer.client(), topic)
     }
 
+    /// Whether the cluster has `topic` (a consumer's metadata request never
+    /// creates it). `Err`: the cluster could not say.
+    pub fn topic_exists(&self, topic: &str) -> Result<bool> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(topic), CALL_TIMEOUT)
+            .map_err(ctx(format!("reading metadata of {topic}")))?;
+        Ok(md.topics().first().is_some_and(|t| match t.error() {
+            Some(e) => RDKafkaErrorCode::from(e) != RDKafkaErrorCode::UnknownTopicOrPartition,
+            None => !t.partitions().is_empty(),
+        }))
+    }
+
     /// `(low, high)` watermarks of a partition.
     pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
         self.consumer

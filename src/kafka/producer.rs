@@ -127,6 +127,24 @@ fn poll_until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -
     }
 }
 
+/// Set to `false` on every producer. librdkafka producers default it to `true`
+/// and name the topics they write in their metadata requests, so on a Kafka with
+/// `auto.create.topics.enable` a topic deleted while tally runs would be
+/// re-created empty (with the broker's defaults) and written on as if nothing
+/// happened. Off, a vanished topic fails its deliveries with an unknown topic
+/// error instead (see [`is_unknown_topic`]).
+const NO_AUTO_CREATE: &str = "allow.auto.create.topics";
+
+/// A delivery failed because its topic (or partition) does not exist.
+fn is_unknown_topic(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+    )
+}
+
 /// The key of [`TxnProducer::probe_fencing`]'s record.
 const PROBE_KEY: &[u8] = b"tally-fencing-probe";
 
@@ -149,6 +167,9 @@ pub struct DeliveryContext {
     probe_failed: Mutex<Option<String>>,
     failures: AtomicU64,
     record_failures: Mutex<Vec<RecordFailure>>,
+    /// The first topic a delivery failed for as unknown since the last
+    /// [`TxnProducer::take_unknown_topic`].
+    unknown_topic: Mutex<Option<String>>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -160,6 +181,12 @@ impl ProducerContext for DeliveryContext {
             return;
         };
         let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
+        if e.rdkafka_error_code().is_some_and(is_unknown_topic) {
+            self.unknown_topic
+                .lock()
+                .expect("not poisoned")
+                .get_or_insert_with(|| m.topic().to_string());
+        }
         // Only these failures need their record named, which may parse its
         // payload: an abort purges thousands of queued records at once.
         let maybe_probe = self.insights.as_deref() == Some(m.topic()) && m.key() == Some(PROBE_KEY);
@@ -334,7 +361,9 @@ impl TxnProducer {
         ]);
         config
             .set("transactional.id", transactional_id)
-            .set("enable.idempotence", "true");
+            .set("enable.idempotence", "true")
+            // After the -X properties: see `NO_AUTO_CREATE`.
+            .set(NO_AUTO_CREATE, "false");
         let txn_timeout_ms = config
             .get("transaction.timeout.ms")
             .and_then(|v| v.trim().parse().ok())
@@ -438,11 +467,34 @@ impl TxnProducer {
                     source: KafkaError::MessageProduction(code),
                 })
             }
-            Err((source, _)) => Err(SendError::Failed {
-                topic: topic.to_string(),
-                source,
-            }),
+            Err((source, _)) => {
+                // librdkafka refuses at once a record for a topic its metadata
+                // says does not exist.
+                if source.rdkafka_error_code().is_some_and(is_unknown_topic) {
+                    self.producer
+                        .context()
+                        .unknown_topic
+                        .lock()
+                        .expect("not poisoned")
+                        .get_or_insert_with(|| topic.to_string());
+                }
+                Err(SendError::Failed {
+                    topic: topic.to_string(),
+                    source,
+                })
+            }
         }
+    }
+
+    /// A topic a delivery failed for as unknown since the last call (deleted
+    /// while tally runs?); the caller asks the cluster whether it still exists.
+    pub fn take_unknown_topic(&self) -> Option<String> {
+        self.producer
+            .context()
+            .unknown_topic
+            .lock()
+            .expect("not poisoned")
+            .take()
     }
 
     /// Failed deliveries since the last call that concern one record each.
@@ -642,7 +694,9 @@ impl PlainProducer {
         // Large enough for generated records over the broker's default size
         // (topics that allow more); the topic's own limit still applies.
         let mut config = conn.config(&[("linger.ms", "5"), ("message.max.bytes", "16777216")]);
-        config.set("enable.idempotence", "true");
+        config
+            .set("enable.idempotence", "true")
+            .set(NO_AUTO_CREATE, "false");
         Ok(PlainProducer {
             producer: config
                 .create_with_context(DeliveryContext::default())

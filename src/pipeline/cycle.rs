@@ -563,6 +563,41 @@ impl Pipeline {
     }
 
     /// Step 5: abort, drop pending deltas, seek every partition back to `C`.
+    /// After an abort: one of tally's topics may have been deleted while it ran.
+    /// librdkafka does not always say so (a record for a deleted topic can also
+    /// time out, or be purged by the abort), so every abort asks the cluster
+    /// about each topic, the one a delivery failed for as unknown first; aborts
+    /// are rare, and a metadata request is cheap. Nothing of the aborted
+    /// transaction was committed; carrying on would abort every cycle, so tally
+    /// stops, naming the topic. A metadata error lets the loop go on.
+    async fn check_topics_exist(&mut self) -> Result<()> {
+        let mut topics: Vec<String> = self.producer.take_unknown_topic().into_iter().collect();
+        topics.extend([
+            self.cfg.topics.processed.clone(),
+            self.cfg.topics.dead_letter.clone(),
+            self.cfg.topics.insights.clone(),
+            self.cfg.process.input_topic.clone(),
+        ]);
+        let c = self.consumer.clone();
+        let gone = blocking(move || {
+            for topic in topics {
+                match c.topic_exists(&topic) {
+                    Ok(false) => return Some(topic),
+                    Ok(true) => {}
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, "cannot tell whether the topic still exists; carrying on");
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        match gone {
+            Some(topic) => Err(PipelineError::TopicGone { topic }),
+            None => Ok(()),
+        }
+    }
+
     pub(super) async fn abort_and_rewind(&mut self, why: &str) -> Result<()> {
         if matches!(self.txn, Txn::Idle) {
             return Ok(());
@@ -575,6 +610,7 @@ impl Pipeline {
         self.stats.aborted += 1;
         self.cycle = CycleTally::default();
         emit(TransactionAborted);
+        self.check_topics_exist().await?;
         self.note_abort();
         // Every active partition, touched or not: librdkafka may have delivered
         // records past `C` that the loop now drops (the rest of the batch).

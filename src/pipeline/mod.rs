@@ -139,6 +139,12 @@ pub enum PipelineError {
         insights_partitions: usize,
         needed: i32,
     },
+    #[error(
+        "topic {topic} does not exist any more (deleted while tally ran?): the open transaction \
+         was aborted, so nothing past what was produced to it is committed. Re-create it \
+         (`tally create-topics`) or name another one, then restart"
+    )]
+    TopicGone { topic: String },
     #[error("{0}")]
     Other(String),
 }

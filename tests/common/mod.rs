@@ -685,14 +685,23 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> PrivateBroker {
-        Self::start_nodes(1)
+        Self::start_with(1, &[])
     }
 
     /// A cluster of `n` nodes (`scripts/kafka.sh start --nodes n`): with 3,
     /// replication factor 3 and `min.insync.replicas=2` by default.
     pub fn start_nodes(n: usize) -> PrivateBroker {
+        Self::start_with(n, &[])
+    }
+
+    /// Like [`PrivateBroker::start_nodes`], with broker settings added to each
+    /// node's `server.properties` (`KAFKA_EXTRA_PROPERTIES`), e.g.
+    /// `("auto.create.topics.enable", "true")`.
+    pub fn start_with(n: usize, properties: &[(&str, &str)]) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut start = Self::script(dir.path(), &["start", "--nodes", &n.to_string()]);
+        start.env("KAFKA_EXTRA_PROPERTIES", extra.join("\n"));
         if n > 1 {
             // As scripts/drill.sh does: brokers that start with half the CPU.
             start.env("KAFKA_OPTS", CLUSTER_JVM_OPTS);
