@@ -657,3 +657,50 @@ fn input_partitions_added_at_runtime_stop_the_run() {
         "nothing of partition 2 processed"
     );
 }
+
+/// Issue 29, item 2: retention overtakes the running consumer. librdkafka jumps
+/// to the log start (`auto.offset.reset=earliest`) over records nobody read;
+/// tally must not skip them silently. It stops, naming the partition and the
+/// range, with nothing committed past it; the restart refuses the same gap
+/// unless `--allow-inexact-restore`, which counts it as `uncounted`.
+#[test]
+fn retention_overtaking_the_running_consumer_is_not_skipped_silently() {
+    let names = Names::create("overtaken", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = produce_generated(&names.input, 500, 54, 0.0);
+    let mut run = TallyProc::start(&names, "overtaken-1", &dir.path().join("s"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut run]);
+    // Stopped (well within the session timeout), it fetches nothing while
+    // retention deletes records it has not read.
+    run.stop_signal();
+    produce_generated(&names.input, 1_000, 55, 0.0);
+    delete_records_below(&names.input, 0, 1_100);
+    run.cont_signal();
+    assert_eq!(
+        run.wait(Duration::from_secs(60)),
+        Some(1),
+        "stops instead of jumping over [500, 1100):\n{}",
+        run.log()
+    );
+    let log = run.log();
+    assert!(
+        log.contains(
+            "partition 0: retention deleted input records [500, 1100) before tally read them"
+        ),
+        "{log}"
+    );
+    assert_eq!(committed_offsets(&names.group, &names.input)[&0], 500);
+
+    let mut inexact = TallyProc::start(
+        &names,
+        "overtaken-1",
+        &dir.path().join("s"),
+        &["--allow-inexact-restore"],
+        &[],
+    );
+    wait_for_committed(&names.group, &names.input, 1_500, LONG, &mut [&mut inexact]);
+    assert_eq!(inexact.terminate(), Some(0), "{}", inexact.log());
+    let a = insights(&names)["aggregate"].clone();
+    assert_eq!(a["uncounted"], 600, "{a:#}");
+    assert_eq!(sum_of(&a), first.total + 400, "{a:#}");
+}

@@ -103,7 +103,8 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9898")]
     pub metrics_addr: std::net::SocketAddr,
     /// Continue when the records needed to restore a partition's aggregates exactly
-    /// were deleted by retention: the aggregates become a lower bound and the
+    /// were deleted by retention, or retention deleted records the running
+    /// consumer had not read yet: the aggregates become a lower bound and the
     /// records that could not be counted are reported as `uncounted`.
     #[arg(long, env = "TALLY_ALLOW_INEXACT_RESTORE")]
     pub allow_inexact_restore: bool,

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub rebalances: IntCounter,
     pub producer_replacements: IntCounter,
     pub snapshot_refusals: IntCounter,
+    pub skipped_by_retention: IntCounter,
     pub end_to_end_latency_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
     pub ready: IntGauge,
@@ -147,6 +148,11 @@ impl Metrics {
             "tally_snapshot_refusals_total",
             "Snapshots the broker refused (over the insights topic's max.message.bytes); each aborts its transaction",
         );
+        let skipped_by_retention = counter(
+            "tally_skipped_by_retention_total",
+            "Input records retention deleted before the running consumer read them, counted as \
+             uncounted (--allow-inexact-restore)",
+        );
         let end_to_end_latency_seconds = histogram(
             &r,
             "tally_end_to_end_latency_seconds",
@@ -222,6 +228,7 @@ impl Metrics {
             rebalances,
             producer_replacements,
             snapshot_refusals,
+            skipped_by_retention,
             end_to_end_latency_seconds,
             checkpoint_seconds,
             ready,
@@ -286,6 +293,7 @@ mod tests {
             ("tally_rebalances_total", "counter"),
             ("tally_producer_replacements_total", "counter"),
             ("tally_snapshot_refusals_total", "counter"),
+            ("tally_skipped_by_retention_total", "counter"),
             ("tally_end_to_end_latency_seconds", "histogram"),
             ("tally_checkpoint_seconds", "histogram"),
             ("tally_ready", "gauge"),

@@ -28,7 +28,7 @@ pub use partition::{
 };
 pub use transaction::{
     CheckpointWritten, CycleTally, LoopIteration, ProducerInitialised, ProducerReplaced,
-    SnapshotRefused, SnapshotsCommitted, TransactionAborted, TransactionCommitted,
+    SkippedByRetention, SnapshotRefused, SnapshotsCommitted, TransactionAborted, TransactionCommitted,
 };
 
 /// Everything the process reports: the metrics and the live status.

@@ -170,6 +170,19 @@ impl InternalEvent for SnapshotRefused<'_> {
     }
 }
 
+/// Retention deleted `records` input records before the running consumer read
+/// them; they are counted as `uncounted`.
+#[derive(Debug)]
+pub struct SkippedByRetention {
+    pub records: u64,
+}
+
+impl InternalEvent for SkippedByRetention {
+    fn emit(self, t: &Telemetry) {
+        t.metrics.skipped_by_retention.inc_by(self.records);
+    }
+}
+
 /// After a commit: the partitions' new committed state, checkpointed to RocksDB
 /// in `took`.
 #[derive(Debug)]

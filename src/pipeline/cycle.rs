@@ -17,8 +17,8 @@ use crate::event::{Outcome, dead_letter, dead_letter_stripped, process_owned};
 use crate::kafka::{self, Origin, SendError, TxnError, TxnProducer};
 use crate::model::OutputRecord;
 use crate::observe::{
-    CheckpointWritten, CycleTally, ProducerReplaced, SnapshotsCommitted, TransactionAborted,
-    TransactionCommitted, emit,
+    CheckpointWritten, CycleTally, ProducerReplaced, SkippedByRetention, SnapshotsCommitted,
+    TransactionAborted, TransactionCommitted, emit,
 };
 use crate::{failpoints, insights};
 
@@ -197,6 +197,10 @@ impl Pipeline {
             self.stats.stale_dropped += 1;
             return Ok(());
         }
+        let expected = st.next_offset;
+        if rec.offset > expected {
+            self.check_gap(rec.partition, expected, rec.offset).await?;
+        }
         if !self.ensure_open().await? {
             return Ok(()); // the producer was replaced; partitions are being recovered
         }
@@ -261,6 +265,44 @@ impl Pipeline {
             *records += 1;
         }
         failpoints::crash("after-produce");
+        Ok(())
+    }
+
+    /// A record came past the partition's next offset. Transaction markers and
+    /// aborted transactions of a transactional input leave such gaps; retention
+    /// overtaking the consumer does too, and then librdkafka has jumped to the
+    /// log start (`auto.offset.reset=earliest`) over records nobody processed.
+    /// Only the log start tells them apart, so a gap costs one watermark request.
+    /// Those records can be neither processed nor counted: like a restore, tally
+    /// stops (nothing past `expected` is committed, and the restart's restore
+    /// refuses the same gap) unless `--allow-inexact-restore`, with which it
+    /// counts them as `uncounted` and goes on.
+    async fn check_gap(&mut self, partition: i32, expected: i64, polled: i64) -> Result<()> {
+        let c = self.consumer.clone();
+        let (log_start, _) = blocking(move || c.watermarks(partition)).await?;
+        let Some((from, to)) = retention_gap(expected, polled, log_start) else {
+            return Ok(());
+        };
+        if !self.cfg.restore.allow_inexact {
+            return Err(PipelineError::OvertakenByRetention {
+                partition,
+                from,
+                to,
+            });
+        }
+        let records = (to - from) as u64;
+        tracing::error!(
+            partition,
+            from,
+            to,
+            records,
+            "retention deleted input records before they were read; counted as uncounted \
+             (--allow-inexact-restore): the aggregates are a lower bound from now on"
+        );
+        emit(SkippedByRetention { records });
+        if let Some(st) = self.partitions.get_mut(&partition) {
+            st.pending.uncounted += records;
+        }
         Ok(())
     }
 
@@ -749,5 +791,32 @@ impl Pipeline {
         blocking(move || drop(old)).await;
         emit(ProducerReplaced);
         Ok(())
+    }
+}
+
+/// The input records `[from, to)` deleted by retention before the consumer read
+/// them, when the next polled offset after `expected` is `polled` and the
+/// partition's log now starts at `log_start`; `None` when nothing below
+/// `polled` was deleted (a gap of transaction markers or aborted records).
+fn retention_gap(expected: i64, polled: i64, log_start: i64) -> Option<(i64, i64)> {
+    (polled > expected && log_start > expected).then(|| (expected, log_start.min(polled)))
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::retention_gap;
+
+    #[test]
+    fn only_a_log_start_past_the_expected_offset_is_a_retention_gap() {
+        // Markers or aborted records: the log still starts below.
+        assert_eq!(retention_gap(100, 102, 0), None);
+        assert_eq!(retention_gap(100, 102, 100), None);
+        // No gap at all.
+        assert_eq!(retention_gap(100, 100, 150), None);
+        // Retention: [100, 150) deleted; the rest of the gap is markers.
+        assert_eq!(retention_gap(100, 152, 150), Some((100, 150)));
+        assert_eq!(retention_gap(100, 150, 150), Some((100, 150)));
+        // The log start moved on past the polled record meanwhile.
+        assert_eq!(retention_gap(100, 150, 170), Some((100, 150)));
     }
 }

@@ -145,6 +145,15 @@ pub enum PipelineError {
          (`tally create-topics`) or name another one, then restart"
     )]
     TopicGone { topic: String },
+    #[error(
+        "partition {partition}: retention deleted input records [{from}, {to}) before tally read \
+         them (the group lagged behind the input's retention); they can be neither processed nor \
+         counted, and nothing past {from} was committed. Restore the records, or accept a lower \
+         bound with --allow-inexact-restore ({count} records counted as `uncounted`); keep the \
+         input's retention longer than the group's lag",
+        count = to - from
+    )]
+    OvertakenByRetention { partition: i32, from: i64, to: i64 },
     #[error("{0}")]
     Other(String),
 }
