@@ -135,7 +135,7 @@ fn a_topic_deleted_at_runtime_stops_the_run_and_is_not_recreated() {
         &[],
         &[],
     );
-    wait_drained(&broker, &names, EVENTS, &mut run);
+    broker.wait_drained(&names, EVENTS, &mut run);
     let config = || {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &broker.bootstrap);

@@ -150,3 +150,73 @@ fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
     assert_eq!(h["tally.original.size"], big.len().to_string(), "{h:?}");
     assert_eq!(h["tally.original.sha256"], hex_sha256(&big), "{h:?}");
 }
+
+/// A record dead-lettered at runtime (the broker refused it) stays a dead
+/// letter in the aggregates after a new host restores them: its transaction
+/// carries its partition's snapshot, so no replay recomputes it as processed.
+#[test]
+fn a_runtime_dead_letter_is_not_recounted_by_a_restore() {
+    let names = Names::create_with_input_limit("verdict", 2, 8 * MIB);
+    let first = produce_generated(&names.input, 1_000, 36, 0.0);
+    let mut event: serde_json::Value = serde_json::from_slice(
+        &tally::generate::Generator::new(37, chrono::Utc::now().timestamp() - 60, 0.0, false)
+            .next_record()
+            .value
+            .unwrap(),
+    )
+    .unwrap();
+    event["padding"] = serde_json::json!("p".repeat(3_000_000));
+    produce(
+        &names.input,
+        Some(1),
+        &[(
+            Some(b"refused".to_vec()),
+            Some(event.to_string().into_bytes()),
+        )],
+    );
+    let second = produce_generated(&names.input, 1_000, 38, 0.0);
+    let total = first.total + second.total + 1;
+    // A snapshot an hour at most: without the dead letter's own, a new host
+    // replays from the first snapshot (or from offset 0), over the dead letter.
+    let args = [
+        "--max-value-bytes",
+        "8388608",
+        "--output-max-message-bytes",
+        "8388608",
+        "--dlq-max-message-bytes",
+        "2097152",
+        "--snapshot-interval",
+        "3600000",
+    ];
+    let env = [("FAILPOINTS", "topic-limits-unreadable=return")];
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = TallyProc::start(&names, "verdict-1", &dir.path().join("a"), &args, &env);
+    wait_for_committed(
+        &names.group,
+        &names.input,
+        total as i64,
+        LONG,
+        &mut [&mut a],
+    );
+    assert_eq!(
+        a.metric("tally_dead_letters_total{reason=\"unproducible\"}"),
+        1,
+        "{}",
+        a.log()
+    );
+    // No shutdown snapshot, and a new host without the checkpoints.
+    a.kill9();
+    let mut b = TallyProc::start(&names, "verdict-1", &dir.path().join("b"), &args, &env);
+    b.wait_for_log("partition restored", 2, LONG);
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
+    let v = insights(&names);
+    let agg = &v["aggregate"];
+    assert_eq!(agg["dead_lettered"], 1, "{v:#}\n{}", b.log());
+    assert_eq!(agg["processed"], first.valid() + second.valid(), "{v:#}");
+    assert_verified_with(
+        &names,
+        &["--max-value-bytes", "8388608"],
+        first.valid() + second.valid(),
+        1,
+    );
+}

@@ -358,23 +358,40 @@ impl GroupConsumer {
         partitions(self.consumer.client(), topic)
     }
 
-    /// Whether the cluster has `topic` (a consumer's metadata request never
-    /// creates it). `Err`: the cluster could not say.
-    pub fn topic_exists(&self, topic: &str) -> Result<bool> {
+    /// Which of `topics` the cluster does not have, from one metadata request
+    /// for every topic (a consumer's metadata request never creates one).
+    /// `Err`: the cluster could not say within `timeout`.
+    pub fn missing_topics(&self, topics: &[String], timeout: Duration) -> Result<Vec<String>> {
         let md = self
             .consumer
-            .fetch_metadata(Some(topic), CALL_TIMEOUT)
-            .map_err(ctx(format!("reading metadata of {topic}")))?;
-        Ok(md.topics().first().is_some_and(|t| match t.error() {
-            Some(e) => RDKafkaErrorCode::from(e) != RDKafkaErrorCode::UnknownTopicOrPartition,
-            None => !t.partitions().is_empty(),
-        }))
+            .fetch_metadata(None, timeout)
+            .map_err(ctx("reading the cluster's topics"))?;
+        let present: std::collections::HashSet<&str> = md
+            .topics()
+            .iter()
+            .filter(|t| {
+                t.error().is_none_or(|e| {
+                    RDKafkaErrorCode::from(e) != RDKafkaErrorCode::UnknownTopicOrPartition
+                })
+            })
+            .map(|t| t.name())
+            .collect();
+        Ok(topics
+            .iter()
+            .filter(|t| !present.contains(t.as_str()))
+            .cloned()
+            .collect())
     }
 
     /// `(low, high)` watermarks of a partition.
     pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        self.watermarks_within(partition, CALL_TIMEOUT)
+    }
+
+    /// [`GroupConsumer::watermarks`], waiting at most `timeout`.
+    pub fn watermarks_within(&self, partition: i32, timeout: Duration) -> Result<(i64, i64)> {
         self.consumer
-            .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)
+            .fetch_watermarks(&self.topic, partition, timeout)
             .map_err(ctx(format!("reading watermarks of partition {partition}")))
     }
 

@@ -28,7 +28,8 @@ pub use partition::{
 };
 pub use transaction::{
     CheckpointWritten, CycleTally, LoopIteration, ProducerInitialised, ProducerReplaced,
-    SkippedByRetention, SnapshotRefused, SnapshotsCommitted, TransactionAborted, TransactionCommitted,
+    SkippedByRetention, SnapshotRefused, SnapshotsCommitted, TransactionAborted,
+    TransactionCommitted,
 };
 
 /// Everything the process reports: the metrics and the live status.

@@ -27,6 +27,13 @@ use crate::{failpoints, insights};
 /// deadline ends by it, so this covers only the step between two calls.
 const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
+/// How often aborts ask whether tally's topics still exist, unless a delivery
+/// named one unknown; and how long one such request may wait.
+const TOPICS_CHECK_EVERY: Duration = Duration::from_secs(30);
+const TOPICS_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the read of the input's log start for a gap may wait.
+const GAP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One running commit call in the count of [`Pipeline`]'s `commits_running`,
 /// until dropped (also when the call panics).
 struct Running(Arc<std::sync::atomic::AtomicUsize>);
@@ -47,7 +54,10 @@ impl Drop for Running {
 /// Awaits `f` for at most `limit`, beating the liveness clock meanwhile: a
 /// wait on the cluster within its bound is no hang of the loop. `None`: the
 /// limit passed first.
-async fn beating<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+pub(super) async fn beating<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
     let status = &crate::observe::telemetry().status;
     let end = tokio::time::Instant::now() + limit;
     tokio::pin!(f);
@@ -86,11 +96,19 @@ impl Pipeline {
     /// host a replay of `[S, C)`, bounded by the interval.
     /// Past the interval, the snapshot must also be worth its bytes (see
     /// `SnapshotBudget`).
+    ///
+    /// A record dead-lettered at runtime (`unproducible`, `poison`) puts its
+    /// partition's snapshot into the same transaction: a replay recomputes the
+    /// pure verdict (`processed`), so no replay may start below that record.
+    /// Every restore starts at the newest of `K` and `S`, both then past it.
+    /// Not while the broker refuses the partition's snapshots: that would
+    /// abort every transaction holding a runtime dead letter.
     fn snapshot_due(&self, st: &PartitionState, mode: Snapshots) -> bool {
         let interval = self.cfg.snapshot_interval;
         matches!(st.phase, Phase::Active)
             && st.snapshot != Some(st.next_offset)
             && (mode == Snapshots::All
+                || (st.runtime_verdict && !st.snapshot_refused)
                 || (st.snapshot_tried.is_none_or(|t| t.elapsed() >= interval)
                     && self.snapshot_earned(st)))
     }
@@ -153,24 +171,27 @@ impl Pipeline {
                 return Ok(());
             }
         };
+        let moves: Vec<(i32, i64, i64)> = self
+            .partitions
+            .iter()
+            .filter(|(_, st)| matches!(st.phase, Phase::Active))
+            .filter_map(|(p, st)| {
+                let position = *positions.get(p)?;
+                (position > st.next_offset).then_some((*p, st.next_offset, position))
+            })
+            .collect();
         let mut moved = false;
-        for (p, st) in self.partitions.iter_mut() {
-            if !matches!(st.phase, Phase::Active) {
+        for (p, from, to) in moves {
+            // A position moved by librdkafka's reset past deleted records is no
+            // marker: the same rule as for a record that comes past a gap.
+            if !self.check_gap(p, from, to).await? {
                 continue;
             }
-            if let Some(&position) = positions.get(p) {
-                if position > st.next_offset {
-                    tracing::debug!(
-                        partition = *p,
-                        from = st.next_offset,
-                        to = position,
-                        "stepping over transaction markers"
-                    );
-                    st.next_offset = position;
-                    st.touched = true;
-                    moved = true;
-                }
-            }
+            tracing::debug!(partition = p, from, to, "stepping over transaction markers");
+            let st = self.partitions.get_mut(&p).expect("collected above");
+            st.next_offset = to;
+            st.touched = true;
+            moved = true;
         }
         if moved && matches!(self.txn, Txn::Idle) {
             if !self.ensure_open().await? {
@@ -199,7 +220,9 @@ impl Pipeline {
         }
         let expected = st.next_offset;
         if rec.offset > expected {
-            self.check_gap(rec.partition, expected, rec.offset).await?;
+            if !self.check_gap(rec.partition, expected, rec.offset).await? {
+                return self.refetch(rec.partition, expected).await;
+            }
         }
         if !self.ensure_open().await? {
             return Ok(()); // the producer was replaced; partitions are being recovered
@@ -211,6 +234,9 @@ impl Pipeline {
         let mut outcome = match self.poison.take(partition, offset) {
             None => process_owned(rec, &self.cfg.process),
             Some(doom) => {
+                if let Some(st) = self.partitions.get_mut(&partition) {
+                    st.runtime_verdict = true;
+                }
                 let output = if doom.strip {
                     dead_letter_stripped(rec, &doom.rejection, &self.cfg.process)
                 } else {
@@ -268,20 +294,47 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A record came past the partition's next offset. Transaction markers and
-    /// aborted transactions of a transactional input leave such gaps; retention
-    /// overtaking the consumer does too, and then librdkafka has jumped to the
-    /// log start (`auto.offset.reset=earliest`) over records nobody processed.
-    /// Only the log start tells them apart, so a gap costs one watermark request.
-    /// Those records can be neither processed nor counted: like a restore, tally
-    /// stops (nothing past `expected` is committed, and the restart's restore
-    /// refuses the same gap) unless `--allow-inexact-restore`, with which it
-    /// counts them as `uncounted` and goes on.
-    async fn check_gap(&mut self, partition: i32, expected: i64, polled: i64) -> Result<()> {
-        let c = self.consumer.clone();
-        let (log_start, _) = blocking(move || c.watermarks(partition)).await?;
-        let Some((from, to)) = retention_gap(expected, polled, log_start) else {
-            return Ok(());
+    /// Offsets `[expected, next)` of `partition` were skipped by the consumer:
+    /// a record came at `next`, or (stepping over markers) the position moved to
+    /// `next`. Transaction markers, aborted transactions and compaction leave
+    /// such gaps; retention overtaking the consumer does too, and then
+    /// librdkafka has jumped to the log start (`auto.offset.reset=earliest`)
+    /// over records nobody processed. Only the log start tells them apart, so a
+    /// gap the last known log start does not explain costs one request (input of
+    /// plain producers has no gaps otherwise). Deleted records can be neither
+    /// processed nor counted: like a restore, tally stops (nothing past
+    /// `expected` is committed, and the restart's restore refuses the same gap)
+    /// unless `--allow-inexact-restore`, with which it counts them as
+    /// `uncounted` in the open transaction and goes on.
+    ///
+    /// `false`: the cluster did not answer, so the gap is undecided; the caller
+    /// must not step over it now (the record comes again after a rewind).
+    async fn check_gap(&mut self, partition: i32, expected: i64, next: i64) -> Result<bool> {
+        let Some(st) = self.partitions.get(&partition) else {
+            return Ok(true);
+        };
+        let mut log_start = st.known_log_start;
+        if log_start <= expected {
+            let c = self.consumer.clone();
+            let asked = beating(
+                GAP_CHECK_TIMEOUT + COMMIT_GRACE,
+                blocking(move || c.watermarks_within(partition, GAP_CHECK_TIMEOUT)),
+            )
+            .await;
+            match asked {
+                Some(Ok((low, _))) => log_start = low,
+                Some(Err(e)) => {
+                    tracing::warn!(partition, from = expected, to = next, error = %e, "cannot read the input's log start to tell a gap of markers from one of deleted records; trying again");
+                    return Ok(false);
+                }
+                None => return Ok(false),
+            }
+            if let Some(st) = self.partitions.get_mut(&partition) {
+                st.known_log_start = st.known_log_start.max(log_start);
+            }
+        }
+        let Some((from, to)) = retention_gap(expected, next, log_start) else {
+            return Ok(true);
         };
         if !self.cfg.restore.allow_inexact {
             return Err(PipelineError::OvertakenByRetention {
@@ -302,6 +355,20 @@ impl Pipeline {
         emit(SkippedByRetention { records });
         if let Some(st) = self.partitions.get_mut(&partition) {
             st.pending.uncounted += records;
+        }
+        Ok(true)
+    }
+
+    /// The partition's records from `from` on cannot be taken now: they are
+    /// fetched again (with the open transaction's, which is aborted).
+    async fn refetch(&mut self, partition: i32, from: i64) -> Result<()> {
+        if matches!(self.txn, Txn::Open { .. }) {
+            return self.abort_and_rewind("input gap undecided").await;
+        }
+        let c = self.consumer.clone();
+        let generation = blocking(move || c.seek(&[(partition, from)])).await?;
+        if let Some(st) = self.partitions.get_mut(&partition) {
+            st.since_generation = generation;
         }
         Ok(())
     }
@@ -535,6 +602,7 @@ impl Pipeline {
         for (p, next) in &snapshotted {
             if let Some(st) = self.partitions.get_mut(p) {
                 st.snapshot = Some(*next);
+                st.snapshot_refused = false;
                 st.input_bytes = 0;
                 st.snapshot_bytes = sizes.iter().find(|(q, _)| q == p).map_or(0, |(_, n)| *n);
             }
@@ -552,6 +620,7 @@ impl Pipeline {
             st.committed_offset = st.next_offset;
             st.touched = false;
             st.head = None;
+            st.runtime_verdict = false;
             checkpoints.push(Checkpoint {
                 partition: *p,
                 next_offset: st.committed_offset,
@@ -604,42 +673,51 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Step 5: abort, drop pending deltas, seek every partition back to `C`.
     /// After an abort: one of tally's topics may have been deleted while it ran.
     /// librdkafka does not always say so (a record for a deleted topic can also
-    /// time out, or be purged by the abort), so every abort asks the cluster
-    /// about each topic, the one a delivery failed for as unknown first; aborts
-    /// are rare, and a metadata request is cheap. Nothing of the aborted
-    /// transaction was committed; carrying on would abort every cycle, so tally
-    /// stops, naming the topic. A metadata error lets the loop go on.
+    /// time out, or be purged by the abort), so an abort asks the cluster, in one
+    /// metadata request, whether each of tally's topics still exists: at once
+    /// after a delivery failed for an unknown topic, otherwise at most once per
+    /// `TOPICS_CHECK_EVERY` (aborts come in bursts while a broker is down, when
+    /// the request would only wait). Nothing of the aborted transaction was
+    /// committed; carrying on would abort every cycle, so tally stops, naming the
+    /// topic. A cluster that cannot answer lets the loop go on.
     async fn check_topics_exist(&mut self) -> Result<()> {
-        let mut topics: Vec<String> = self.producer.take_unknown_topic().into_iter().collect();
-        topics.extend([
+        let named = self.producer.take_unknown_topic();
+        if named.is_none()
+            && self
+                .topics_checked
+                .is_some_and(|t| t.elapsed() < TOPICS_CHECK_EVERY)
+        {
+            return Ok(());
+        }
+        self.topics_checked = Some(Instant::now());
+        let topics = vec![
             self.cfg.topics.processed.clone(),
             self.cfg.topics.dead_letter.clone(),
             self.cfg.topics.insights.clone(),
             self.cfg.process.input_topic.clone(),
-        ]);
+        ];
         let c = self.consumer.clone();
-        let gone = blocking(move || {
-            for topic in topics {
-                match c.topic_exists(&topic) {
-                    Ok(false) => return Some(topic),
-                    Ok(true) => {}
-                    Err(e) => {
-                        tracing::warn!(topic, error = %e, "cannot tell whether the topic still exists; carrying on");
-                    }
-                }
-            }
-            None
-        })
+        let asked = beating(
+            TOPICS_CHECK_TIMEOUT + COMMIT_GRACE,
+            blocking(move || c.missing_topics(&topics, TOPICS_CHECK_TIMEOUT)),
+        )
         .await;
-        match gone {
-            Some(topic) => Err(PipelineError::TopicGone { topic }),
+        match asked {
+            Some(Ok(missing)) => match missing.into_iter().next() {
+                Some(topic) => Err(PipelineError::TopicGone { topic }),
+                None => Ok(()),
+            },
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot tell whether tally's topics still exist; carrying on");
+                Ok(())
+            }
             None => Ok(()),
         }
     }
 
+    /// Step 5: abort, drop pending deltas, seek every partition back to `C`.
     pub(super) async fn abort_and_rewind(&mut self, why: &str) -> Result<()> {
         if matches!(self.txn, Txn::Idle) {
             return Ok(());
@@ -652,7 +730,6 @@ impl Pipeline {
         self.stats.aborted += 1;
         self.cycle = CycleTally::default();
         emit(TransactionAborted);
-        self.check_topics_exist().await?;
         self.note_abort();
         // Every active partition, touched or not: librdkafka may have delivered
         // records past `C` that the loop now drops (the rest of the batch).
@@ -661,6 +738,7 @@ impl Pipeline {
             st.pending = Aggregate::default();
             st.touched = false;
             st.head = None;
+            st.runtime_verdict = false;
             if matches!(st.phase, Phase::Active) {
                 st.next_offset = st.committed_offset;
                 seeks.push((*p, st.committed_offset));
@@ -674,7 +752,7 @@ impl Pipeline {
                 st.since_generation = generation;
             }
         }
-        Ok(())
+        self.check_topics_exist().await
     }
 
     /// Hands the aborted transaction's heads and record-level failures to the
@@ -687,6 +765,13 @@ impl Pipeline {
             .collect();
         let mut failures = std::mem::take(&mut self.refused);
         failures.extend(self.producer.take_record_failures());
+        for f in &failures {
+            if let Origin::Snapshot { partition } = f.origin {
+                if let Some(st) = self.partitions.get_mut(&partition) {
+                    st.snapshot_refused = true;
+                }
+            }
+        }
         self.poison.on_abort(&heads, failures);
     }
 
@@ -738,6 +823,7 @@ impl Pipeline {
             st.pending = Aggregate::default();
             st.touched = false;
             st.head = None;
+            st.runtime_verdict = false;
         }
         let all: Vec<i32> = self.partitions.keys().copied().collect();
         let c = self.consumer.clone();

@@ -212,6 +212,14 @@ struct PartitionState {
     input_bytes: u64,
     /// When the partition's latest record was processed.
     last_record: Option<Instant>,
+    /// The input's log start as last read from the cluster (it only grows):
+    /// an offset below it was deleted, with no need to ask again.
+    known_log_start: i64,
+    /// The open transaction dead-lettered a record of this partition at
+    /// runtime: its snapshot is due at the close (see `Pipeline::snapshot_due`).
+    runtime_verdict: bool,
+    /// The broker refused this partition's latest snapshot attempt.
+    snapshot_refused: bool,
 }
 
 impl PartitionState {
@@ -231,6 +239,9 @@ impl PartitionState {
             snapshot_bytes: 0,
             input_bytes: 0,
             last_record: None,
+            known_log_start: 0,
+            runtime_verdict: false,
+            snapshot_refused: false,
         }
     }
 }
@@ -281,6 +292,9 @@ pub struct Pipeline {
     /// The insights topic's partition count as last read (0: not read yet); see
     /// `check_insights_partitions`.
     insights_partitions: usize,
+    /// When an abort last asked whether tally's topics exist
+    /// (`check_topics_exist`).
+    topics_checked: Option<Instant>,
     /// Stored with every checkpoint and snapshot.
     fingerprint: Fingerprint,
     partitions: BTreeMap<i32, PartitionState>,
@@ -363,6 +377,7 @@ impl Pipeline {
             restored_rx,
             restore_tokens: 0,
             insights_partitions: 0,
+            topics_checked: None,
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),

@@ -151,7 +151,20 @@ impl Pipeline {
             return Ok(());
         }
         let (c, topic) = (self.consumer.clone(), self.cfg.topics.insights.clone());
-        self.insights_partitions = blocking(move || c.topic_partitions(&topic)).await?.len();
+        // The wait on the cluster beats the liveness clock; the call ends by
+        // its own timeout.
+        self.insights_partitions = super::cycle::beating(
+            crate::kafka::CALL_TIMEOUT + Duration::from_secs(5),
+            blocking(move || c.topic_partitions(&topic)),
+        )
+        .await
+        .ok_or_else(|| {
+            PipelineError::Other(format!(
+                "reading the partitions of {} did not end",
+                self.cfg.topics.insights
+            ))
+        })??
+        .len();
         let partitions = beyond(assigned, self.insights_partitions);
         match partitions.iter().max().copied() {
             None => Ok(()),
