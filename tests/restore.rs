@@ -704,3 +704,35 @@ fn retention_overtaking_the_running_consumer_is_not_skipped_silently() {
     assert_eq!(a["uncounted"], 600, "{a:#}");
     assert_eq!(sum_of(&a), first.total + 400, "{a:#}");
 }
+
+/// Retention deleted records past the group's committed offset while no
+/// instance ran, and a new host (no checkpoint) restores from the snapshot at
+/// `C` with `--allow-inexact-restore`: the deleted records are counted as
+/// `uncounted` exactly once, by whichever side (restore or live consumer) owns
+/// them.
+#[test]
+fn records_deleted_past_c_are_counted_once_by_a_new_host() {
+    let names = Names::create("pastc", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = produce_generated(&names.input, 500, 56, 0.0);
+    let mut a = TallyProc::start(&names, "pastc-a", &dir.path().join("a"), &[], &[]);
+    wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut a]);
+    // The shutdown's snapshot is at `C` = 500.
+    assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    produce_generated(&names.input, 1_000, 57, 0.0);
+    delete_records_below(&names.input, 0, 1_100);
+    let mut b = TallyProc::start(
+        &names,
+        "pastc-a",
+        &dir.path().join("b"),
+        &["--allow-inexact-restore"],
+        &[],
+    );
+    wait_for_committed(&names.group, &names.input, 1_500, LONG, &mut [&mut b]);
+    // The live consumer counted them: the restore stopped at `C`.
+    assert_eq!(b.metric("tally_skipped_by_retention_total"), 600);
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
+    let agg = insights(&names)["aggregate"].clone();
+    assert_eq!(agg["uncounted"], 600, "{agg:#}\n{}", b.log());
+    assert_eq!(sum_of(&agg), first.total + 400, "{agg:#}");
+}

@@ -260,7 +260,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let process = a.process.resolve(Some(&admin), &a.topics).await;
     // State is restored from the insights topic: refuse to run on one that
     // cannot serve.
-    admin
+    let insights_partitions = admin
         .check_insights_topic(&a.topics.input_topic, &a.topics.insights_topic)
         .await?;
     // Runs on, but says so: a production cluster's topics should survive one
@@ -293,6 +293,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         transactional_id: format!("{}-{}", a.transactional_id_prefix, a.instance_id),
         topics: a.topics.outputs(),
+        insights_partitions,
         commit_interval: a.commit_interval,
         snapshot_interval: a.snapshot_interval,
         snapshot_budget: SnapshotBudget {

@@ -381,8 +381,9 @@ impl TopicAdmin {
     /// Checks that the insights topic can serve as the aggregates' changelog: as
     /// many partitions as the input (input partition p's snapshots go to insights
     /// partition p, and a restore reads only that partition's tail) and compacted
-    /// (the latest snapshot per partition outlives any retention).
-    pub async fn check_insights_topic(&self, input: &str, insights: &str) -> Result<()> {
+    /// (the latest snapshot per partition outlives any retention). Returns the
+    /// insights topic's partition count.
+    pub async fn check_insights_topic(&self, input: &str, insights: &str) -> Result<usize> {
         let (ni, ns) = (
             self.partitions(input).await?.len(),
             self.partitions(insights).await?.len(),
@@ -403,7 +404,7 @@ impl TopicAdmin {
             .flatten();
         match policy {
             Some(p) => match insights_policy_problem(&p) {
-                None => Ok(()),
+                None => Ok(ns),
                 Some(why) => Err(Error::Other(format!(
                     "insights topic {insights} has cleanup.policy={p}: {why}; set \
                      cleanup.policy=compact (`tally create-topics` creates it so)"
@@ -414,7 +415,7 @@ impl TopicAdmin {
                     topic = insights,
                     "could not read the insights topic's cleanup.policy; make sure it is compact"
                 );
-                Ok(())
+                Ok(ns)
             }
         }
     }

@@ -31,8 +31,10 @@ const COMMIT_GRACE: Duration = Duration::from_secs(5);
 /// named one unknown; and how long one such request may wait.
 const TOPICS_CHECK_EVERY: Duration = Duration::from_secs(30);
 const TOPICS_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the read of the input's log start for a gap may wait.
-const GAP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the read of the input's log start for a gap may wait, and how
+/// long after one that failed the partition's gaps stay undecided.
+const GAP_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+const GAP_RETRY: Duration = Duration::from_secs(5);
 
 /// One running commit call in the count of [`Pipeline`]'s `commits_running`,
 /// until dropped (also when the call panics).
@@ -185,7 +187,8 @@ impl Pipeline {
             // A position moved by librdkafka's reset past deleted records is no
             // marker: the same rule as for a record that comes past a gap.
             if !self.check_gap(p, from, to).await? {
-                continue;
+                // One unanswered request per call: the others wait for the next.
+                break;
             }
             tracing::debug!(partition = p, from, to, "stepping over transaction markers");
             let st = self.partitions.get_mut(&p).expect("collected above");
@@ -300,42 +303,57 @@ impl Pipeline {
     /// such gaps; retention overtaking the consumer does too, and then
     /// librdkafka has jumped to the log start (`auto.offset.reset=earliest`)
     /// over records nobody processed. Only the log start tells them apart, so a
-    /// gap the last known log start does not explain costs one request (input of
-    /// plain producers has no gaps otherwise). Deleted records can be neither
-    /// processed nor counted: like a restore, tally stops (nothing past
+    /// gap costs one request unless the last known log start already covers all
+    /// of it (input of plain producers has no other gaps). Deleted records can be
+    /// neither processed nor counted: like a restore, tally stops (nothing past
     /// `expected` is committed, and the restart's restore refuses the same gap)
     /// unless `--allow-inexact-restore`, with which it counts them as
     /// `uncounted` in the open transaction and goes on.
     ///
-    /// `false`: the cluster did not answer, so the gap is undecided; the caller
-    /// must not step over it now (the record comes again after a rewind).
+    /// `false`: undecided, so the caller must not step over the gap now. The
+    /// cluster did not answer (asked again after `GAP_RETRY`), or commits are
+    /// held after a pause: a zombie's partitions may have moved on under
+    /// another owner, whose progress retention may follow; the revocation or
+    /// the end of the hold decides.
     async fn check_gap(&mut self, partition: i32, expected: i64, next: i64) -> Result<bool> {
         let Some(st) = self.partitions.get(&partition) else {
             return Ok(true);
         };
         let mut log_start = st.known_log_start;
-        if log_start <= expected {
+        if log_start < next {
+            if st.gap_retry_at.is_some_and(|t| Instant::now() < t) {
+                return Ok(false);
+            }
             let c = self.consumer.clone();
             let asked = beating(
                 GAP_CHECK_TIMEOUT + COMMIT_GRACE,
                 blocking(move || c.watermarks_within(partition, GAP_CHECK_TIMEOUT)),
             )
             .await;
+            let st = self.partitions.get_mut(&partition).expect("checked above");
             match asked {
-                Some(Ok((low, _))) => log_start = low,
+                Some(Ok((low, _))) => {
+                    log_start = log_start.max(low);
+                    st.known_log_start = log_start;
+                    st.gap_retry_at = None;
+                }
                 Some(Err(e)) => {
-                    tracing::warn!(partition, from = expected, to = next, error = %e, "cannot read the input's log start to tell a gap of markers from one of deleted records; trying again");
+                    tracing::warn!(partition, from = expected, to = next, error = %e, "cannot read the input's log start to tell a gap of markers from one of deleted records; asking again in {GAP_RETRY:?}");
+                    st.gap_retry_at = Some(Instant::now() + GAP_RETRY);
                     return Ok(false);
                 }
-                None => return Ok(false),
-            }
-            if let Some(st) = self.partitions.get_mut(&partition) {
-                st.known_log_start = st.known_log_start.max(log_start);
+                None => {
+                    st.gap_retry_at = Some(Instant::now() + GAP_RETRY);
+                    return Ok(false);
+                }
             }
         }
         let Some((from, to)) = retention_gap(expected, next, log_start) else {
             return Ok(true);
         };
+        if self.commits_held() {
+            return Ok(false);
+        }
         if !self.cfg.restore.allow_inexact {
             return Err(PipelineError::OvertakenByRetention {
                 partition,
@@ -349,10 +367,9 @@ impl Pipeline {
             from,
             to,
             records,
-            "retention deleted input records before they were read; counted as uncounted \
+            "retention deleted input records before they were read; counting them as uncounted \
              (--allow-inexact-restore): the aggregates are a lower bound from now on"
         );
-        emit(SkippedByRetention { records });
         if let Some(st) = self.partitions.get_mut(&partition) {
             st.pending.uncounted += records;
         }
@@ -360,11 +377,9 @@ impl Pipeline {
     }
 
     /// The partition's records from `from` on cannot be taken now: they are
-    /// fetched again (with the open transaction's, which is aborted).
+    /// fetched again. `from` is the partition's next offset, so the open
+    /// transaction (which holds its records below `from`) is unaffected.
     async fn refetch(&mut self, partition: i32, from: i64) -> Result<()> {
-        if matches!(self.txn, Txn::Open { .. }) {
-            return self.abort_and_rewind("input gap undecided").await;
-        }
         let c = self.consumer.clone();
         let generation = blocking(move || c.seek(&[(partition, from)])).await?;
         if let Some(st) = self.partitions.get_mut(&partition) {
@@ -616,6 +631,11 @@ impl Pipeline {
         let mut checkpoints = Vec::new();
         for (p, st) in self.partitions.iter_mut().filter(|(_, st)| st.touched) {
             let pending = std::mem::take(&mut st.pending);
+            if pending.uncounted > 0 {
+                emit(SkippedByRetention {
+                    records: pending.uncounted,
+                });
+            }
             st.committed.merge(&pending, horizon);
             st.committed_offset = st.next_offset;
             st.touched = false;
@@ -684,6 +704,11 @@ impl Pipeline {
     /// topic. A cluster that cannot answer lets the loop go on.
     async fn check_topics_exist(&mut self) -> Result<()> {
         let named = self.producer.take_unknown_topic();
+        // Shutting down, the answer changes nothing and its wait would eat
+        // into --shutdown-timeout.
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if named.is_none()
             && self
                 .topics_checked

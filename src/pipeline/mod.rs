@@ -65,6 +65,8 @@ pub struct PipelineConfig {
     pub member: MemberConfig,
     pub transactional_id: String,
     pub topics: OutputTopics,
+    /// The insights topic's partition count, read at start.
+    pub insights_partitions: usize,
     pub commit_interval: Duration,
     /// A partition's snapshot is written at most this often (see
     /// `Pipeline::snapshot_due`), and always when it is revoked or at shutdown.
@@ -215,6 +217,9 @@ struct PartitionState {
     /// The input's log start as last read from the cluster (it only grows):
     /// an offset below it was deleted, with no need to ask again.
     known_log_start: i64,
+    /// A read of the log start failed: the partition's gaps stay undecided
+    /// until then.
+    gap_retry_at: Option<Instant>,
     /// The open transaction dead-lettered a record of this partition at
     /// runtime: its snapshot is due at the close (see `Pipeline::snapshot_due`).
     runtime_verdict: bool,
@@ -240,6 +245,7 @@ impl PartitionState {
             input_bytes: 0,
             last_record: None,
             known_log_start: 0,
+            gap_retry_at: None,
             runtime_verdict: false,
             snapshot_refused: false,
         }
@@ -365,6 +371,7 @@ impl Pipeline {
         let (restored_tx, restored_rx) = unbounded_channel();
         let session_timeout = cfg.member.session_timeout;
         let cfg_poison = cfg.poison_aborts;
+        let insights_partitions = cfg.insights_partitions;
         Ok(Some(Pipeline {
             ns: Namespace::new(&cfg.member.group, &cfg.process.input_topic),
             fingerprint: Fingerprint::of(&cfg.process, cfg.horizon),
@@ -376,7 +383,7 @@ impl Pipeline {
             restored_tx,
             restored_rx,
             restore_tokens: 0,
-            insights_partitions: 0,
+            insights_partitions,
             topics_checked: None,
             partitions: BTreeMap::new(),
             txn: Txn::Idle,

@@ -144,8 +144,11 @@ impl Pipeline {
 
     /// Stops before a partition whose snapshots would go to an insights partition
     /// that does not exist: the input gained partitions at runtime (librdkafka
-    /// then rebalances) and the insights topic did not. The count is read again
-    /// before refusing, in case the operator added the insights partitions too.
+    /// then rebalances) and the insights topic did not. The count read at start
+    /// is read again before refusing, in case the operator added the insights
+    /// partitions too; a cluster that cannot say now (a broker restarting) only
+    /// delays the refusal: the partitions are restored and every snapshot of
+    /// theirs aborts its transaction until the next assignment asks again.
     async fn check_insights_partitions(&mut self, assigned: &[i32]) -> Result<()> {
         if beyond(assigned, self.insights_partitions).is_empty() {
             return Ok(());
@@ -153,18 +156,19 @@ impl Pipeline {
         let (c, topic) = (self.consumer.clone(), self.cfg.topics.insights.clone());
         // The wait on the cluster beats the liveness clock; the call ends by
         // its own timeout.
-        self.insights_partitions = super::cycle::beating(
+        let asked = super::cycle::beating(
             crate::kafka::CALL_TIMEOUT + Duration::from_secs(5),
             blocking(move || c.topic_partitions(&topic)),
         )
-        .await
-        .ok_or_else(|| {
-            PipelineError::Other(format!(
-                "reading the partitions of {} did not end",
-                self.cfg.topics.insights
-            ))
-        })??
-        .len();
+        .await;
+        match asked {
+            Some(Ok(partitions)) => self.insights_partitions = partitions.len(),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, insights = %self.cfg.topics.insights, "cannot read the insights topic's partitions; asking again at the next assignment");
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
         let partitions = beyond(assigned, self.insights_partitions);
         match partitions.iter().max().copied() {
             None => Ok(()),

@@ -428,17 +428,16 @@ fn restore_partition(
         if !ctx.options.allow_inexact {
             return Err(e.into());
         }
+        // Exact at `C`: the deleted records lie at and past `C`, which the live
+        // consumer counts when it jumps over them (see `Pipeline::check_gap`),
+        // in the transaction that commits past them. Counted here as well, a
+        // restart before that commit, or the live check, would count them twice.
         tracing::warn!(
             partition,
             uncounted = log_start - c,
             "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
         );
-        let Start {
-            path, aggregate, ..
-        } = start;
-        let mut aggregate = aggregate;
-        aggregate.uncounted += (log_start - c) as u64;
-        return Ok(recovered_from(path, aggregate, log_start, 0, started));
+        return Ok(recovered(start, c, 0, started));
     }
     let Start {
         path,
@@ -466,8 +465,9 @@ fn restore_partition(
             uncounted = log_start - from,
             "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
         );
-        aggregate.uncounted += (log_start - from) as u64;
-        replay_from = log_start;
+        let (here, from_here) = inexact_start(from, c, log_start);
+        aggregate.uncounted += here;
+        replay_from = from_here;
     }
     let mut records = 0u64;
     if replay_from < c && !cancelled.load(Ordering::Relaxed) {
@@ -677,6 +677,15 @@ fn restore_uncommitted(
     Ok(recovered_from(path, aggregate, resume_at, 0, started))
 }
 
+/// With records below the log start deleted, a restore to `c` from `from`
+/// counts the deleted ones below `c` as `uncounted` and replays from the log
+/// start: `(uncounted, replay from)`. Deleted records at or past `c` are the
+/// live consumer's to count, in the transaction that commits past them, so
+/// that each is counted once whichever host commits first.
+fn inexact_start(from: i64, c: i64, log_start: i64) -> (u64, i64) {
+    ((log_start.min(c) - from).max(0) as u64, from.max(log_start))
+}
+
 fn recovered(s: Start, c: i64, records: u64, started: Instant) -> Recovered {
     recovered_from(s.path, s.aggregate, c, records, started)
 }
@@ -859,6 +868,16 @@ fn latest_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_counts_only_the_deleted_records_below_c() {
+        // [10, 50) deleted, C = 80: all 40 here, replay [50, 80).
+        assert_eq!(inexact_start(10, 80, 50), (40, 50));
+        // [10, 120) deleted, C = 80: 70 here, [80, 120) is the live consumer's.
+        assert_eq!(inexact_start(10, 80, 120), (70, 120));
+        // Nothing deleted below the start.
+        assert_eq!(inexact_start(60, 80, 50), (0, 60));
+    }
 
     #[test]
     fn no_offset_and_no_state_is_never_committed() {
