@@ -207,6 +207,9 @@ pub struct Limits {
     /// An event time later than the Kafka record timestamp plus this many seconds
     /// is an absurd future (`future_timestamp`).
     pub max_future_skew_secs: i64,
+    /// DLQ entries whose value is a JSON object get its `ip` masked
+    /// (`--dlq-mask-ip`, see [`dead_letter`]).
+    pub dlq_mask_ip: bool,
 }
 
 /// Used when a record carries no Kafka timestamp: 2100-01-01T00:00:00Z.
@@ -217,6 +220,7 @@ impl Default for Limits {
         Limits {
             max_value_bytes: 256 * 1024,
             max_future_skew_secs: 24 * 3600,
+            dlq_mask_ip: false,
         }
     }
 }
@@ -651,6 +655,23 @@ impl Filters {
     }
 }
 
+/// `value` with its `ip` field masked, when it is a JSON object that has one
+/// (not null): an address as [`mask_ip`] masks it, anything else as `"masked"`
+/// (an invalid address may still be one, mistyped). `None`: nothing to mask.
+/// The result is re-serialised, so it is not byte for byte the input.
+pub fn mask_ip_field(value: &[u8]) -> Option<Vec<u8>> {
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(value) else {
+        return None;
+    };
+    let ip = object.get_mut("ip").filter(|v| !v.is_null())?;
+    let masked = match ip.as_str().and_then(|s| s.trim().parse::<IpAddr>().ok()) {
+        Some(addr) => mask_ip(addr),
+        None => "masked".to_string(),
+    };
+    *ip = Value::String(masked);
+    serde_json::to_vec(&object).ok()
+}
+
 /// Masks an address to its network: IPv4 keeps its /24, IPv6 its /48.
 pub fn mask_ip(ip: IpAddr) -> String {
     let mut masked = Vec::with_capacity(18);
@@ -1016,6 +1037,12 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
     hs.extend(source_headers(cfg, rec.partition, rec.offset));
     let mut key = rec.key;
     let mut value = rec.value.unwrap_or_default();
+    if cfg.limits.dlq_mask_ip {
+        if let Some(masked) = mask_ip_field(&value) {
+            value = masked;
+            hs.push((headers::MASKED, b"ip".to_vec()));
+        }
+    }
     let room = dlq_room(cfg);
     let key_len = key.as_ref().map_or(0, Vec::len);
     let (key_keep, value_keep) = dlq_fit(key_len, value.len(), room);
@@ -1416,6 +1443,42 @@ mod tests {
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn dlq_ip_masking_masks_json_objects_only_and_says_so() {
+        let mut cfg = cfg_with_dlq_limit(1 << 20);
+        let rejection = Rejection {
+            reason: Reason::MissingField,
+            message: "device_type".into(),
+        };
+        let value = br#"{"user_id":"u","ip":"203.0.113.7","locale":"en"}"#.to_vec();
+        // Off by default: the original bytes.
+        let plain = dead_letter(rejected(None, value.clone()), &rejection, &cfg);
+        assert_eq!(plain.value, value);
+        assert_eq!(header(&plain, headers::MASKED), None);
+
+        cfg.limits.dlq_mask_ip = true;
+        let out = dead_letter(rejected(None, value), &rejection, &cfg);
+        let v: Value = serde_json::from_slice(&out.value).unwrap();
+        assert_eq!(v["ip"], "203.0.113.0/24");
+        assert_eq!(v["user_id"], "u");
+        assert_eq!(header(&out, headers::MASKED), Some(&b"ip"[..]));
+        // Not an address: masked all the same.
+        let bad = br#"{"ip":"999.1.2.3"}"#.to_vec();
+        let out = dead_letter(rejected(None, bad), &rejection, &cfg);
+        assert_eq!(out.value, br#"{"ip":"masked"}"#);
+        // Not JSON, no ip, a null ip: nothing to mask.
+        for v in [
+            &b"not json 203.0.113.7"[..],
+            br#"{"user_id":"u"}"#,
+            br#"{"ip":null}"#,
+            b"[1]",
+        ] {
+            let out = dead_letter(rejected(None, v.to_vec()), &rejection, &cfg);
+            assert_eq!(out.value, v);
+            assert_eq!(header(&out, headers::MASKED), None);
+        }
     }
 
     #[test]

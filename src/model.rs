@@ -58,4 +58,7 @@ pub mod headers {
     /// The same for a cut key.
     pub const ORIGINAL_KEY_SIZE: &str = "tally.original.key.size";
     pub const ORIGINAL_KEY_SHA256: &str = "tally.original.key.sha256";
+    /// On a DLQ entry whose value's fields were masked (`--dlq-mask-ip`): which
+    /// (`ip`). The value is then re-serialised JSON, not the original bytes.
+    pub const MASKED: &str = "tally.masked";
 }

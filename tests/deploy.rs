@@ -96,12 +96,13 @@ fn kubernetes_manifests_pass_schema_validation() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
     let out = run_ok(Command::new(&bin).arg("--strict").args(&files));
     for kind in [
         "statefulset/tally",
         "service/tally",
         "poddisruptionbudget/tally",
+        "secret/tally-kafka",
     ] {
         assert!(
             out.contains(&format!("passed for resource {kind}")),
@@ -136,6 +137,9 @@ fn statefulset_keeps_the_operating_contract() {
         "volumeClaimTemplates:",
         "mountPath: /var/lib/tally/state",
         "terminationGracePeriodSeconds: 60",
+        // Secrets come from a mounted Secret, not the pod spec.
+        "name: TALLY_KAFKA_CONFIG",
+        "secretName: tally-kafka",
     ] {
         assert!(s.contains(needle), "statefulset.yaml lacks {needle:?}");
     }

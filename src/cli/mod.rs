@@ -143,11 +143,42 @@ pub(crate) fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
-#[derive(Debug, Clone, Args)]
+/// A librdkafka properties file (`--kafka-config`), read when the command
+/// line is parsed. Its `Debug` shows the path and the keys, never a secret.
+#[derive(Clone)]
+pub struct PropertiesFile {
+    pub path: std::path::PathBuf,
+    pub properties: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for PropertiesFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PropertiesFile")
+            .field("path", &self.path)
+            .field("properties", &tally::kafka::Redacted(&self.properties))
+            .finish()
+    }
+}
+
+fn parse_properties_file(path: &str) -> Result<PropertiesFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let properties = tally::kafka::parse_properties(&text).map_err(|e| format!("{path}: {e}"))?;
+    Ok(PropertiesFile {
+        path: path.into(),
+        properties,
+    })
+}
+
+#[derive(Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers (host:port,...).
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
     pub bootstrap_servers: String,
+    /// librdkafka properties from a file: key=value lines, # comments (as kcat's
+    /// -F). Keeps secrets such as sasl.password out of the command line and the
+    /// environment; -X properties override the file's.
+    #[arg(long, env = "TALLY_KAFKA_CONFIG", value_name = "FILE", value_parser = parse_properties_file)]
+    pub kafka_config: Option<PropertiesFile>,
     /// librdkafka property passed through unchanged (repeatable), e.g. -X security.protocol=SSL (env: `;`-separated).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';')]
     pub properties: Vec<(String, String)>,
@@ -157,14 +188,28 @@ pub struct KafkaArgs {
     pub connect_timeout: Option<u64>,
 }
 
+/// Secret values hidden (see [`tally::kafka::Redacted`]).
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaArgs")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("kafka_config", &self.kafka_config)
+            .field("properties", &tally::kafka::Redacted(&self.properties))
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
 /// How long the CLI tools wait for the cluster by default.
 const TOOL_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl KafkaArgs {
+    /// The file's properties first, then `-X`'s: the later setting wins.
     pub fn connection(&self) -> Connection {
+        let file = self.kafka_config.iter().flat_map(|f| &f.properties);
         Connection {
             bootstrap: self.bootstrap_servers.clone(),
-            properties: self.properties.clone(),
+            properties: file.chain(&self.properties).cloned().collect(),
         }
     }
 
@@ -251,6 +296,11 @@ pub struct ProcessArgs {
     /// (read at start; larger processed records go to the DLQ as unproducible).
     #[arg(long, env = "TALLY_OUTPUT_MAX_MESSAGE_BYTES", default_value_t = KAFKA_DEFAULT_MAX_MESSAGE_BYTES, value_parser = parse_positive)]
     pub output_max_message_bytes: usize,
+    /// Mask the `ip` field of DLQ entries whose value is a JSON object, as the
+    /// processed output masks it (header tally.masked=ip). The DLQ then holds
+    /// re-serialised JSON, not the original bytes. `verify` must be given it too.
+    #[arg(long, env = "TALLY_DLQ_MASK_IP")]
+    pub dlq_mask_ip: bool,
 }
 
 impl ProcessArgs {
@@ -314,6 +364,7 @@ impl ProcessArgs {
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
                 max_future_skew_secs: i64::from(self.max_future_skew_secs),
+                dlq_mask_ip: self.dlq_mask_ip,
             },
             filters: Filters {
                 min_app_version: self.min_app_version.clone(),

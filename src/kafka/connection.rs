@@ -132,10 +132,76 @@ pub(super) fn ctx(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
 }
 
 /// Connection settings shared by every client: bootstrap servers and `-X` passthrough.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connection {
     pub bootstrap: String,
     pub properties: Vec<(String, String)>,
+}
+
+/// Secret values never reach a log line, an error or a panic through `{:?}`.
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("bootstrap", &self.bootstrap)
+            .field("properties", &Redacted(&self.properties))
+            .finish()
+    }
+}
+
+/// Properties shown as `key=value`, with the value of a secret key hidden.
+pub struct Redacted<'a>(pub &'a [(String, String)]);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, v)| {
+                if is_secret(k) {
+                    format!("{k}=<redacted>")
+                } else {
+                    format!("{k}={v}")
+                }
+            }))
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property holds a secret (passwords, keys, JAAS and
+/// OAuth configurations, tokens): the properties librdkafka itself redacts, and
+/// any key that says so.
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "key.pem",
+        "token",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// Parses a librdkafka properties file: `key=value` lines as kcat's `-F`
+/// reads them; blank lines and lines starting with `#` are skipped, the key
+/// and the value are trimmed. An error names the line by number only: the
+/// line may hold a secret.
+pub fn parse_properties(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => return Err(format!("line {} is not key=value", i + 1)),
+        }
+    }
+    Ok(out)
 }
 
 impl Connection {
@@ -290,6 +356,37 @@ mod tests {
 
     const COMMIT: Duration = Duration::from_millis(100);
     const SESSION: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_properties_file_reads_like_kcats() {
+        let text = "# comment\n\nsecurity.protocol=SASL_SSL\n  sasl.password = p=w#d \r\n";
+        assert_eq!(
+            parse_properties(text).unwrap(),
+            vec![
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+                ("sasl.password".to_string(), "p=w#d".to_string()),
+            ]
+        );
+        let e = parse_properties("a=b\nhunter2\n").unwrap_err();
+        assert_eq!(e, "line 2 is not key=value");
+        assert!(parse_properties("=x").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secret_values() {
+        let c = with(&[
+            ("sasl.password", "hunter2"),
+            ("ssl.key.password", "hunter3"),
+            ("sasl.oauthbearer.config", "principal=x secret=hunter4"),
+            ("security.protocol", "SASL_SSL"),
+        ]);
+        let shown = format!("{c:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("security.protocol=SASL_SSL"), "{shown}");
+        assert!(shown.contains("sasl.password=<redacted>"), "{shown}");
+    }
 
     fn with(props: &[(&str, &str)]) -> Connection {
         Connection {

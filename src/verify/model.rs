@@ -60,6 +60,9 @@ pub struct Expected {
     pub key: Option<Bytes>,
     /// A tombstone's DLQ entry has an empty value.
     pub value: Bytes,
+    /// The value of its DLQ entry when that is masked (`--dlq-mask-ip` and a
+    /// JSON object with an `ip`): the entry must then say `tally.masked: ip`.
+    pub masked_value: Option<Bytes>,
     pub timestamp_ms: Option<i64>,
 }
 
@@ -147,6 +150,12 @@ pub fn expect(rec: &InputRecord, cfg: &ProcessConfig) -> Expected {
         fate,
         key: rec.key.as_deref().map(Bytes::of),
         value: Bytes::of(rec.value.as_deref().unwrap_or_default()),
+        masked_value: rec
+            .value
+            .as_deref()
+            .filter(|_| cfg.limits.dlq_mask_ip)
+            .and_then(ip_masked)
+            .map(|v| Bytes::of(&v)),
         timestamp_ms: rec.timestamp_ms,
     }
 }
@@ -259,6 +268,23 @@ fn filtered(e: &Event, cfg: &ProcessConfig) -> bool {
         !allowed.iter().any(|a| a.to_lowercase() == wanted)
     });
     too_old || not_allowed
+}
+
+/// A DLQ entry's value as `--dlq-mask-ip` writes it: a JSON object's non-null
+/// `ip` replaced by its network, or by `"masked"` when it is no address.
+/// `None`: nothing to mask (the entry keeps the original bytes).
+fn ip_masked(value: &[u8]) -> Option<Vec<u8>> {
+    let mut object = match serde_json::from_slice::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(o)) => o,
+        _ => return None,
+    };
+    let ip = object.get_mut("ip").filter(|v| !v.is_null())?;
+    let network = ip
+        .as_str()
+        .and_then(|s| s.trim().parse::<IpAddr>().ok())
+        .map_or_else(|| "masked".to_string(), masked);
+    *ip = serde_json::Value::String(network);
+    serde_json::to_vec(&object).ok()
 }
 
 /// The address's network: IPv4 `/24`, IPv6 `/48`.
@@ -447,9 +473,17 @@ pub fn check_dead_letter(
         .unwrap_or_default();
     let got_key = r.record.key.as_deref();
     let got_value = r.record.value.as_deref().unwrap_or_default();
+    match (&e.masked_value, r.header(headers::MASKED)) {
+        (Some(_), Some(b"ip")) | (None, None) => {}
+        (Some(_), m) => wrong.push(format!("tally.masked is {m:?}, expected \"ip\"")),
+        (None, Some(m)) => wrong.push(format!(
+            "tally.masked {:?} on an entry with nothing to mask",
+            String::from_utf8_lossy(m)
+        )),
+    }
     if let Err(w) = check_part(
         "value",
-        Some(&e.value),
+        Some(e.masked_value.as_ref().unwrap_or(&e.value)),
         Some(got_value),
         cut.contains(&b"value"[..]),
         r.header(headers::ORIGINAL_SIZE),
@@ -624,6 +658,43 @@ mod tests {
             masked("2001:db8:abcd:12:1::9".parse().unwrap()),
             "2001:db8:abcd::/48"
         );
+    }
+
+    #[test]
+    fn masked_dead_letters_are_checked_against_the_masked_value() {
+        let mut c = cfg();
+        c.limits.dlq_mask_ip = true;
+        let missing = r#"{"user_id":"u-1","app_version":"2.3.4","ip":"203.0.113.77","locale":"en_US","device_id":"d-1","timestamp":1699999000}"#;
+        let rec = record(Some(missing.as_bytes()));
+        let e = expect(&rec, &c);
+        let Outcome::DeadLetter { output, .. } = event::process(&rec, &c) else {
+            panic!("no device_type")
+        };
+        let masked_dl = read(&output, None);
+        assert_eq!(
+            check_dead_letter(&e, &masked_dl, 1 << 20),
+            Ok(DeadLetterKind::Expected)
+        );
+        let mut plain_cfg = c.clone();
+        plain_cfg.limits.dlq_mask_ip = false;
+        let plain_e = expect(&rec, &plain_cfg);
+        let Outcome::DeadLetter { output, .. } = event::process(&rec, &plain_cfg) else {
+            panic!("no device_type")
+        };
+        let plain = read(&output, None);
+        assert_eq!(
+            check_dead_letter(&plain_e, &plain, 1 << 20),
+            Ok(DeadLetterKind::Expected)
+        );
+        // Masking the operator did not ask for, or an unmasked entry when asked.
+        assert!(check_dead_letter(&plain_e, &masked_dl, 1 << 20).is_err());
+        assert!(check_dead_letter(&e, &plain, 1 << 20).is_err());
+        // The header alone does not make an entry masked.
+        let mut claimed = plain.clone();
+        claimed
+            .headers
+            .push((headers::MASKED.to_string(), b"ip".to_vec()));
+        assert!(check_dead_letter(&e, &claimed, 1 << 20).is_err());
     }
 
     #[test]
@@ -888,6 +959,7 @@ mod tests {
                     limits: Limits {
                         max_value_bytes: max_value,
                         max_future_skew_secs: skew,
+                        dlq_mask_ip: false,
                     },
                     filters: Filters {
                         min_app_version: min.map(|m| m.parse().unwrap()),
