@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Apache Kafka (KRaft) on 127.0.0.1 for tally's tests, drill and benchmarks.
 #
-#   scripts/kafka.sh start [--nodes N]   format (first time) and start N nodes (default 1);
+#   scripts/kafka.sh start [--nodes N] [--secure]
+#                                        format (first time) and start N nodes (default 1);
 #                                        prints the bootstrap servers on stdout
 #   scripts/kafka.sh stop                stop every node by PID
 #   scripts/kafka.sh status              running nodes and the bootstrap servers
@@ -9,11 +10,26 @@
 #   scripts/kafka.sh node I stop|kill|start|pause|resume
 #                                        one node: clean shutdown, SIGKILL, restart
 #                                        with its data, SIGSTOP, SIGCONT
+#   scripts/kafka.sh acl ARGS...         kafka-acls.sh's --add/--remove/--list as the admin
+#                                        of a --secure cluster (scripts/kafka/Acl.java)
 #
 # Every node is a combined broker and controller (scripts/kafka/server.properties);
 # --nodes 3 makes a 3-voter cluster with replication factor 3 and
 # min.insync.replicas=2. Ports are picked free at the first start and kept, so a
 # node restarted with `node I start` comes back where it was.
+#
+# --secure (decided at the first start, like --nodes): the client listener is
+# SASL_SSL with SCRAM-SHA-512, every request is authorised by ACLs (StandardAuthorizer,
+# allow.everyone.if.no.acl.found=false) and only `admin` is a super user. The
+# first start makes, in $KAFKA_DIR/secrets/:
+#   ca.pem                 the CA to trust (ssl.ca.location); a throwaway, made here
+#   broker.pem             the broker's key and certificate (SAN IP:127.0.0.1, DNS:localhost)
+#   USER.password          a random password for admin and each of KAFKA_USERS
+#   USER.properties        librdkafka properties for USER (tally -X, kcat -F):
+#                          TALLY_KAFKA_PROPERTIES=$(paste -sd';' secrets/tally.properties)
+#   USER.java.properties   Java client properties (kafka-acls --command-config)
+# Users other than admin can do nothing until ACLs allow it (`acl --add ...`).
+# The controller listener stays PLAINTEXT (127.0.0.1, not for clients).
 #
 # Environment:
 #   KAFKA_DIR    the cluster's data, logs and PIDs (default .kafka/)
@@ -27,6 +43,7 @@
 #                appended to every node's server.properties when the cluster is
 #                formatted (first start only; a later key overrides the file's),
 #                e.g. KAFKA_EXTRA_PROPERTIES=auto.create.topics.enable=true
+#   KAFKA_USERS  --secure: SCRAM users besides admin (default: tally tally-reader)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +56,8 @@ java=${JAVA:-java}
 heap=${KAFKA_HEAP:--Xms128m -Xmx512m}
 opts=${KAFKA_OPTS:-}
 ready_timeout=${KAFKA_READY_TIMEOUT:-120}
+secrets=$dir/secrets
+users=${KAFKA_USERS:-tally tally-reader}
 
 log() { echo "kafka: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -78,6 +97,46 @@ node_pid() {
   echo "$pid"
 }
 
+secure() { [ -f "$dir/secure" ]; }
+
+# The admin's Java client properties on a --secure cluster.
+admin_config() { echo "$secrets/admin.java.properties"; }
+
+# --secure, first start: a CA, the broker's certificate signed by it, and a
+# random password and client property files for admin and each user. Prints
+# the StorageTool --add-scram arguments that create the users.
+make_secrets() {
+  local u pw
+  mkdir -p "$secrets"
+  chmod 700 "$secrets"
+  (
+    umask 077
+    cd "$secrets"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=tally test CA" -keyout ca.key -out ca.pem
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=localhost" -keyout broker.key -out broker.csr
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+      "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth,clientAuth" > broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile broker.ext -out broker.crt
+    cat broker.key broker.crt > broker.pem
+  ) >"$secrets/openssl.log" 2>&1 || { cat "$secrets/openssl.log" >&2; die "making the certificates failed"; }
+  for u in admin $users; do
+    pw=$(openssl rand -hex 16)
+    (
+      umask 077
+      echo "$pw" > "$secrets/$u.password"
+      printf '%s\n' "security.protocol=SASL_SSL" "sasl.mechanism=SCRAM-SHA-512" \
+        "sasl.username=$u" "sasl.password=$pw" "ssl.ca.location=$secrets/ca.pem" \
+        "ssl.endpoint.identification.algorithm=https" > "$secrets/$u.properties"
+      printf '%s\n' "security.protocol=SASL_SSL" "sasl.mechanism=SCRAM-SHA-512" \
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$u\" password=\"$pw\";" \
+        "ssl.truststore.type=PEM" "ssl.truststore.location=$secrets/ca.pem" > "$secrets/$u.java.properties")
+    printf '%s\n' --add-scram "SCRAM-SHA-512=[name=$u,password=$pw]"
+  done
+}
+
 bootstrap() {
   local i out=
   for i in $(seq 1 "$(nodes)"); do
@@ -86,11 +145,17 @@ bootstrap() {
   echo "$out"
 }
 
-# Writes every node's server.properties and formats its storage (first start only).
+# Writes every node's server.properties and formats its storage (first start
+# only); $2 = 1: --secure.
 format() {
-  local n=$1 i voters= cid rf=1 isr=1
+  local n=$1 sec=$2 i voters= cid rf=1 isr=1 scram=()
   [ "$n" -ge 3 ] && { rf=3; isr=2; }
   mkdir -p "$dir"
+  if [ "$sec" = 1 ]; then
+    mapfile -t scram < <(make_secrets)
+    [ ${#scram[@]} -gt 0 ] || die "making the secrets failed"
+    echo "admin $users" > "$dir/secure"
+  fi
   echo "$n" > "$dir/nodes"
   for i in $(seq 1 "$n"); do
     mkdir -p "$(node_dir "$i")"
@@ -107,12 +172,21 @@ format() {
       -e "s|@PORT@|$(cat "$nd/port")|" -e "s|@CONTROLLER_PORT@|$(cat "$nd/controller_port")|" \
       -e "s|@LOG_DIR@|$nd/data|" -e "s|@RF@|$rf|" -e "s|@MIN_ISR@|$isr|" \
       "$conf/server.properties" > "$nd/server.properties"
+    if [ "$sec" = 1 ]; then
+      # The secure listeners replace the PLAINTEXT ones.
+      sed -i -e '/^listeners=/d' -e '/^advertised.listeners=/d' -e '/^inter.broker.listener.name=/d' \
+        -e '/^listener.security.protocol.map=/d' "$nd/server.properties"
+      { echo; sed -e "s|@PORT@|$(cat "$nd/port")|" -e "s|@CONTROLLER_PORT@|$(cat "$nd/controller_port")|" \
+          -e "s|@SECRETS@|$secrets|" -e "s|@ADMIN_PASSWORD@|$(cat "$secrets/admin.password")|" \
+          "$conf/secure.properties"; } >> "$nd/server.properties"
+      chmod 600 "$nd/server.properties"
+    fi
     if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then
       printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" | tr ',' '\n' \
         >> "$nd/server.properties"
     fi
     "$java" -cp "$libs/*" -Dlog4j2.configurationFile="$conf/tools-log4j2.properties" \
-      kafka.tools.StorageTool format -t "$cid" -c "$nd/server.properties" >"$nd/format.log" 2>&1 \
+      kafka.tools.StorageTool format -t "$cid" -c "$nd/server.properties" "${scram[@]}" >"$nd/format.log" 2>&1 \
       || { cat "$nd/format.log" >&2; die "formatting node $i failed"; }
   done
 }
@@ -153,23 +227,31 @@ wait_ready() {
       sleep 0.2
     done
   done
+  local as=()
+  if secure; then as=("$(admin_config)"); fi
   "$java" -cp "$libs/*" -Dlog4j2.configurationFile="$conf/tools-log4j2.properties" \
-    "$conf/Ready.java" "$(bootstrap)" "$n" $((deadline - SECONDS > 10 ? deadline - SECONDS : 10))
+    "$conf/Ready.java" "$(bootstrap)" "$n" $((deadline - SECONDS > 10 ? deadline - SECONDS : 10)) "${as[@]}"
 }
 
 start() {
-  local n=1
+  local n=1 sec=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --nodes) n=$2; shift 2 ;;
+      --secure) sec=1; shift ;;
       *) die "unknown option $1" ;;
     esac
   done
   install_kafka
   if [ -f "$dir/nodes" ]; then
     [ "$(nodes)" = "$n" ] || die "$dir holds a $(nodes)-node cluster; stop it and remove $dir for $n nodes"
+    if secure && [ $sec = 0 ]; then
+      die "$dir holds a --secure cluster; start it with --secure, or stop it and remove $dir"
+    elif ! secure && [ $sec = 1 ]; then
+      die "$dir holds a cluster without --secure; stop it and remove $dir for a secure one"
+    fi
   else
-    format "$n"
+    format "$n" "$sec"
   fi
   local t0=$SECONDS i
   for i in $(seq 1 "$n"); do launch "$i"; done
@@ -178,6 +260,10 @@ start() {
     exit 1
   fi
   log "started $n node(s) in $((SECONDS - t0)) s: $(bootstrap) (logs $dir/node*/logs)"
+  if secure; then
+    log "SASL_SSL; users $(cat "$dir/secure") (admin: super user); client properties in" \
+      "$secrets/USER.properties (librdkafka) and USER.java.properties (Java); ACLs: $0 acl --add ..."
+  fi
   bootstrap
 }
 
@@ -227,6 +313,7 @@ status() {
     fi
   done
   echo "bootstrap $(bootstrap), data $dir"
+  if secure; then echo "secure: SASL_SSL, users $(cat "$dir/secure"), client properties in $secrets"; fi
   [ $up -gt 0 ] || return 3
 }
 
@@ -269,11 +356,29 @@ node() {
   esac
 }
 
+# kafka-acls as the admin of a --secure cluster (scripts/kafka/Acl.java).
+acl() {
+  local i up=0
+  [ -f "$dir/nodes" ] || die "not running"
+  secure || die "$dir holds a cluster without --secure: it has no ACLs"
+  for i in $(seq 1 "$(nodes)"); do node_pid "$i" >/dev/null && up=1; done
+  [ $up = 1 ] || die "not running: $0 start --secure"
+  local classes=$dir/acl-classes
+  # Compiled once (a JVM compiling the source at each call takes 3 s more).
+  if [ ! -f "$classes/Acl.class" ] || [ "$conf/Acl.java" -nt "$classes/Acl.class" ]; then
+    mkdir -p "$classes"
+    "$(dirname "$(readlink -f "$(command -v "$java")")")/javac" -nowarn -cp "$libs/*" -d "$classes" "$conf/Acl.java" >&2 || die "compiling Acl.java failed"
+  fi
+  "$java" -cp "$classes:$libs/*" -Dlog4j2.configurationFile="$conf/tools-log4j2.properties" \
+    Acl --bootstrap-server "$(bootstrap)" --command-config "$(admin_config)" "$@"
+}
+
 case "${1:-}" in
   start) shift; start "$@" ;;
+  acl) shift; acl "$@" ;;
   stop) stop ;;
   status) status ;;
   node) shift; node "$@" ;;
   controller) controller ;;
-  *) echo "usage: $0 start [--nodes N] | stop | status | controller | node I stop|kill|start|pause|resume" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--nodes N] [--secure] | stop | status | controller | node I stop|kill|start|pause|resume | acl ARGS..." >&2; exit 2 ;;
 esac

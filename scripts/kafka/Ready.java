@@ -3,10 +3,15 @@
 // for both coordinators also makes the broker create __consumer_offsets and
 // __transaction_state now rather than inside the first test's timeout.
 //
-//   java -cp 'libs/*' Ready.java BOOTSTRAP BROKERS TIMEOUT_SECONDS
+//   java -cp 'libs/*' Ready.java BOOTSTRAP BROKERS TIMEOUT_SECONDS [CLIENT_PROPERTIES]
+//
+// CLIENT_PROPERTIES: a Java client properties file (security.protocol, SASL,
+// truststore) for a secured cluster, as the admin.
 //
 // Exit 0 when ready, 1 with the last reason on stderr when the time runs out.
 
+import java.io.FileInputStream;
+import java.io.InputStream;
 import java.util.List;
 import java.util.Properties;
 import java.util.concurrent.ExecutionException;
@@ -24,6 +29,11 @@ public class Ready {
         int brokers = Integer.parseInt(args[1]);
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(Long.parseLong(args[2]));
         Properties props = new Properties();
+        if (args.length > 3) {
+            try (InputStream in = new FileInputStream(args[3])) {
+                props.load(in);
+            }
+        }
         props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "5000");
         props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "10000");
