@@ -108,6 +108,22 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
                 }
             );
         }
+        // A record librdkafka gave up on (refused, not authorized) is no longer
+        // in flight, but it was not written either.
+        match producer.failed() {
+            (0, _) => {}
+            (failed, denied) => anyhow::bail!(
+                "{failed} of {n} events were not written to {}{}",
+                a.topic,
+                denied.map_or_else(
+                    || " (see the delivery errors above)".to_string(),
+                    |d| format!(
+                        ": not authorized ({d}); the principal needs Write on the topic \
+                         (docs/operations.md, \"A secured cluster\")"
+                    ),
+                )
+            ),
+        }
         Ok((n, bad))
     })
     .await?;

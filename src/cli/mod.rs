@@ -119,10 +119,32 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
         .expect("blocking task panicked")
 }
 
-pub(crate) fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not key=value")),
+/// Parses `-X key=value`. An error never shows the argument, which may hold a
+/// secret (`-X sasl.password:...`): clap's own message would quote it.
+#[derive(Clone)]
+pub(crate) struct PropertyParser;
+
+impl clap::builder::TypedValueParser for PropertyParser {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        value
+            .to_str()
+            .and_then(|s| s.split_once('='))
+            .filter(|(k, _)| !k.trim().is_empty())
+            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+            .ok_or_else(|| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    "a -X property (or an entry of TALLY_KAFKA_PROPERTIES) is not key=value; \
+                     it is not shown, as it may hold a secret\n",
+                )
+            })
     }
 }
 
@@ -180,7 +202,7 @@ pub struct KafkaArgs {
     #[arg(long, env = "TALLY_KAFKA_CONFIG", value_name = "FILE", value_parser = parse_properties_file)]
     pub kafka_config: Option<PropertiesFile>,
     /// librdkafka property passed through unchanged (repeatable), e.g. -X security.protocol=SSL (env: `;`-separated).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';')]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = PropertyParser, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';')]
     pub properties: Vec<(String, String)>,
     /// Seconds to wait for the cluster to answer before giving up (tools: 15;
     /// `run`: keeps trying, warning every few seconds, unless this is set).
@@ -222,7 +244,10 @@ impl KafkaArgs {
             .map_or(TOOL_CONNECT_TIMEOUT, Duration::from_secs);
         blocking(move || conn.probe(timeout))
             .await
-            .map_err(|e| unreachable_cluster(&self.bootstrap_servers, timeout, e))
+            .map_err(|e| match e {
+                e @ tally::kafka::Error::Config(_) => e.into(),
+                e => unreachable_cluster(&self.bootstrap_servers, timeout, e),
+            })
     }
 }
 

@@ -164,6 +164,7 @@ async fn wait_for_cluster(k: &KafkaArgs, shutdown: &AtomicBool) -> anyhow::Resul
                 }
                 return Ok(true);
             }
+            Err(e @ tally::kafka::Error::Config(_)) => return Err(e.into()),
             Err(e) => {
                 let waited = started.elapsed();
                 status.beat();
@@ -292,6 +293,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             max_poll_interval: Duration::from_secs(300),
         },
         transactional_id: format!("{}-{}", a.transactional_id_prefix, a.instance_id),
+        transactional_id_prefix: a.transactional_id_prefix.clone(),
         topics: a.topics.outputs(),
         insights_partitions,
         commit_interval: a.commit_interval,

@@ -202,6 +202,8 @@ pub async fn delete_topics(
 /// metadata fetch at start-up.
 pub struct TopicAdmin {
     admin: Arc<AdminClient<DefaultClientContext>>,
+    /// Who the cluster sees, to name in an authorization error.
+    principal: String,
 }
 
 impl std::fmt::Debug for TopicAdmin {
@@ -221,6 +223,7 @@ impl TopicAdmin {
         config.set("allow.auto.create.topics", "false");
         Ok(TopicAdmin {
             admin: Arc::new(config.create().map_err(ctx("creating admin client"))?),
+            principal: conn.principal(),
         })
     }
 
@@ -331,6 +334,7 @@ impl TopicAdmin {
         tokio::task::spawn_blocking(move || partitions(admin.inner(), &topic))
             .await
             .expect("metadata task panicked")
+            .map_err(|e| e.for_principal(&self.principal))
     }
 
     /// One configuration entry of each topic, in order (`None`: the topic or the

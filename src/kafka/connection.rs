@@ -120,15 +120,117 @@ pub enum Error {
         margin_ms: u128,
         needed_ms: u128,
     },
+    /// librdkafka refused a property: no retry can help.
+    #[error("{0}")]
+    Config(String),
+    /// The cluster refused an operation: an ACL is missing. Permanent until an
+    /// operator grants it, so never retried.
+    #[error(
+        "not authorized: {principal} may not {operation} {resource} {name} ({detail}); grant it \
+         with kafka-acls --add --allow-principal {principal} --operation {operation} \
+         --{resource} {name}{pattern} (the ACLs each tally command needs: docs/operations.md, \
+         \"A secured cluster\")"
+    )]
+    NotAuthorized {
+        principal: String,
+        operation: &'static str,
+        resource: &'static str,
+        name: String,
+        /// ` --resource-pattern-type prefixed` for a prefix, else empty.
+        pattern: &'static str,
+        detail: String,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+/// What the cluster refused: the kind of resource of an authorization error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// A topic, when librdkafka named it.
+    Topic(Option<String>),
+    Group,
+    TransactionalId,
+    Cluster,
+}
+
+impl Denied {
+    /// `None` for an error that is no authorization failure.
+    pub(super) fn of(code: RDKafkaErrorCode, topic: Option<&str>) -> Option<Denied> {
+        match code {
+            RDKafkaErrorCode::TopicAuthorizationFailed => {
+                Some(Denied::Topic(topic.map(str::to_string)))
+            }
+            RDKafkaErrorCode::GroupAuthorizationFailed => Some(Denied::Group),
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed => Some(Denied::TransactionalId),
+            RDKafkaErrorCode::ClusterAuthorizationFailed => Some(Denied::Cluster),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an error code is an authorization failure.
+pub(super) fn denied_resource(code: RDKafkaErrorCode) -> Option<Denied> {
+    Denied::of(code, None)
+}
+
+/// The names an authorization error is explained with.
+#[derive(Debug, Clone)]
+pub struct AclNames {
+    pub principal: String,
+    pub group: String,
+    pub transactional_id_prefix: String,
+    /// The topic read.
+    pub input: String,
+    /// The topics written.
+    pub outputs: Vec<String>,
+}
+
+impl AclNames {
+    /// The ACL that is missing: Read on the input topic and the group, Write on
+    /// the topics written and on the transactional ids (a prefix). A topic
+    /// librdkafka did not name is looked for in `detail` (its error text).
+    pub fn not_authorized(&self, denied: Denied, detail: String) -> Error {
+        let named = |t: &String| detail.contains(t.as_str());
+        let (operation, resource, name, pattern) = match denied {
+            Denied::Topic(Some(t)) if t == self.input => ("Read", "topic", t, ""),
+            Denied::Topic(Some(t)) => ("Write", "topic", t, ""),
+            Denied::Topic(None) => match self.outputs.iter().find(|t| named(t)) {
+                Some(t) => ("Write", "topic", t.clone(), ""),
+                None => ("Read", "topic", self.input.clone(), ""),
+            },
+            Denied::Group => ("Read", "group", self.group.clone(), ""),
+            Denied::TransactionalId => (
+                "Write",
+                "transactional-id",
+                format!("{}-", self.transactional_id_prefix),
+                " --resource-pattern-type prefixed",
+            ),
+            Denied::Cluster => ("IdempotentWrite", "cluster", String::new(), ""),
+        };
+        Error::NotAuthorized {
+            principal: self.principal.clone(),
+            operation,
+            resource,
+            name,
+            pattern,
+            detail,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(super) fn ctx(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
     let what = what.into();
-    move |source| Error::Kafka { what, source }
+    move |source| match source {
+        // Its `Display` ends with the property's value, which may be a secret
+        // (a misspelt `sasl.pasword=...`).
+        KafkaError::ClientConfig(_, desc, key, _) => Error::Config(format!(
+            "{what}: librdkafka property {key:?}: {desc} (its value is not shown)"
+        )),
+        source => Error::Kafka { what, source },
+    }
 }
 
 /// Connection settings shared by every client: bootstrap servers and `-X` passthrough.
@@ -204,7 +306,60 @@ pub fn parse_properties(text: &str) -> std::result::Result<Vec<(String, String)>
     Ok(out)
 }
 
+/// The principal of a client that has no SASL user: TLS or the listener
+/// decides it.
+pub(super) const UNKNOWN_PRINCIPAL: &str = "User:<this client's principal>";
+
+impl Error {
+    /// Whether the cluster refused for want of an ACL: no retry can help.
+    pub fn is_not_authorized(&self) -> bool {
+        match self {
+            Error::NotAuthorized { .. } => true,
+            Error::Kafka { source, .. } => source
+                .rdkafka_error_code()
+                .and_then(denied_resource)
+                .is_some(),
+            _ => false,
+        }
+    }
+
+    /// A [`Error::NotAuthorized`] with the principal named, when it was unknown.
+    pub(super) fn for_principal(self, who: &str) -> Error {
+        match self {
+            Error::NotAuthorized {
+                principal,
+                operation,
+                resource,
+                name,
+                pattern,
+                detail,
+            } if principal == UNKNOWN_PRINCIPAL => Error::NotAuthorized {
+                principal: who.to_string(),
+                operation,
+                resource,
+                name,
+                pattern,
+                detail,
+            },
+            e => e,
+        }
+    }
+}
+
 impl Connection {
+    /// The principal the cluster sees, as `kafka-acls` names it: the SASL
+    /// user when one is set, else what TLS or the listener makes of the client.
+    pub fn principal(&self) -> String {
+        self.properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "sasl.username")
+            .map_or_else(
+                || UNKNOWN_PRINCIPAL.to_string(),
+                |(_, v)| format!("User:{v}"),
+            )
+    }
+
     /// Rejects, before `tally run` connects, `-X` properties that would break its
     /// guarantees, and a commit interval the transaction timeout cannot hold:
     /// the broker would abort every transaction before it could commit.
@@ -263,11 +418,27 @@ impl Connection {
 
 /// A client context that keeps librdkafka quiet: the probe reports failure
 /// itself, once, instead of librdkafka's error line per connection attempt.
-struct QuietContext;
+/// It keeps the last error librdkafka reported, which says why (a failed SASL
+/// authentication, a TLS handshake with an untrusted certificate), where the
+/// metadata request's own error only says that no broker answered.
+#[derive(Default)]
+struct QuietContext {
+    last: std::sync::Mutex<Option<String>>,
+}
 
 impl ClientContext for QuietContext {
-    fn log(&self, _level: RDKafkaLogLevel, _fac: &str, _log_message: &str) {}
-    fn error(&self, _error: KafkaError, _reason: &str) {}
+    fn log(&self, level: RDKafkaLogLevel, _fac: &str, log_message: &str) {
+        // librdkafka logs a failed authentication or TLS handshake from its
+        // broker threads; error events would wait for a poll the probe never makes.
+        if (level as i32) <= (RDKafkaLogLevel::Error as i32) {
+            *self.last.lock().expect("not poisoned") = Some(log_message.to_string());
+        }
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka's texts hold no secret: a failed authentication names the
+        // mechanism, never the password.
+        *self.last.lock().expect("not poisoned") = Some(format!("{error}: {reason}"));
+    }
 }
 
 impl ConsumerContext for QuietContext {}
@@ -281,12 +452,24 @@ impl Connection {
                 ("group.id", "tally-probe"),
                 ("log.connection.close", "false"),
             ])
-            .create_with_context(QuietContext)
+            .create_with_context(QuietContext::default())
             .map_err(ctx("creating a client"))?;
         consumer
             .fetch_metadata(None, timeout)
             .map(|_| ())
-            .map_err(ctx(format!("reaching the cluster at {}", self.bootstrap)))
+            .map_err(|e| {
+                // Serves the events librdkafka queued meanwhile (its errors and
+                // logs), which say why.
+                for _ in 0..3 {
+                    let _ = consumer.poll(Duration::from_millis(10));
+                }
+                let why = consumer.context().last.lock().expect("not poisoned").take();
+                let what = match why {
+                    Some(why) => format!("reaching the cluster at {} ({why})", self.bootstrap),
+                    None => format!("reaching the cluster at {}", self.bootstrap),
+                };
+                ctx(what)(e)
+            })
     }
 }
 
@@ -335,9 +518,19 @@ pub(super) fn partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> R
         .first()
         .ok_or_else(|| Error::Other(format!("topic {topic} not in metadata")))?;
     if let Some(e) = t.error() {
+        let code = RDKafkaErrorCode::from(e);
+        if denied_resource(code).is_some() {
+            return Err(Error::NotAuthorized {
+                principal: UNKNOWN_PRINCIPAL.into(),
+                operation: "Describe",
+                resource: "topic",
+                name: topic.to_string(),
+                pattern: "",
+                detail: format!("{code:?}; Read or Write on the topic includes Describe"),
+            });
+        }
         return Err(Error::Other(format!(
-            "topic {topic}: {:?} (does it exist? `tally create-topics` creates it)",
-            RDKafkaErrorCode::from(e)
+            "topic {topic}: {code:?} (does it exist? `tally create-topics` creates it)"
         )));
     }
     let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();

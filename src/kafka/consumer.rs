@@ -12,7 +12,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::connection::{CALL_TIMEOUT, Connection, Error, Result, ctx, is_fenced_code, partitions};
+use super::connection::{
+    AclNames, CALL_TIMEOUT, Connection, Denied, Error, Result, ctx, denied_resource,
+    is_fenced_code, partitions,
+};
 use crate::model::InputRecord;
 
 /// How long a seek waits for librdkafka to start a partition's fetcher.
@@ -52,9 +55,25 @@ pub struct GroupContext {
     /// The rewind generation: bumped after every rebalance, seek and pause, so a
     /// record stamped with it says which repositioning it was fetched after.
     generation: AtomicU64,
+    /// The first authorization error librdkafka reported outside a poll (the
+    /// group coordinator's lookup): [`GroupConsumer::poll_batch`] ends on it.
+    denied: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(code) = error
+            .rdkafka_error_code()
+            .filter(|c| denied_resource(*c).is_some())
+        {
+            self.denied
+                .lock()
+                .expect("not poisoned")
+                .get_or_insert_with(|| (code, format!("{error}: {reason}")));
+        }
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+    }
+}
 
 /// A poll timeout rounded up to whole milliseconds. librdkafka waits in whole
 /// milliseconds and rdkafka's poll loop retries the fraction left over with a
@@ -137,6 +156,8 @@ pub struct MemberConfig {
 pub struct GroupConsumer {
     pub(super) consumer: BaseConsumer<GroupContext>,
     topic: String,
+    group: String,
+    principal: String,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -176,6 +197,7 @@ impl GroupConsumer {
             topic: member.topic.clone(),
             events: tx,
             generation: AtomicU64::new(0),
+            denied: std::sync::Mutex::new(None),
         };
         let consumer = config
             .create_with_context(context)
@@ -184,6 +206,8 @@ impl GroupConsumer {
             GroupConsumer {
                 consumer,
                 topic: member.topic.clone(),
+                group: member.group.clone(),
+                principal: conn.principal(),
             },
             rx,
         ))
@@ -243,6 +267,16 @@ impl GroupConsumer {
         let start = self.generation();
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        if let Some((code, detail)) = self
+            .consumer
+            .context()
+            .denied
+            .lock()
+            .expect("not poisoned")
+            .take()
+        {
+            return Err(self.not_authorized(code, detail));
+        }
         while out.len() < max && bytes < max_bytes {
             let polled = self.consumer.poll(if out.is_empty() {
                 whole_millis(deadline.saturating_duration_since(Instant::now()))
@@ -263,6 +297,13 @@ impl GroupConsumer {
                     out.push(Polled { generation, record });
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e))
+                    if e.rdkafka_error_code()
+                        .is_some_and(|c| denied_resource(c).is_some()) =>
+                {
+                    let code = e.rdkafka_error_code().expect("matched");
+                    return Err(self.not_authorized(code, e.to_string()));
+                }
                 Some(Err(e)) => {
                     let fatal = self.consumer.client().fatal_error();
                     if let Some((code, reason)) = fatal {
@@ -355,7 +396,7 @@ impl GroupConsumer {
     /// The partitions of any topic, from a metadata request (an error when the
     /// topic does not exist).
     pub fn topic_partitions(&self, topic: &str) -> Result<Vec<i32>> {
-        partitions(self.consumer.client(), topic)
+        partitions(self.consumer.client(), topic).map_err(|e| e.for_principal(&self.principal))
     }
 
     /// Which of `topics` the cluster does not have, from one metadata request
@@ -381,6 +422,20 @@ impl GroupConsumer {
             .filter(|t| !present.contains(t.as_str()))
             .cloned()
             .collect())
+    }
+
+    /// The error for an authorization failure of this consumer: Read on its
+    /// topic, or on its group (joining it, committing offsets for it).
+    fn not_authorized(&self, code: RDKafkaErrorCode, detail: String) -> Error {
+        let names = AclNames {
+            principal: self.principal.clone(),
+            group: self.group.clone(),
+            transactional_id_prefix: String::new(),
+            input: self.topic.clone(),
+            outputs: Vec::new(),
+        };
+        let denied = Denied::of(code, Some(&self.topic)).unwrap_or(Denied::Topic(None));
+        names.not_authorized(denied, detail)
     }
 
     /// `(low, high)` watermarks of a partition.

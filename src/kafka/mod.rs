@@ -21,7 +21,9 @@ pub use admin::{
     GroupAdmin, GroupDescription, TopicAdmin, TopicSpec, busiest, coordinator_partition,
     create_topics, delete_records, delete_topics, fragility, pipeline_topic_specs, replication_for,
 };
-pub use connection::{CALL_TIMEOUT, Connection, Error, Redacted, Result, parse_properties};
+pub use connection::{
+    AclNames, CALL_TIMEOUT, Connection, Denied, Error, Redacted, Result, parse_properties,
+};
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
 pub use copy::copy_at_least_once;
 pub use producer::{

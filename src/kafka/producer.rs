@@ -13,7 +13,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::connection::{
-    CALL_TIMEOUT, Connection, Result, TRANSACTION_TIMEOUT_MS, ctx, is_fenced_code,
+    CALL_TIMEOUT, Connection, Denied, Result, TRANSACTION_TIMEOUT_MS, ctx, denied_resource,
+    is_fenced_code,
 };
 use super::consumer::GroupConsumer;
 use crate::event;
@@ -31,6 +32,10 @@ pub enum TxnError {
     /// Nothing sensible can continue.
     #[error("fatal transaction error: {0}")]
     Fatal(String),
+    /// The cluster refused an operation: an ACL is missing. Retrying, or a new
+    /// producer, cannot help.
+    #[error("not authorized: {1}")]
+    NotAuthorized(Denied, String),
 }
 
 fn classify(what: &str, e: KafkaError) -> TxnError {
@@ -170,9 +175,28 @@ pub struct DeliveryContext {
     /// The first topic a delivery failed for as unknown since the last
     /// [`TxnProducer::take_unknown_topic`].
     unknown_topic: Mutex<Option<String>>,
+    /// The first authorization failure since the last
+    /// [`TxnProducer::take_denied`], from a delivery or librdkafka's errors.
+    denied: Mutex<Option<(Denied, String)>>,
 }
 
-impl ClientContext for DeliveryContext {}
+impl DeliveryContext {
+    fn note_denied(&self, d: Denied, detail: String) {
+        self.denied
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert((d, detail));
+    }
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(d) = error.rdkafka_error_code().and_then(denied_resource) {
+            self.note_denied(d, format!("{error}: {reason}"));
+        }
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
@@ -181,6 +205,12 @@ impl ProducerContext for DeliveryContext {
             return;
         };
         let per_record = e.rdkafka_error_code().is_some_and(concerns_the_record);
+        if let Some(d) = e
+            .rdkafka_error_code()
+            .and_then(|c| Denied::of(c, Some(m.topic())))
+        {
+            self.note_denied(d, format!("producing to {}: {e}", m.topic()));
+        }
         if e.rdkafka_error_code().is_some_and(is_unknown_topic) {
             self.unknown_topic
                 .lock()
@@ -426,6 +456,16 @@ impl TxnProducer {
     /// Like [`classify`], but a producer in a fatal state reports the error that
     /// put it there (later calls only say "fatal error").
     fn classify(&self, what: &str, e: KafkaError) -> TxnError {
+        let code = match &e {
+            KafkaError::Transaction(rd) => Some(rd.code()),
+            e => e.rdkafka_error_code(),
+        };
+        if let Some(d) = code.and_then(denied_resource) {
+            return TxnError::NotAuthorized(d, format!("{what}: {e}"));
+        }
+        if let Some(d) = self.take_denied() {
+            return TxnError::NotAuthorized(d.0, format!("{what}: {e} ({})", d.1));
+        }
         match self.producer.client().fatal_error() {
             Some((code, reason)) if is_fenced_code(code) => {
                 TxnError::Fenced(format!("{what}: {reason}"))
@@ -484,6 +524,16 @@ impl TxnProducer {
                 })
             }
         }
+    }
+
+    /// An authorization failure since the last call: an ACL is missing.
+    pub fn take_denied(&self) -> Option<(Denied, String)> {
+        self.producer
+            .context()
+            .denied
+            .lock()
+            .expect("not poisoned")
+            .take()
     }
 
     /// A topic a delivery failed for as unknown since the last call (deleted
@@ -798,6 +848,19 @@ impl PlainProducer {
         self.producer
             .flush(Duration::from_secs(120))
             .map_err(ctx("flushing the producer"))
+    }
+
+    /// How many deliveries failed so far, and the first authorization failure
+    /// (an ACL is missing) if one did.
+    pub fn failed(&self) -> (u64, Option<String>) {
+        let ctx = self.producer.context();
+        let denied = ctx
+            .denied
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|(_, detail)| detail.clone());
+        (ctx.failures.load(Ordering::Relaxed), denied)
     }
 
     /// Waits until every record sent is delivered, at most `limit`, and at most

@@ -777,6 +777,11 @@ impl Pipeline {
                 st.since_generation = generation;
             }
         }
+        // A missing ACL aborts every transaction that touches its resource:
+        // stop, naming it, instead of aborting for ever.
+        if let Some((denied, detail)) = self.producer.take_denied() {
+            return Err(super::not_authorized(&self.cfg, denied, detail));
+        }
         self.check_topics_exist().await
     }
 
@@ -837,6 +842,8 @@ impl Pipeline {
                 Some(why) => why,
                 None => return Err(txn_fatal(&self.cfg, TxnError::Fenced(why))),
             },
+            // A new producer would be refused the same way.
+            e @ TxnError::NotAuthorized(..) => return Err(txn_fatal(&self.cfg, e)),
         };
         self.renew_producer(&why).await?;
         self.txn = Txn::Idle;

@@ -64,6 +64,8 @@ pub struct PipelineConfig {
     pub process: ProcessConfig,
     pub member: MemberConfig,
     pub transactional_id: String,
+    /// `transactional_id` is `<prefix>-<instance id>`.
+    pub transactional_id_prefix: String,
     pub topics: OutputTopics,
     /// The insights topic's partition count, read at start.
     pub insights_partitions: usize,
@@ -704,9 +706,29 @@ fn why_fenced(open_for: Option<Duration>, transaction_timeout: Duration) -> Fenc
     }
 }
 
+/// The names a missing ACL is explained with (see [`kafka::AclNames`]).
+fn acl_names(cfg: &PipelineConfig) -> kafka::AclNames {
+    kafka::AclNames {
+        principal: cfg.connection.principal(),
+        group: cfg.member.group.clone(),
+        transactional_id_prefix: cfg.transactional_id_prefix.clone(),
+        input: cfg.process.input_topic.clone(),
+        outputs: vec![
+            cfg.topics.processed.clone(),
+            cfg.topics.dead_letter.clone(),
+            cfg.topics.insights.clone(),
+        ],
+    }
+}
+
+fn not_authorized(cfg: &PipelineConfig, denied: kafka::Denied, detail: String) -> PipelineError {
+    PipelineError::Kafka(acl_names(cfg).not_authorized(denied, detail))
+}
+
 fn txn_fatal(cfg: &PipelineConfig, e: TxnError) -> PipelineError {
     match e {
         TxnError::Fenced(detail) => fenced(cfg, detail),
+        TxnError::NotAuthorized(denied, detail) => not_authorized(cfg, denied, detail),
         TxnError::Fatal(m) | TxnError::Abortable(m) => PipelineError::FatalTxn(m),
     }
 }

@@ -162,6 +162,14 @@ pub enum RestoreError {
         /// ` (offset N)`, or empty when none is usable.
         newest: String,
     },
+    #[error(
+        "{what}: {error} (a missing ACL: the ACLs tally run needs are in docs/operations.md, \
+         \"A secured cluster\")"
+    )]
+    NotAuthorized {
+        what: &'static str,
+        error: Box<kafka::Error>,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("partition {partition}: {what} still failing after {attempts} attempts: {error}")]
@@ -366,8 +374,18 @@ impl From<StateError> for Failure {
     }
 }
 
+/// A failed step, retried unless the cluster refused it for want of an ACL.
 fn transient(what: &'static str) -> impl FnOnce(kafka::Error) -> Failure {
-    move |e| Failure::Transient(what, Box::new(e))
+    move |e| {
+        if e.is_not_authorized() {
+            Failure::Permanent(Box::new(RestoreError::NotAuthorized {
+                what,
+                error: Box::new(e),
+            }))
+        } else {
+            Failure::Transient(what, Box::new(e))
+        }
+    }
 }
 
 /// Where a restore starts: the aggregate of every record below `from`.

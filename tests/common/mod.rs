@@ -621,10 +621,20 @@ pub fn tally(args: &[String]) -> (i32, String, String) {
 
 /// Like [`tally`], against the broker at `bootstrap`.
 pub fn tally_on(bootstrap: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
+    tally_on_with(bootstrap, args, &[])
+}
+
+/// [`tally_on`] with more environment variables.
+pub fn tally_on_with(
+    bootstrap: &str,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let out = std::process::Command::new(tally_bin())
         .args(args)
         .env("KAFKA_BOOTSTRAP", bootstrap)
         .env_remove("FAILPOINTS")
+        .envs(env.iter().copied())
         .output()
         .expect("run tally");
     (
@@ -681,6 +691,8 @@ const CLUSTER_JVM_OPTS: &str =
 pub struct PrivateBroker {
     pub bootstrap: String,
     dir: tempfile::TempDir,
+    /// A secured broker's admin properties: the helpers below act as admin.
+    admin_config: Option<std::path::PathBuf>,
 }
 
 impl PrivateBroker {
@@ -706,15 +718,52 @@ impl PrivateBroker {
             // As scripts/drill.sh does: brokers that start with half the CPU.
             start.env("KAFKA_OPTS", CLUSTER_JVM_OPTS);
         }
+        Self::started(dir, start, false)
+    }
+
+    /// One node with a SASL_SSL listener (SCRAM-SHA-512), ACLs enforced and no
+    /// ACL yet (`scripts/kafka.sh start --secure`): the users `admin` (super
+    /// user), `tally` and `tally-reader`, each with `<user>.properties` for
+    /// `--kafka-config` in [`PrivateBroker::secret`]'s directory.
+    pub fn start_secure() -> PrivateBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Self::script(dir.path(), &["start", "--secure"]);
+        Self::started(dir, start, true)
+    }
+
+    fn started(
+        dir: tempfile::TempDir,
+        mut start: std::process::Command,
+        secure: bool,
+    ) -> PrivateBroker {
         let out = start
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("run scripts/kafka.sh");
         assert!(out.status.success(), "scripts/kafka.sh start failed");
+        let admin_config = secure.then(|| dir.path().join("secrets/admin.properties"));
         PrivateBroker {
             bootstrap: String::from_utf8_lossy(&out.stdout).trim().to_string(),
             dir,
+            admin_config,
         }
+    }
+
+    /// A file of a secured broker's `secrets/` directory.
+    pub fn secret(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join("secrets").join(name)
+    }
+
+    /// `scripts/kafka.sh acl ARGS` (kafka-acls' arguments, run as admin).
+    pub fn acl(&self, args: &[&str]) {
+        let out = Self::script(self.dir.path(), &[&["acl"], args].concat())
+            .output()
+            .expect("run scripts/kafka.sh acl");
+        assert!(
+            out.status.success(),
+            "kafka.sh acl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn script(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
@@ -797,7 +846,14 @@ impl PrivateBroker {
 
     /// Runs a tally subcommand against this broker: (exit code, stdout, stderr).
     pub fn tally(&self, args: &[&str]) -> (i32, String, String) {
-        tally_on(&self.bootstrap, args)
+        match &self.admin_config {
+            Some(admin) => tally_on_with(
+                &self.bootstrap,
+                args,
+                &[("TALLY_KAFKA_CONFIG", admin.to_str().unwrap())],
+            ),
+            None => tally_on(&self.bootstrap, args),
+        }
     }
 
     /// `tally lag --wait-for`: every one of the `events` input records
