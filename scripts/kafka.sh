@@ -26,7 +26,7 @@
 #   broker.pem             the broker's key and certificate (SAN IP:127.0.0.1, DNS:localhost)
 #   USER.password          a random password for admin and each of KAFKA_USERS
 #   USER.properties        librdkafka properties for USER (tally -X, kcat -F):
-#                          TALLY_KAFKA_PROPERTIES=$(paste -sd';' secrets/tally.properties)
+#                          tally --kafka-config secrets/tally.properties
 #   USER.java.properties   Java client properties (kafka-acls --command-config)
 # Users other than admin can do nothing until ACLs allow it (`acl --add ...`).
 # The controller listener stays PLAINTEXT (127.0.0.1, not for clients).

@@ -10,8 +10,9 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-# GNU time: the benchmarks' CPU time and peak RSS of a process.
-for pkg in libclang-dev build-essential pkg-config libssl-dev zlib1g-dev prometheus time; do
+# GNU time: the benchmarks' CPU time and peak RSS of a process. openssl: the
+# secured test broker's throwaway CA and certificate (kafka.sh start --secure).
+for pkg in libclang-dev build-essential pkg-config libssl-dev zlib1g-dev prometheus time openssl; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 # python3 (any, e.g. pyenv's): free ports for the broker, the deploy validators.

@@ -30,15 +30,15 @@ fn run_acls(names: &Names, txn_prefix: &str) -> Vec<(Vec<String>, String)> {
     vec![
         (
             line(&["--operation", "Read", "--topic", &names.input]),
-            format!("may not Describe topic {}", names.input),
+            format!("may not Read topic {}", names.input),
         ),
         (
             rw_configs(&names.output),
-            format!("may not Describe topic {}", names.output),
+            format!("may not Write topic {}", names.output),
         ),
         (
             rw_configs(&names.dlq),
-            format!("may not Describe topic {}", names.dlq),
+            format!("may not Write topic {}", names.dlq),
         ),
         (
             line(&[
@@ -51,7 +51,7 @@ fn run_acls(names: &Names, txn_prefix: &str) -> Vec<(Vec<String>, String)> {
                 "--topic",
                 &names.insights,
             ]),
-            format!("may not Describe topic {}", names.insights),
+            format!("may not Write topic {}", names.insights),
         ),
         (
             line(&["--operation", "Read", "--group", &names.group]),
@@ -175,8 +175,11 @@ fn least_privilege_over_sasl_ssl_is_exactly_once_and_a_missing_acl_is_a_prompt_c
             "without {line:?}, expected {says:?}:\n{log}"
         );
         println!(
-            "without {line:?}: exit 1 after {:.1} s",
-            started.elapsed().as_secs_f64()
+            "without {line:?}: exit 1 after {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            log.lines()
+                .find(|l| l.contains("not authorized"))
+                .unwrap_or_default()
         );
         assert_eq!(committed_sum(&broker, &names), before, "{line:?}");
         acl(&broker, "--add", line);
@@ -184,26 +187,38 @@ fn least_privilege_over_sasl_ssl_is_exactly_once_and_a_missing_acl_is_a_prompt_c
         logs.push(log);
     }
 
-    // Write on the output taken away while records flow: the abort that
-    // follows stops it, naming the topic; nothing past what was produced.
-    let mut run = start(&["--leave-group-on-shutdown"]);
-    broker.wait_drained(&names, total, &mut run);
-    acl(&broker, "--remove", &acls[1].0);
-    generate(&broker, &names, 100);
-    let code = run.wait(Duration::from_secs(90));
-    let log = run.log();
-    assert_eq!(code, Some(1), "{log}");
-    assert!(
-        log.contains(&format!(
-            "not authorized: User:tally may not Write topic {}",
-            names.output
-        )),
-        "{log}"
-    );
-    assert_eq!(committed_sum(&broker, &names), total);
-    acl(&broker, "--add", &acls[1].0);
-    total += 100;
-    logs.push(log);
+    // Taken away while records flow: the next poll, or the abort that follows,
+    // stops it, naming the resource; nothing committed past what was produced.
+    for (i, says) in [
+        (0, format!("may not Read topic {}", names.input)),
+        (1, format!("may not Write topic {}", names.output)),
+        (4, format!("may not Read group {}", names.group)),
+    ] {
+        let line = &acls[i].0;
+        let mut run = start(&["--leave-group-on-shutdown"]);
+        broker.wait_drained(&names, total, &mut run);
+        acl(&broker, "--remove", line);
+        let started = Instant::now();
+        generate(&broker, &names, 100);
+        let code = run.wait(Duration::from_secs(90));
+        let log = run.log();
+        assert_eq!(code, Some(1), "{line:?} removed while running: {log}");
+        assert!(
+            log.contains(&format!("not authorized: User:tally {says}")),
+            "{line:?} removed while running, expected {says:?}:\n{log}"
+        );
+        println!(
+            "{line:?} removed while running: exit 1 {:.1} s after 100 more events: {}",
+            started.elapsed().as_secs_f64(),
+            log.lines()
+                .find(|l| l.contains("not authorized"))
+                .unwrap_or_default()
+        );
+        assert_eq!(committed_sum(&broker, &names), total, "{line:?}");
+        acl(&broker, "--add", line);
+        total += 100;
+        logs.push(log);
+    }
 
     // Everything back: the rest drains exactly once.
     let mut run = start(&[]);

@@ -256,7 +256,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     // unreadable limit.
     let admin = TopicAdmin::new(&connection)?;
     admin
-        .require_topics(&[&a.topics.output_topic, &a.topics.dlq_topic])
+        .require_topics(&[&a.topics.output_topic, &a.topics.dlq_topic], "Write")
         .await?;
     let process = a.process.resolve(Some(&admin), &a.topics).await;
     // State is restored from the insights topic: refuse to run on one that

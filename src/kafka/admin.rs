@@ -375,9 +375,13 @@ impl TopicAdmin {
     /// with auto.create.topics.enable a mistyped --output-topic or --dlq-topic
     /// would become a new topic with the broker's defaults (one partition, a
     /// 1 MiB limit) instead of a refusal.
-    pub async fn require_topics(&self, topics: &[&str]) -> Result<()> {
+    /// `operation`: what the caller will do on them (`Write`), named if the
+    /// principal may not even describe one.
+    pub async fn require_topics(&self, topics: &[&str], operation: &'static str) -> Result<()> {
         for topic in topics {
-            self.partitions(topic).await?;
+            self.partitions(topic)
+                .await
+                .map_err(|e| e.needing(operation))?;
         }
         Ok(())
     }
@@ -389,8 +393,14 @@ impl TopicAdmin {
     /// insights topic's partition count.
     pub async fn check_insights_topic(&self, input: &str, insights: &str) -> Result<usize> {
         let (ni, ns) = (
-            self.partitions(input).await?.len(),
-            self.partitions(insights).await?.len(),
+            self.partitions(input)
+                .await
+                .map_err(|e| e.needing("Read"))?
+                .len(),
+            self.partitions(insights)
+                .await
+                .map_err(|e| e.needing("Write"))?
+                .len(),
         );
         if ni != ns {
             return Err(Error::Other(format!(

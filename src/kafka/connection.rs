@@ -323,6 +323,29 @@ impl Error {
         }
     }
 
+    /// A refused Describe of a resource the caller needs for `operation` (which
+    /// includes Describe): the ACL to grant is that one.
+    pub(super) fn needing(self, operation: &'static str) -> Error {
+        match self {
+            Error::NotAuthorized {
+                principal,
+                operation: "Describe",
+                resource,
+                name,
+                pattern,
+                detail,
+            } => Error::NotAuthorized {
+                principal,
+                operation,
+                resource,
+                name,
+                pattern,
+                detail,
+            },
+            e => e,
+        }
+    }
+
     /// A [`Error::NotAuthorized`] with the principal named, when it was unknown.
     pub(super) fn for_principal(self, who: &str) -> Error {
         match self {
@@ -526,7 +549,7 @@ pub(super) fn partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> R
                 resource: "topic",
                 name: topic.to_string(),
                 pattern: "",
-                detail: format!("{code:?}; Read or Write on the topic includes Describe"),
+                detail: format!("{code:?}: it may not even describe the topic"),
             });
         }
         return Err(Error::Other(format!(
