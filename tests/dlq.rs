@@ -81,15 +81,11 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
     }
 }
 
-#[test]
-fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
-    // tally cannot read the topics' limits and believes the output takes 8 MiB:
-    // the broker (2 MiB output topic) refuses the 3 MB processed record after
-    // it was sent. That record alone is dead-lettered, as `unproducible`.
-    let names = Names::create_with_input_limit("refused", 2, 8 * MIB);
-    let first = produce_generated(&names.input, 1_000, 33, 0.0);
+/// Writes to input partition 1 a valid event padded to 3 MB (key `refused`):
+/// a 2 MiB output topic refuses its processed record. Returns its value.
+fn produce_refused(names: &Names, seed: u64) -> Vec<u8> {
     let mut event: serde_json::Value = serde_json::from_slice(
-        &tally::generate::Generator::new(34, chrono::Utc::now().timestamp() - 60, 0.0, false)
+        &tally::generate::Generator::new(seed, chrono::Utc::now().timestamp() - 60, 0.0, false)
             .next_record()
             .value
             .unwrap(),
@@ -102,6 +98,17 @@ fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
         Some(1),
         &[(Some(b"refused".to_vec()), Some(big.clone()))],
     );
+    big
+}
+
+#[test]
+fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
+    // tally cannot read the topics' limits and believes the output takes 8 MiB:
+    // the broker (2 MiB output topic) refuses the 3 MB processed record after
+    // it was sent. That record alone is dead-lettered, as `unproducible`.
+    let names = Names::create_with_input_limit("refused", 2, 8 * MIB);
+    let first = produce_generated(&names.input, 1_000, 33, 0.0);
+    let big = produce_refused(&names, 34);
     let second = produce_generated(&names.input, 1_000, 35, 0.0);
     let total = (first.total + second.total + 1) as i64;
 
@@ -158,22 +165,7 @@ fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
 fn a_runtime_dead_letter_is_not_recounted_by_a_restore() {
     let names = Names::create_with_input_limit("verdict", 2, 8 * MIB);
     let first = produce_generated(&names.input, 1_000, 36, 0.0);
-    let mut event: serde_json::Value = serde_json::from_slice(
-        &tally::generate::Generator::new(37, chrono::Utc::now().timestamp() - 60, 0.0, false)
-            .next_record()
-            .value
-            .unwrap(),
-    )
-    .unwrap();
-    event["padding"] = serde_json::json!("p".repeat(3_000_000));
-    produce(
-        &names.input,
-        Some(1),
-        &[(
-            Some(b"refused".to_vec()),
-            Some(event.to_string().into_bytes()),
-        )],
-    );
+    produce_refused(&names, 37);
     let second = produce_generated(&names.input, 1_000, 38, 0.0);
     let total = first.total + second.total + 1;
     // A snapshot an hour at most: without the dead letter's own, a new host

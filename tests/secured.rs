@@ -111,20 +111,6 @@ fn committed_sum(broker: &PrivateBroker, names: &Names) -> u64 {
         .sum()
 }
 
-fn generate(broker: &PrivateBroker, names: &Names, count: u64) {
-    let count = count.to_string();
-    let (code, _, err) = broker.tally(&[
-        "generate",
-        "--topic",
-        &names.input,
-        "--count",
-        &count,
-        "--huge",
-        "false",
-    ]);
-    assert_eq!(code, 0, "{err}");
-}
-
 #[test]
 fn least_privilege_over_sasl_ssl_is_exactly_once_and_a_missing_acl_is_a_prompt_clear_exit() {
     let broker = PrivateBroker::start_secure();
@@ -163,7 +149,7 @@ fn least_privilege_over_sasl_ssl_is_exactly_once_and_a_missing_acl_is_a_prompt_c
     // resource; nothing committed meanwhile.
     for (line, says) in acls.iter().filter(|(_, says)| !says.is_empty()) {
         acl(&broker, "--remove", line);
-        generate(&broker, &names, 100);
+        broker.generate(&names, 100);
         let before = committed_sum(&broker, &names);
         let started = Instant::now();
         let mut run = start(&["--leave-group-on-shutdown"]);
@@ -199,7 +185,7 @@ fn least_privilege_over_sasl_ssl_is_exactly_once_and_a_missing_acl_is_a_prompt_c
         broker.wait_drained(&names, total, &mut run);
         acl(&broker, "--remove", line);
         let started = Instant::now();
-        generate(&broker, &names, 100);
+        broker.generate(&names, 100);
         let code = run.wait(Duration::from_secs(90));
         let log = run.log();
         assert_eq!(code, Some(1), "{line:?} removed while running: {log}");

@@ -325,47 +325,23 @@ impl Error {
 
     /// A refused Describe of a resource the caller needs for `operation` (which
     /// includes Describe): the ACL to grant is that one.
-    pub(super) fn needing(self, operation: &'static str) -> Error {
-        match self {
-            Error::NotAuthorized {
-                principal,
-                operation: "Describe",
-                resource,
-                name,
-                pattern,
-                detail,
-            } => Error::NotAuthorized {
-                principal,
-                operation,
-                resource,
-                name,
-                pattern,
-                detail,
-            },
-            e => e,
+    pub(super) fn needing(mut self, needed: &'static str) -> Error {
+        if let Error::NotAuthorized { operation, .. } = &mut self {
+            if *operation == "Describe" {
+                *operation = needed;
+            }
         }
+        self
     }
 
     /// A [`Error::NotAuthorized`] with the principal named, when it was unknown.
-    pub(super) fn for_principal(self, who: &str) -> Error {
-        match self {
-            Error::NotAuthorized {
-                principal,
-                operation,
-                resource,
-                name,
-                pattern,
-                detail,
-            } if principal == UNKNOWN_PRINCIPAL => Error::NotAuthorized {
-                principal: who.to_string(),
-                operation,
-                resource,
-                name,
-                pattern,
-                detail,
-            },
-            e => e,
+    pub(super) fn for_principal(mut self, who: &str) -> Error {
+        if let Error::NotAuthorized { principal, .. } = &mut self {
+            if principal == UNKNOWN_PRINCIPAL {
+                *principal = who.to_string();
+            }
         }
+        self
     }
 }
 

@@ -830,7 +830,13 @@ impl PrivateBroker {
         args.extend(topic_args.iter().map(String::as_str));
         let (code, _, err) = self.tally(&args);
         assert_eq!(code, 0, "{err}");
-        let count = events.to_string();
+        self.generate(&names, events);
+        names
+    }
+
+    /// `tally generate` of `count` more events (no huge ones) into the input.
+    pub fn generate(&self, names: &Names, count: u64) {
+        let count = count.to_string();
         let (code, _, err) = self.tally(&[
             "generate",
             "--topic",
@@ -841,7 +847,6 @@ impl PrivateBroker {
             "false",
         ]);
         assert_eq!(code, 0, "{err}");
-        names
     }
 
     /// Runs a tally subcommand against this broker: (exit code, stdout, stderr).
