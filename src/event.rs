@@ -548,10 +548,14 @@ fn finish(
     let ip = match IpAddr::from_str(&ip_text) {
         Ok(ip) => ip,
         Err(_) => {
-            return reject(
-                Reason::BadIp,
-                format!("ip {ip_text:?} is neither IPv4 nor IPv6"),
-            );
+            // With --dlq-mask-ip the DLQ entry's `ip` is masked: its message
+            // must not quote it either.
+            let message = if limits.dlq_mask_ip {
+                "ip is neither IPv4 nor IPv6 (not shown: --dlq-mask-ip)".to_string()
+            } else {
+                format!("ip {ip_text:?} is neither IPv4 nor IPv6")
+            };
+            return reject(Reason::BadIp, message);
         }
     };
     let app_version = match AppVersion::parse_owned(app_version_text) {
@@ -658,8 +662,13 @@ impl Filters {
 /// `value` with its `ip` field masked, when it is a JSON object that has one
 /// (not null): an address as [`mask_ip`] masks it, anything else as `"masked"`
 /// (an invalid address may still be one, mistyped). `None`: nothing to mask.
-/// The result is re-serialised, so it is not byte for byte the input.
+/// The result is re-serialised, so it is not byte for byte the input. Only a
+/// value that starts as an object is parsed (the caller bounds its size), so
+/// a large array or string costs no tree.
 pub fn mask_ip_field(value: &[u8]) -> Option<Vec<u8>> {
+    if value.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(value) else {
         return None;
     };
@@ -975,6 +984,7 @@ fn dlq_header_reserve(cfg: &ProcessConfig) -> usize {
         (headers::ORIGINAL_SHA256, 64),
         (headers::ORIGINAL_KEY_SIZE, 20),
         (headers::ORIGINAL_KEY_SHA256, 64),
+        (headers::MASKED, 2),
     ];
     values
         .iter()
@@ -1037,7 +1047,7 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
     hs.extend(source_headers(cfg, rec.partition, rec.offset));
     let mut key = rec.key;
     let mut value = rec.value.unwrap_or_default();
-    if cfg.limits.dlq_mask_ip {
+    if cfg.limits.dlq_mask_ip && value.len() <= cfg.limits.max_value_bytes {
         if let Some(masked) = mask_ip_field(&value) {
             value = masked;
             hs.push((headers::MASKED, b"ip".to_vec()));

@@ -178,6 +178,8 @@ fn least_privilege_over_sasl_ssl_is_exactly_once_and_a_missing_acl_is_a_prompt_c
     for (i, says) in [
         (0, format!("may not Read topic {}", names.input)),
         (1, format!("may not Write topic {}", names.output)),
+        // The generator's malformed records go to the DLQ.
+        (2, format!("may not Write topic {}", names.dlq)),
         (4, format!("may not Read group {}", names.group)),
     ] {
         let line = &acls[i].0;

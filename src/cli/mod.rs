@@ -185,6 +185,15 @@ impl std::fmt::Debug for PropertiesFile {
 fn parse_properties_file(path: &str) -> Result<PropertiesFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let properties = tally::kafka::parse_properties(&text).map_err(|e| format!("{path}: {e}"))?;
+    // The servers are the flag's: its errors name them.
+    if let Some((k, _)) = properties
+        .iter()
+        .find(|(k, _)| k == "bootstrap.servers" || k == "metadata.broker.list")
+    {
+        return Err(format!(
+            "{path}: {k} is set with --bootstrap-servers (KAFKA_BOOTSTRAP), not in the file"
+        ));
+    }
     Ok(PropertiesFile {
         path: path.into(),
         properties,
@@ -202,7 +211,7 @@ pub struct KafkaArgs {
     #[arg(long, env = "TALLY_KAFKA_CONFIG", value_name = "FILE", value_parser = parse_properties_file)]
     pub kafka_config: Option<PropertiesFile>,
     /// librdkafka property passed through unchanged (repeatable), e.g. -X security.protocol=SSL (env: `;`-separated).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = PropertyParser, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';')]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = PropertyParser, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';', hide_env_values = true)]
     pub properties: Vec<(String, String)>,
     /// Seconds to wait for the cluster to answer before giving up (tools: 15;
     /// `run`: keeps trying, warning every few seconds, unless this is set).

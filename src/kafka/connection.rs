@@ -197,7 +197,10 @@ impl AclNames {
             Denied::Topic(Some(t)) => ("Write", "topic", t, ""),
             Denied::Topic(None) => match self.outputs.iter().find(|t| named(t)) {
                 Some(t) => ("Write", "topic", t.clone(), ""),
-                None => ("Read", "topic", self.input.clone(), ""),
+                None if named(&self.input) => ("Read", "topic", self.input.clone(), ""),
+                // librdkafka did not say which: the topics written, as one
+                // `kafka-acls` line.
+                None => ("Write", "topic", self.outputs.join(" --topic "), ""),
             },
             Denied::Group => ("Read", "group", self.group.clone(), ""),
             Denied::TransactionalId => (
@@ -274,6 +277,7 @@ pub fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     [
         "password",
+        "passphrase",
         "secret",
         "jaas",
         "oauthbearer.config",
@@ -417,7 +421,7 @@ impl Connection {
 
 /// A client context that keeps librdkafka quiet: the probe reports failure
 /// itself, once, instead of librdkafka's error line per connection attempt.
-/// It keeps the last error librdkafka reported, which says why (a failed SASL
+/// It keeps the first error librdkafka reported, which says why (a failed SASL
 /// authentication, a TLS handshake with an untrusted certificate), where the
 /// metadata request's own error only says that no broker answered.
 #[derive(Default)]
@@ -427,16 +431,22 @@ struct QuietContext {
 
 impl ClientContext for QuietContext {
     fn log(&self, level: RDKafkaLogLevel, _fac: &str, log_message: &str) {
-        // librdkafka logs a failed authentication or TLS handshake from its
-        // broker threads; error events would wait for a poll the probe never makes.
+        // A failed authentication or TLS handshake is logged as an error; logs
+        // and error events are served by the probe's polls.
         if (level as i32) <= (RDKafkaLogLevel::Error as i32) {
-            *self.last.lock().expect("not poisoned") = Some(log_message.to_string());
+            self.last
+                .lock()
+                .expect("not poisoned")
+                .get_or_insert_with(|| log_message.to_string());
         }
     }
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka's texts hold no secret: a failed authentication names the
         // mechanism, never the password.
-        *self.last.lock().expect("not poisoned") = Some(format!("{error}: {reason}"));
+        self.last
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_with(|| format!("{error}: {reason}"));
     }
 }
 

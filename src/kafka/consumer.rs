@@ -55,8 +55,8 @@ pub struct GroupContext {
     /// The rewind generation: bumped after every rebalance, seek and pause, so a
     /// record stamped with it says which repositioning it was fetched after.
     generation: AtomicU64,
-    /// The first authorization error librdkafka reported outside a poll (the
-    /// group coordinator's lookup): [`GroupConsumer::poll_batch`] ends on it.
+    /// The first authorization error librdkafka reported through the error
+    /// callback: [`GroupConsumer::poll_batch`] ends on it.
     denied: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
 }
 
@@ -417,11 +417,26 @@ impl GroupConsumer {
             })
             .map(|t| t.name())
             .collect();
-        Ok(topics
+        let absent: Vec<String> = topics
             .iter()
             .filter(|t| !present.contains(t.as_str()))
             .cloned()
-            .collect())
+            .collect();
+        // A topic the principal may not describe is left out of the list too:
+        // asked alone, the cluster says which it is.
+        for topic in &absent {
+            if let Err(e) = partitions(self.consumer.client(), topic) {
+                if e.is_not_authorized() {
+                    let needed = if *topic == self.topic {
+                        "Read"
+                    } else {
+                        "Write"
+                    };
+                    return Err(e.needing(needed).for_principal(&self.principal));
+                }
+            }
+        }
+        Ok(absent)
     }
 
     /// The error for an authorization failure of this consumer: Read on its

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -118,6 +119,16 @@ fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// The topic of librdkafka's `Failed to add partition "T" [p] to transaction:
+/// ... Topic authorization failed` line.
+fn refused_partition_topic(line: &str) -> Option<String> {
+    if !line.contains("Topic authorization failed") {
+        return None;
+    }
+    let rest = line.split_once("to add partition \"")?.1;
+    Some(rest.split_once('"')?.0.to_string())
+}
+
 /// Checks `done` every `step` until it holds (true) or `limit` has passed (false).
 fn poll_until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
@@ -190,6 +201,32 @@ impl DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    /// Logs as rust-rdkafka does, and notes a topic a transaction was refused
+    /// (`Failed to add partition "T" [p] to transaction: ... authorization
+    /// failed`): the transaction's own error names none.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if let Some(topic) = refused_partition_topic(log_message) {
+            self.note_denied(Denied::Topic(Some(topic)), log_message.to_string());
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if let Some(d) = error.rdkafka_error_code().and_then(denied_resource) {
             self.note_denied(d, format!("{error}: {reason}"));
@@ -448,6 +485,8 @@ impl TxnProducer {
     }
 
     pub fn begin(&self) -> Result<(), TxnError> {
+        // A refusal noted after the last transaction ended is that one's.
+        self.take_denied();
         self.producer
             .begin_transaction()
             .map_err(|e| self.classify("begin_transaction", e))
@@ -461,17 +500,31 @@ impl TxnProducer {
             e => e.rdkafka_error_code(),
         };
         if let Some(d) = code.and_then(denied_resource) {
-            return TxnError::NotAuthorized(d, format!("{what}: {e}"));
+            // A note names the topic where the transaction's error does not.
+            let detail = match self.take_denied() {
+                Some((Denied::Topic(Some(t)), note)) if d == Denied::Topic(None) => {
+                    return TxnError::NotAuthorized(
+                        Denied::Topic(Some(t)),
+                        format!("{what}: {e} ({note})"),
+                    );
+                }
+                _ => format!("{what}: {e}"),
+            };
+            return TxnError::NotAuthorized(d, detail);
         }
-        if let Some(d) = self.take_denied() {
-            return TxnError::NotAuthorized(d.0, format!("{what}: {e} ({})", d.1));
-        }
-        match self.producer.client().fatal_error() {
+        let classified = match self.producer.client().fatal_error() {
             Some((code, reason)) if is_fenced_code(code) => {
                 TxnError::Fenced(format!("{what}: {reason}"))
             }
             Some((_, reason)) => TxnError::Fatal(format!("{what}: {reason}")),
             None => classify(what, e),
+        };
+        // A fencing stays a fencing; any other failure of a transaction whose
+        // records were refused for want of an ACL is that refusal.
+        match (classified, self.take_denied()) {
+            (fenced @ TxnError::Fenced(_), _) => fenced,
+            (other, Some((d, note))) => TxnError::NotAuthorized(d, format!("{other} ({note})")),
+            (other, None) => other,
         }
     }
 
@@ -508,8 +561,16 @@ impl TxnProducer {
                 })
             }
             Err((source, _)) => {
-                // librdkafka refuses at once a record for a topic its metadata
-                // says does not exist.
+                // librdkafka refuses at once a record for a topic it was refused
+                // (an ACL) or its metadata says does not exist.
+                if let Some(d) = source
+                    .rdkafka_error_code()
+                    .and_then(|c| Denied::of(c, Some(topic)))
+                {
+                    self.producer
+                        .context()
+                        .note_denied(d, format!("producing to {topic}: {source}"));
+                }
                 if source.rdkafka_error_code().is_some_and(is_unknown_topic) {
                     self.producer
                         .context()
@@ -680,6 +741,9 @@ impl TxnProducer {
             }
         };
         self.abort()?;
+        // The probe's transaction is no stream's: what it was refused is told
+        // in `why`, not left for the next transaction.
+        self.take_denied();
         Ok(why)
     }
 
@@ -890,6 +954,23 @@ mod tests {
     use rdkafka::message::OwnedMessage;
 
     use super::*;
+
+    #[test]
+    fn a_refused_partition_names_its_topic() {
+        let line = "Failed to add partition \"user-login-insights\" [0] to transaction: \
+                    Broker: Topic authorization failed";
+        assert_eq!(
+            refused_partition_topic(line).as_deref(),
+            Some("user-login-insights")
+        );
+        assert_eq!(
+            refused_partition_topic(
+                "Failed to add partition \"t\" [0] to transaction: Broker: Not leader"
+            ),
+            None
+        );
+        assert_eq!(refused_partition_topic("Topic authorization failed"), None);
+    }
     use crate::event::{Filters, Limits, OutputLimits, ProcessConfig, dead_letter, process};
     use crate::model::InputRecord;
 

@@ -734,6 +734,7 @@ impl Pipeline {
                 Some(topic) => Err(PipelineError::TopicGone { topic }),
                 None => Ok(()),
             },
+            Some(Err(e)) if e.is_not_authorized() => Err(PipelineError::Kafka(e)),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot tell whether tally's topics still exist; carrying on");
                 Ok(())

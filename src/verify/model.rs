@@ -153,7 +153,7 @@ pub fn expect(rec: &InputRecord, cfg: &ProcessConfig) -> Expected {
         masked_value: rec
             .value
             .as_deref()
-            .filter(|_| cfg.limits.dlq_mask_ip)
+            .filter(|v| cfg.limits.dlq_mask_ip && v.len() <= cfg.limits.max_value_bytes)
             .and_then(ip_masked)
             .map(|v| Bytes::of(&v)),
         timestamp_ms: rec.timestamp_ms,
@@ -274,6 +274,9 @@ fn filtered(e: &Event, cfg: &ProcessConfig) -> bool {
 /// `ip` replaced by its network, or by `"masked"` when it is no address.
 /// `None`: nothing to mask (the entry keeps the original bytes).
 fn ip_masked(value: &[u8]) -> Option<Vec<u8>> {
+    if value.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     let mut object = match serde_json::from_slice::<serde_json::Value>(value) {
         Ok(serde_json::Value::Object(o)) => o,
         _ => return None,
