@@ -81,6 +81,18 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
     }
 }
 
+/// The limits tally believes in when it cannot read the topics' (failpoint
+/// `topic-limits-unreadable`): an 8 MiB output, so the 3 MB record of
+/// [`produce_refused`] is sent, and the 2 MiB DLQ it really has.
+const REFUSED_LIMITS: [&str; 6] = [
+    "--max-value-bytes",
+    "8388608",
+    "--output-max-message-bytes",
+    "8388608",
+    "--dlq-max-message-bytes",
+    "2097152",
+];
+
 /// Writes to input partition 1 a valid event padded to 3 MB (key `refused`):
 /// a 2 MiB output topic refuses its processed record. Returns its value.
 fn produce_refused(names: &Names, seed: u64) -> Vec<u8> {
@@ -117,14 +129,7 @@ fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
         &names,
         "refused-1",
         &dir.path().join("state"),
-        &[
-            "--max-value-bytes",
-            "8388608",
-            "--output-max-message-bytes",
-            "8388608",
-            "--dlq-max-message-bytes",
-            "2097152",
-        ],
+        &REFUSED_LIMITS,
         &[("FAILPOINTS", "topic-limits-unreadable=return")],
     );
     wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut run]);
@@ -170,16 +175,7 @@ fn a_runtime_dead_letter_is_not_recounted_by_a_restore() {
     let total = first.total + second.total + 1;
     // A snapshot an hour at most: without the dead letter's own, a new host
     // replays from the first snapshot (or from offset 0), over the dead letter.
-    let args = [
-        "--max-value-bytes",
-        "8388608",
-        "--output-max-message-bytes",
-        "8388608",
-        "--dlq-max-message-bytes",
-        "2097152",
-        "--snapshot-interval",
-        "3600000",
-    ];
+    let args = [&REFUSED_LIMITS[..], &["--snapshot-interval", "3600000"]].concat();
     let env = [("FAILPOINTS", "topic-limits-unreadable=return")];
     let dir = tempfile::tempdir().unwrap();
     let mut a = TallyProc::start(&names, "verdict-1", &dir.path().join("a"), &args, &env);

@@ -436,25 +436,11 @@ fn restore_partition(
         // Exact at `C`, but retention deleted `[C, log start)` while nobody
         // consumed this partition: those records can be neither processed nor
         // counted, and the group consumer would jump over them silently.
-        let e = RestoreError::BelowLogStart {
-            partition,
-            start: c,
-            log_start,
-            committed: c,
-            uncountable: log_start - c,
-        };
-        if !ctx.options.allow_inexact {
-            return Err(e.into());
-        }
+        below_log_start(ctx, partition, c, log_start, c)?;
         // Exact at `C`: the deleted records lie at and past `C`, which the live
         // consumer counts when it jumps over them (see `Pipeline::check_gap`),
         // in the transaction that commits past them. Counted here as well, a
         // restart before that commit, or the live check, would count them twice.
-        tracing::warn!(
-            partition,
-            uncounted = log_start - c,
-            "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
-        );
         return Ok(recovered(start, c, 0, started));
     }
     let Start {
@@ -464,25 +450,12 @@ fn restore_partition(
     } = start;
     let mut replay_from = from;
     if from < log_start {
-        let e = RestoreError::BelowLogStart {
-            partition,
-            start: from,
-            log_start,
-            committed: c,
-            uncountable: log_start - from,
-        };
-        if !ctx.options.allow_inexact {
-            // A newer snapshot may exist (every revocation and shutdown writes
-            // one at `C`), but a read_committed reader cannot see past another
-            // producer's open transaction (a killed instance's, until it restarts
-            // or the transaction times out): retry before refusing.
-            return Err(Failure::Unsettled(Box::new(e)));
-        }
-        tracing::warn!(
-            partition,
-            uncounted = log_start - from,
-            "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
-        );
+        // A newer snapshot may exist (every revocation and shutdown writes one
+        // at `C`), but a read_committed reader cannot see past another
+        // producer's open transaction (a killed instance's, until it restarts or
+        // the transaction times out): retry before refusing.
+        below_log_start(ctx, partition, from, log_start, c)
+            .map_err(|e| Failure::Unsettled(Box::new(e)))?;
         let (here, from_here) = inexact_start(from, c, log_start);
         aggregate.uncounted += here;
         replay_from = from_here;
@@ -653,23 +626,12 @@ fn restore_uncommitted(
     } = start;
     let mut resume_at = from;
     if from < log_start {
-        let e = RestoreError::BelowLogStart {
-            partition,
-            start: from,
-            log_start,
-            committed: from,
-            uncountable: log_start - from,
-        };
-        if !ctx.options.allow_inexact {
-            return Err(e.into());
-        }
-        tracing::warn!(
-            partition,
-            uncounted = log_start - from,
-            "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
-        );
-        aggregate.uncounted += (log_start - from) as u64;
-        resume_at = log_start;
+        below_log_start(ctx, partition, from, log_start, from)?;
+        // `resume_at` becomes the committed offset: every deleted record lies
+        // below it.
+        let (here, from_here) = inexact_start(from, log_start, log_start);
+        aggregate.uncounted += here;
+        resume_at = from_here;
     }
     tracing::warn!(
         partition,
@@ -693,6 +655,34 @@ fn restore_uncommitted(
     // `never_committed: false`: a snapshot is due at once, and its transaction
     // commits `resume_at` as the group's offset.
     Ok(recovered_from(path, aggregate, resume_at, 0, started))
+}
+
+/// A restore from `start` below the input's log start cannot be exact: the
+/// refusal, unless `--allow-inexact-restore` (then a warning, and the caller
+/// counts what was deleted).
+fn below_log_start(
+    ctx: &RestoreContext,
+    partition: i32,
+    start: i64,
+    log_start: i64,
+    committed: i64,
+) -> std::result::Result<(), RestoreError> {
+    let e = RestoreError::BelowLogStart {
+        partition,
+        start,
+        log_start,
+        committed,
+        uncountable: log_start - start,
+    };
+    if !ctx.options.allow_inexact {
+        return Err(e);
+    }
+    tracing::warn!(
+        partition,
+        uncounted = log_start - start,
+        "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
+    );
+    Ok(())
 }
 
 /// With records below the log start deleted, a restore to `c` from `from`
