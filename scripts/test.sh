@@ -14,4 +14,5 @@ tally_traps
 tally_ensure_broker
 echo "test: broker $KAFKA_BOOTSTRAP" >&2
 
-cargo test --workspace "$@"
+# The failpoints feature arms the crash points the broker tests inject.
+cargo test --workspace --features tally/failpoints "$@"

@@ -1,6 +1,8 @@
 //! Named crash and error points for tests, switched on with the `FAILPOINTS`
 //! environment variable (`name=return;other=return`, format of the `fail` crate).
-//! Without the `failpoints` cargo feature they compile to nothing.
+//! Without the `failpoints` cargo feature (off by default; the test command and
+//! the drill turn it on) they compile to nothing, and a binary started with
+//! `FAILPOINTS` set refuses to run rather than silently ignore them.
 //!
 //! Points: `after-produce`, `before-commit`, `after-commit-before-checkpoint`
 //! (crashes: the process aborts with no cleanup and no LeaveGroup, like `kill -9`)
@@ -62,6 +64,16 @@ pub fn setup() -> Option<fail::FailScenario<'static>> {
 
 #[cfg(not(feature = "failpoints"))]
 pub fn setup() -> Option<()> {
+    // A test or drill that arms crash points against a build without them
+    // would pass or fail for the wrong reason: say so and stop.
+    if std::env::var_os("FAILPOINTS").is_some() {
+        eprintln!(
+            "error: FAILPOINTS is set, but this tally was built without the `failpoints` \
+             feature; build it with `cargo build --features failpoints` (scripts/test.sh and \
+             scripts/drill.sh do), or unset FAILPOINTS"
+        );
+        std::process::exit(2);
+    }
     None
 }
 
