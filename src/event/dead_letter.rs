@@ -18,7 +18,7 @@ use crate::model::{Destination, InputRecord, OutputRecord, headers};
 /// The result is re-serialised, so it is not byte for byte the input. Only a
 /// value that starts as an object is parsed (the caller bounds its size), so
 /// a large array or string costs no tree.
-pub fn mask_ip_field(value: &[u8]) -> Option<Vec<u8>> {
+fn mask_ip_field(value: &[u8]) -> Option<Vec<u8>> {
     if value.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
@@ -55,17 +55,17 @@ fn source_headers(
 /// Room kept below a topic's `max.message.bytes` for what Kafka adds to a record
 /// (record-batch header of 61 bytes, per-record varints and attributes) and for
 /// librdkafka's own, more pessimistic size estimate.
-pub const RECORD_OVERHEAD: usize = 1024;
+const RECORD_OVERHEAD: usize = 1024;
 
 /// The `tally.message` header is cut to this many bytes: messages quote parts of
 /// the input (a 1 MiB "ip" string would otherwise come back as a 1 MiB header).
-pub const MAX_MESSAGE_HEADER_BYTES: usize = 512;
+const MAX_MESSAGE_HEADER_BYTES: usize = 512;
 
 /// Per header: its two length varints and attributes, at most.
 const HEADER_OVERHEAD: usize = 10;
 
 /// The bytes a record takes against a topic's `max.message.bytes`.
-pub fn record_size(key: Option<&[u8]>, value: &[u8], hs: &[(&str, Vec<u8>)]) -> usize {
+pub(super) fn record_size(key: Option<&[u8]>, value: &[u8], hs: &[(&str, Vec<u8>)]) -> usize {
     RECORD_OVERHEAD
         + key.map_or(0, <[u8]>::len)
         + value.len()
@@ -120,7 +120,7 @@ fn cap_message(message: &str, max: usize) -> Vec<u8> {
 }
 
 /// The bytes of key and value a DLQ entry can carry whole (larger: truncated).
-pub fn dlq_room(cfg: &ProcessConfig) -> usize {
+pub(crate) fn dlq_room(cfg: &ProcessConfig) -> usize {
     cfg.output_limits
         .dlq_max_bytes
         .saturating_sub(RECORD_OVERHEAD + dlq_header_reserve(cfg))
@@ -129,7 +129,7 @@ pub fn dlq_room(cfg: &ProcessConfig) -> usize {
 /// How much of a key and a value a DLQ entry keeps within `room` bytes: both whole
 /// when they fit; otherwise the key keeps at least half the room (or all it needs)
 /// and the value the rest.
-pub fn dlq_fit(key_len: usize, value_len: usize, room: usize) -> (usize, usize) {
+fn dlq_fit(key_len: usize, value_len: usize, room: usize) -> (usize, usize) {
     if key_len + value_len <= room {
         return (key_len, value_len);
     }
@@ -196,7 +196,7 @@ pub fn dead_letter(rec: InputRecord, rejection: &Rejection, cfg: &ProcessConfig)
 /// A DLQ entry with nothing of the key or value, only the headers (the original
 /// sizes and SHA-256): the last resort for a record whose full DLQ entry was
 /// refused too. Its key and value are always `None` and empty.
-pub fn dead_letter_stripped(
+pub(crate) fn dead_letter_stripped(
     rec: InputRecord,
     rejection: &Rejection,
     cfg: &ProcessConfig,

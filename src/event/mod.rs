@@ -20,16 +20,16 @@ mod transform;
 mod validate;
 
 pub use app_version::AppVersion;
-pub use dead_letter::{
-    MAX_MESSAGE_HEADER_BYTES, RECORD_OVERHEAD, dead_letter, dead_letter_stripped, dlq_fit,
-    dlq_room, mask_ip_field, record_size,
-};
+pub use dead_letter::dead_letter;
+pub(crate) use dead_letter::{dead_letter_stripped, dlq_room};
 pub use filter::{FilterReason, Filters};
 pub use reason::{Reason, Rejection};
-pub use transform::{ProcessedSource, mask_ip, processed_source, transform};
+pub(crate) use transform::processed_source;
 pub use validate::{Limits, LoginEvent, validate};
 
 use crate::model::{Destination, InputRecord, OutputRecord};
+use dead_letter::record_size;
+use transform::transform;
 
 /// The largest record each output topic accepts (its `max.message.bytes`, read
 /// from the topic at start). The DLQ entry and the processed record are decided

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::validate::LoginEvent;
 
 /// Masks an address to its network: IPv4 keeps its /24, IPv6 its /48.
-pub fn mask_ip(ip: IpAddr) -> String {
+pub(super) fn mask_ip(ip: IpAddr) -> String {
     let mut masked = Vec::with_capacity(18);
     push_masked_ip(&mut masked, ip);
     String::from_utf8(masked).expect("digits, dots, colons and hex are ASCII")
@@ -95,7 +95,7 @@ fn push_login_time(out: &mut Vec<u8>, timestamp: i64) {
 /// The transformed event: unknown fields kept, IP masked, time normalised, and the
 /// processing metadata that is a function of the input (source coordinates). Keys
 /// come out sorted, so the bytes are deterministic.
-pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+pub(super) fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
     if event.extra.is_empty() {
         return transform_known(event, topic, partition, offset);
     }
@@ -143,7 +143,7 @@ pub fn transform(event: &LoginEvent, topic: &str, partition: i32, offset: i64) -
 /// the payload's processing metadata. Processed records carry their source only
 /// there; DLQ entries carry it in the `tally.source.*` headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessedSource<'a> {
+pub(crate) struct ProcessedSource<'a> {
     pub topic: Cow<'a, str>,
     pub partition: i32,
     pub offset: i64,
@@ -153,7 +153,7 @@ pub struct ProcessedSource<'a> {
 /// a processed record: not an object with `"processed":true` and the three
 /// fields). Parses the whole payload: for checks and failed deliveries, not for
 /// the per-record path.
-pub fn processed_source(value: &[u8]) -> Option<ProcessedSource<'_>> {
+pub(crate) fn processed_source(value: &[u8]) -> Option<ProcessedSource<'_>> {
     #[derive(serde::Deserialize)]
     struct Fields<'a> {
         processed: bool,
