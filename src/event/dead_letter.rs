@@ -12,46 +12,6 @@ use super::reason::Rejection;
 use super::transform::mask_ip;
 use crate::model::{Destination, InputRecord, OutputRecord, headers};
 
-/// `value` with its `ip` field masked, when it is a JSON object that has one
-/// (not null): an address as [`mask_ip`] masks it, anything else as `"masked"`
-/// (an invalid address may still be one, mistyped). `None`: nothing to mask.
-/// The result is re-serialised, so it is not byte for byte the input. Only a
-/// value that starts as an object is parsed (the caller bounds its size), so
-/// a large array or string costs no tree.
-fn mask_ip_field(value: &[u8]) -> Option<Vec<u8>> {
-    if value.trim_ascii_start().first() != Some(&b'{') {
-        return None;
-    }
-    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(value) else {
-        return None;
-    };
-    let ip = object.get_mut("ip").filter(|v| !v.is_null())?;
-    let masked = match ip.as_str().and_then(|s| s.trim().parse::<IpAddr>().ok()) {
-        Some(addr) => mask_ip(addr),
-        None => "masked".to_string(),
-    };
-    *ip = Value::String(masked);
-    serde_json::to_vec(&object).ok()
-}
-
-fn source_headers(
-    cfg: &ProcessConfig,
-    partition: i32,
-    offset: i64,
-) -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        (headers::SOURCE_TOPIC, cfg.input_topic.as_bytes().to_vec()),
-        (
-            headers::SOURCE_PARTITION,
-            itoa::Buffer::new().format(partition).as_bytes().to_vec(),
-        ),
-        (
-            headers::SOURCE_OFFSET,
-            itoa::Buffer::new().format(offset).as_bytes().to_vec(),
-        ),
-    ]
-}
-
 /// Room kept below a topic's `max.message.bytes` for what Kafka adds to a record
 /// (record-batch header of 61 bytes, per-record varints and attributes) and for
 /// librdkafka's own, more pessimistic size estimate.
@@ -95,28 +55,6 @@ fn dlq_header_reserve(cfg: &ProcessConfig) -> usize {
         .iter()
         .map(|(name, v)| name.len() + v + HEADER_OVERHEAD)
         .sum()
-}
-
-fn sha256_hex(bytes: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut out = Vec::with_capacity(64);
-    for b in Sha256::digest(bytes) {
-        out.extend_from_slice(format!("{b:02x}").as_bytes());
-    }
-    out
-}
-
-/// Cuts `message` to at most `max` bytes on a character boundary, marking the cut.
-fn cap_message(message: &str, max: usize) -> Vec<u8> {
-    if message.len() <= max {
-        return message.as_bytes().to_vec();
-    }
-    const MARK: &str = "... (cut)";
-    let mut end = max.saturating_sub(MARK.len());
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{MARK}", &message[..end]).into_bytes()
 }
 
 /// The bytes of key and value a DLQ entry can carry whole (larger: truncated).
@@ -204,6 +142,69 @@ pub(crate) fn dead_letter_stripped(
     let mut none_fits = cfg.clone();
     none_fits.output_limits.dlq_max_bytes = 0;
     dead_letter(rec, rejection, &none_fits)
+}
+
+/// The `tally.source.*` headers: the input record a DLQ entry comes from.
+fn source_headers(
+    cfg: &ProcessConfig,
+    partition: i32,
+    offset: i64,
+) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (headers::SOURCE_TOPIC, cfg.input_topic.as_bytes().to_vec()),
+        (
+            headers::SOURCE_PARTITION,
+            itoa::Buffer::new().format(partition).as_bytes().to_vec(),
+        ),
+        (
+            headers::SOURCE_OFFSET,
+            itoa::Buffer::new().format(offset).as_bytes().to_vec(),
+        ),
+    ]
+}
+
+/// Cuts `message` to at most `max` bytes on a character boundary, marking the cut.
+fn cap_message(message: &str, max: usize) -> Vec<u8> {
+    if message.len() <= max {
+        return message.as_bytes().to_vec();
+    }
+    const MARK: &str = "... (cut)";
+    let mut end = max.saturating_sub(MARK.len());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &message[..end]).into_bytes()
+}
+
+fn sha256_hex(bytes: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        out.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    out
+}
+
+/// `value` with its `ip` field masked, when it is a JSON object that has one
+/// (not null): an address as [`mask_ip`] masks it, anything else as `"masked"`
+/// (an invalid address may still be one, mistyped). `None`: nothing to mask.
+/// The result is re-serialised, so it is not byte for byte the input. Only a
+/// value that starts as an object is parsed (the caller bounds its size), so
+/// a large array or string costs no tree.
+fn mask_ip_field(value: &[u8]) -> Option<Vec<u8>> {
+    if value.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(value) else {
+        return None;
+    };
+    let ip = object.get_mut("ip").filter(|v| !v.is_null())?;
+    let masked = match ip.as_str().and_then(|s| s.trim().parse::<IpAddr>().ok()) {
+        Some(addr) => mask_ip(addr),
+        None => "masked".to_string(),
+    };
+    *ip = Value::String(masked);
+    serde_json::to_vec(&object).ok()
 }
 
 #[cfg(test)]
