@@ -1,4 +1,4 @@
-"""tally's validation and transform rules (src/event.rs), for the Python peers.
+"""tally's validation and transform rules (src/event/), for the Python peers.
 
 Every peer classifies a record as tally does, so that every row of the table
 must produce the same output and DLQ counts for the same input.
