@@ -106,7 +106,7 @@ pub(super) enum Warning {
 #[derive(Debug)]
 pub(super) enum Refusal {
     Permanent(Box<RestoreError>),
-    /// A start below the log start from a source older than `C`: a newer
+    /// A start below the log start anywhere but at an exact checkpoint: a newer
     /// snapshot may exist (every revocation and shutdown writes one at `C`),
     /// but a read_committed reader cannot see past another producer's open
     /// transaction (a killed instance's, until it restarts or the transaction
@@ -145,7 +145,7 @@ impl RestoreFacts {
 pub(super) fn plan(facts: &RestoreFacts) -> Planned {
     let mut warnings = Vec::new();
     let outcome = match facts.committed {
-        Some(c) => committed(facts, c, &mut warnings),
+        Some(c) => with_committed(facts, c, &mut warnings),
         None => without_committed(facts, &mut warnings),
     };
     Planned { warnings, outcome }
@@ -153,7 +153,7 @@ pub(super) fn plan(facts: &RestoreFacts) -> Planned {
 
 /// The group committed `c`: the restored aggregate is exact at `c` (or marked
 /// inexact), checkpointed there, and the partition resumes there.
-fn committed(f: &RestoreFacts, c: i64, w: &mut Vec<Warning>) -> Result<Plan, Refusal> {
+fn with_committed(f: &RestoreFacts, c: i64, w: &mut Vec<Warning>) -> Result<Plan, Refusal> {
     let start = choose_start(f, c, w)?;
     if start.path == RestorePath::Resume {
         if c < f.log_start {
