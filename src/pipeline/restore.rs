@@ -17,7 +17,15 @@
 //! exactly: refused unless `--allow-inexact-restore`. No `C` is "never committed"
 //! only when neither `K` nor any `S` exists; otherwise the group's offsets were
 //! lost and the restore refuses unless `--resume-from-state`.
+//!
+//! That decision is [`plan::plan`], a pure function of what a restore found;
+//! this module is the I/O around it: it gathers the facts (the committed
+//! offset, the log start, the checkpoint, the latest snapshot), retries what
+//! failed transiently, and executes the plan (replay a range, checkpoint).
 
+mod plan;
+
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +39,7 @@ use crate::failpoints;
 use crate::insights::{Fingerprint, Snapshot};
 use crate::kafka::{self, GroupConsumer, TopicReader};
 use crate::observe::{PartitionRestored, RestoreProgress, RestoreStarted, emit};
+use plan::{Base, Plan, Planned, Refusal, RestoreFacts, Stored, Warning, plan};
 
 /// How a partition's aggregates were recovered on assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,9 +371,12 @@ enum Failure {
     Unsettled(Box<RestoreError>),
 }
 
-impl From<RestoreError> for Failure {
-    fn from(e: RestoreError) -> Self {
-        Failure::Permanent(Box::new(e))
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Permanent(e) => Failure::Permanent(e),
+            Refusal::Unsettled(e) => Failure::Unsettled(e),
+        }
     }
 }
 
@@ -388,14 +400,8 @@ fn transient(what: &'static str) -> impl FnOnce(kafka::Error) -> Failure {
     }
 }
 
-/// Where a restore starts: the aggregate of every record below `from`.
-struct Start {
-    path: RestorePath,
-    from: i64,
-    aggregate: Aggregate,
-}
-
-/// DESIGN.md's recovery rules for one partition.
+/// DESIGN.md's recovery rules for one partition: gathers the facts, lets
+/// [`plan`] decide, and executes the plan.
 fn restore_partition(
     ctx: &RestoreContext,
     partition: i32,
@@ -412,6 +418,25 @@ fn restore_partition(
             )),
         ));
     }
+    let found = gather(ctx, partition)?;
+    let Planned { warnings, outcome } = plan(&found.facts);
+    for w in &warnings {
+        log_warning(partition, w);
+    }
+    execute(ctx, partition, outcome?, found, cancelled, started)
+}
+
+/// What a restore found: the facts [`plan`] decides on, and the aggregates
+/// of the checkpoint and the snapshot they describe.
+struct Found {
+    facts: RestoreFacts,
+    checkpoint: Option<Checkpoint<Aggregate>>,
+    snapshot: Option<Snapshot>,
+}
+
+/// Reads `C`, the input's log start, the local checkpoint and (unless the
+/// checkpoint is exact) the latest snapshot.
+fn gather(ctx: &RestoreContext, partition: i32) -> std::result::Result<Found, Failure> {
     let committed = ctx
         .consumer
         .committed(&[partition])
@@ -425,399 +450,177 @@ fn restore_partition(
         .map_err(transient("reading the input's watermarks"))?;
     // Lets tests make one restore slow enough to be overtaken by a newer one.
     failpoints::error(&format!("restore-delay-{partition}"));
-    let Some(c) = committed else {
-        return restore_uncommitted(ctx, partition, log_start, started);
+    // An unreadable checkpoint is an error even without `C`: never silently reset.
+    let checkpoint = ctx.store.load::<Aggregate>(&ctx.ns, partition)?;
+    let mut facts = RestoreFacts {
+        partition,
+        committed,
+        log_start,
+        checkpoint: checkpoint.as_ref().map(|cp| Stored {
+            next_offset: cp.next_offset,
+            fingerprint: Some(cp.fingerprint.clone()),
+        }),
+        snapshot: None,
+        fingerprint: ctx.fingerprint.clone(),
+        options: ctx.options,
     };
-    let start = choose_start(ctx, partition, c)?;
-    if start.path == RestorePath::Resume {
-        if c >= log_start {
-            return Ok(recovered(start, c, 0, started));
-        }
-        // Exact at `C`, but retention deleted `[C, log start)` while nobody
-        // consumed this partition: those records can be neither processed nor
-        // counted, and the group consumer would jump over them silently.
-        below_log_start(ctx, partition, c, log_start, c)?;
-        // Exact at `C`: the deleted records lie at and past `C`, which the live
-        // consumer counts when it jumps over them (see `Pipeline::check_gap`),
-        // in the transaction that commits past them. Counted here as well, a
-        // restart before that commit, or the live check, would count them twice.
-        return Ok(recovered(start, c, 0, started));
-    }
-    let Start {
-        path,
-        from,
-        mut aggregate,
-    } = start;
-    let mut replay_from = from;
-    if from < log_start {
-        // A newer snapshot may exist (every revocation and shutdown writes one
-        // at `C`), but a read_committed reader cannot see past another
-        // producer's open transaction (a killed instance's, until it restarts or
-        // the transaction times out): retry before refusing.
-        below_log_start(ctx, partition, from, log_start, c)
-            .map_err(|e| Failure::Unsettled(Box::new(e)))?;
-        let (here, from_here) = inexact_start(from, c, log_start);
-        aggregate.uncounted += here;
-        replay_from = from_here;
-    }
-    let mut records = 0u64;
-    if replay_from < c && !cancelled.load(Ordering::Relaxed) {
-        tracing::info!(
-            partition,
-            path = path.as_str(),
-            from = replay_from,
-            to = c,
-            "replaying into aggregates (producing nothing)"
-        );
-        let reader = TopicReader::new(&ctx.conn, &ctx.process.input_topic)
-            .map_err(transient("creating an input reader"))?;
-        let mut last_log = Instant::now();
-        let total = (c - replay_from).max(0) as u64;
-        let mut replayed = aggregate.clone();
-        reader
-            .read(
-                &[(partition, kafka::StartAt::Offset(replay_from), Some(c))],
-                |r| {
-                    replayed.apply(&process(&r.record, &ctx.process), ctx.horizon);
-                    records += 1;
-                    if records % 1024 == 0 {
-                        emit(RestoreProgress {
-                            partition,
-                            done: (r.record.offset + 1 - replay_from).max(0) as u64,
-                            total,
-                        });
-                    }
-                    if last_log.elapsed() >= PROGRESS_EVERY {
-                        let secs = started.elapsed().as_secs_f64();
-                        tracing::info!(
-                            partition,
-                            records,
-                            to_go = c - r.record.offset - 1,
-                            rate = (records as f64 / secs).round(),
-                            secs,
-                            "restoring"
-                        );
-                        last_log = Instant::now();
-                    }
-                },
-            )
-            .map_err(transient("replaying the input"))?;
-        aggregate = replayed;
-    }
-    if cancelled.load(Ordering::Relaxed) {
-        // Nobody accepts this result; don't write a checkpoint for a partition
-        // that may be someone else's by now.
-        return Ok(recovered_from(path, aggregate, c, records, started));
-    }
-    // The restored state is exact at `C` (or marked inexact): checkpoint it so a
-    // restart of this host resumes without reading anything.
-    ctx.store.checkpoint(
-        &ctx.ns,
-        &[Checkpoint {
-            partition,
-            next_offset: c,
-            state: aggregate.clone(),
-            fingerprint: ctx.fingerprint.encode(),
-        }],
-    )?;
-    Ok(recovered_from(path, aggregate, c, records, started))
+    let snapshot = if facts.needs_snapshot() {
+        // Without `C`, the newest snapshot however recent: a tail read bounded
+        // by an offset can miss one, and missing one there would mean
+        // processing the retained log again.
+        latest_snapshot(ctx, partition, committed.unwrap_or(i64::MAX))
+            .map_err(transient("reading the insights topic"))?
+    } else {
+        None
+    };
+    facts.snapshot = snapshot.as_ref().map(|s| Stored {
+        next_offset: s.next_offset,
+        fingerprint: s.fingerprint.as_ref().map(Fingerprint::encode),
+    });
+    Ok(Found {
+        facts,
+        checkpoint,
+        snapshot,
+    })
 }
 
-/// What to do about a partition the group has no committed offset for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Uncommitted {
-    /// No checkpoint and no snapshot: the group never committed it.
-    NeverCommitted,
-    /// State exists, so the group did commit it once and its offsets are gone
-    /// (expired or deleted): where it was is not known.
-    Refuse,
-    /// The operator asked to resume from the newest state.
-    ResumeFromState,
-}
-
-/// A missing committed offset `C` is "never committed" only when neither a
-/// checkpoint (`k`) nor a snapshot (`s`) of the partition exists. Otherwise the
-/// true `C` is unknown: a snapshot at `S` was committed with offset `S`, and every
-/// revocation and clean shutdown writes one, so after clean stops the newest `S`
-/// is the last `C`; but an instance that crashed may have committed past its last
-/// snapshot, and a checkpoint is written after its commit (`K <= C`). Neither
-/// proves where the group was, so resuming from them is the operator's call.
-fn uncommitted(k: Option<i64>, s: Option<i64>, resume_from_state: bool) -> Uncommitted {
-    match (k, s) {
-        (None, None) => Uncommitted::NeverCommitted,
-        _ if resume_from_state => Uncommitted::ResumeFromState,
-        _ => Uncommitted::Refuse,
-    }
-}
-
-/// What [`RestoreError::NoCommittedOffset`] says exists.
-fn found_state(k: Option<i64>, s: Option<i64>) -> String {
-    match (k, s) {
-        (Some(k), Some(s)) => format!("a local checkpoint at K={k} and a snapshot at S={s} exist"),
-        (Some(k), None) => format!("a local checkpoint at K={k} exists (no snapshot)"),
-        (None, Some(s)) => format!("a snapshot at S={s} exists (no local checkpoint)"),
-        (None, None) => "no state exists".into(),
-    }
-}
-
-/// The partition has no committed offset: started empty at the log start when
-/// it never had one, refused when its offsets were lost, or resumed from the
-/// newest usable state with `--resume-from-state`.
-fn restore_uncommitted(
+/// Takes the plan's base aggregate, counts what retention deleted, replays
+/// the plan's range and checkpoints the result.
+fn execute(
     ctx: &RestoreContext,
     partition: i32,
-    log_start: i64,
+    plan: Plan,
+    found: Found,
+    cancelled: &AtomicBool,
     started: Instant,
 ) -> std::result::Result<Recovered, Failure> {
-    // An unreadable checkpoint is an error even here: never silently reset.
-    let k = ctx
-        .store
-        .load::<Aggregate>(&ctx.ns, partition)?
-        .map(|cp| cp.next_offset);
-    // The whole insights partition: a tail read can miss a snapshot, and missing
-    // one here would mean processing the retained log again.
-    let s = latest_snapshot(ctx, partition, i64::MAX)
-        .map_err(transient("reading the insights topic"))?
-        .map(|s| s.next_offset);
-    match uncommitted(k, s, ctx.options.resume_from_state) {
-        Uncommitted::NeverCommitted => {
-            // Nothing is counted yet, and the group consumer starts at the log
-            // start (`auto.offset.reset=earliest`).
-            return Ok(Recovered {
-                committed_offset: log_start,
-                aggregate: Aggregate::default(),
-                path: RestorePath::Rebuild,
-                records: 0,
-                secs: started.elapsed().as_secs_f64(),
-                never_committed: true,
-            });
-        }
-        Uncommitted::Refuse => {
-            // Say where --resume-from-state would start; a source written under
-            // another configuration does not count.
-            let newest = match choose_start(ctx, partition, i64::MAX) {
-                Ok(st) if st.path != RestorePath::Rebuild => format!(" (offset {})", st.from),
-                _ => String::new(),
-            };
-            return Err(RestoreError::NoCommittedOffset {
-                partition,
-                found: found_state(k, s),
-                newest,
-            }
-            .into());
-        }
-        Uncommitted::ResumeFromState => {}
-    }
-    let start = choose_start(ctx, partition, i64::MAX)?;
-    if start.path == RestorePath::Rebuild {
-        // Only state written under another configuration (and
-        // --rebuild-on-config-change): a rebuild would start at the log start.
-        return Err(RestoreError::NoCommittedOffset {
-            partition,
-            found: found_state(k, s),
-            newest: String::new(),
-        }
-        .into());
-    }
-    let Start {
-        path,
-        from,
-        mut aggregate,
-    } = start;
-    let mut resume_at = from;
-    if from < log_start {
-        below_log_start(ctx, partition, from, log_start, from)?;
-        // `resume_at` becomes the committed offset: every deleted record lies
-        // below it.
-        let (here, from_here) = inexact_start(from, log_start, log_start);
-        aggregate.uncounted += here;
-        resume_at = from_here;
-    }
-    tracing::warn!(
-        partition,
-        path = path.as_str(),
-        next_offset = resume_at,
-        checkpoint = ?k,
-        snapshot = ?s,
-        "RESUMING FROM STATE (--resume-from-state): the group has no committed offset; resuming \
-         at the newest state and committing it. Records past it are processed again if an \
-         instance crashed after its last snapshot"
-    );
-    ctx.store.checkpoint(
-        &ctx.ns,
-        &[Checkpoint {
-            partition,
-            next_offset: resume_at,
-            state: aggregate.clone(),
-            fingerprint: ctx.fingerprint.encode(),
-        }],
-    )?;
-    // `never_committed: false`: a snapshot is due at once, and its transaction
-    // commits `resume_at` as the group's offset.
-    Ok(recovered_from(path, aggregate, resume_at, 0, started))
-}
-
-/// A restore from `start` below the input's log start cannot be exact: the
-/// refusal, unless `--allow-inexact-restore` (then a warning, and the caller
-/// counts what was deleted).
-fn below_log_start(
-    ctx: &RestoreContext,
-    partition: i32,
-    start: i64,
-    log_start: i64,
-    committed: i64,
-) -> std::result::Result<(), RestoreError> {
-    let e = RestoreError::BelowLogStart {
-        partition,
-        start,
-        log_start,
-        committed,
-        uncountable: log_start - start,
+    let mut aggregate = match plan.base {
+        Base::Checkpoint => found.checkpoint.expect("planned from the checkpoint").state,
+        Base::Snapshot => found.snapshot.expect("planned from the snapshot").aggregate,
+        Base::Empty => Aggregate::default(),
     };
-    if !ctx.options.allow_inexact {
-        return Err(e);
+    aggregate.uncounted += plan.uncounted;
+    let mut records = 0;
+    if !plan.replay.is_empty() && !cancelled.load(Ordering::Relaxed) {
+        (aggregate, records) = replay(ctx, partition, &plan, aggregate, started)?;
     }
-    tracing::warn!(
-        partition,
-        uncounted = log_start - start,
-        "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
-    );
-    Ok(())
-}
-
-/// With records below the log start deleted, a restore to `c` from `from`
-/// counts the deleted ones below `c` as `uncounted` and replays from the log
-/// start: `(uncounted, replay from)`. Deleted records at or past `c` are the
-/// live consumer's to count, in the transaction that commits past them, so
-/// that each is counted once whichever host commits first.
-fn inexact_start(from: i64, c: i64, log_start: i64) -> (u64, i64) {
-    ((log_start.min(c) - from).max(0) as u64, from.max(log_start))
-}
-
-fn recovered(s: Start, c: i64, records: u64, started: Instant) -> Recovered {
-    recovered_from(s.path, s.aggregate, c, records, started)
-}
-
-fn recovered_from(
-    path: RestorePath,
-    aggregate: Aggregate,
-    c: i64,
-    records: u64,
-    started: Instant,
-) -> Recovered {
-    Recovered {
-        committed_offset: c,
+    // Cancelled: nobody accepts this result; don't write a checkpoint for a
+    // partition that may be someone else's by now.
+    if plan.checkpoint && !cancelled.load(Ordering::Relaxed) {
+        ctx.store.checkpoint(
+            &ctx.ns,
+            &[Checkpoint {
+                partition,
+                next_offset: plan.next_offset,
+                state: aggregate.clone(),
+                fingerprint: ctx.fingerprint.encode(),
+            }],
+        )?;
+    }
+    Ok(Recovered {
+        committed_offset: plan.next_offset,
         aggregate,
-        path,
+        path: plan.path,
         records,
         secs: started.elapsed().as_secs_f64(),
-        never_committed: false,
-    }
+        never_committed: plan.never_committed,
+    })
 }
 
-/// Picks the start with the least to replay among the local checkpoint and the
-/// latest snapshot that were written under the current configuration. A source
-/// written under another configuration counts as absent, so the other one still
-/// serves; only when no usable source is left does a configuration change stop
-/// the restore (or, when the operator asked for it, rebuild from offset 0).
-fn choose_start(
+/// Replays `plan.replay` from the input into `aggregate`, producing nothing:
+/// the aggregate and the number of records read.
+fn replay(
     ctx: &RestoreContext,
     partition: i32,
-    c: i64,
-) -> std::result::Result<Start, Failure> {
-    // `K > C` (the group's offsets were reset by `tally replay`): the checkpoint
-    // counts records the group will process again; unusable.
-    let k = ctx
-        .store
-        .load::<Aggregate>(&ctx.ns, partition)?
-        .filter(|cp| cp.next_offset <= c);
-    let mut candidates: Vec<(&'static str, Vec<String>, Start)> = Vec::new();
-    if let Some(cp) = k {
-        let changes =
-            fingerprint_changes(ctx, partition, "local checkpoint", Some(&cp.fingerprint));
-        let exact = cp.next_offset == c && changes.is_empty();
-        candidates.push((
-            "local checkpoint",
-            changes,
-            Start {
-                path: if cp.next_offset == c {
-                    RestorePath::Resume
-                } else {
-                    RestorePath::Replay
-                },
-                from: cp.next_offset,
-                aggregate: cp.state,
-            },
-        ));
-        if exact {
-            // Nothing to replay and nothing better to find in the insights topic.
-            return Ok(candidates.pop().expect("just pushed").2);
-        }
-    }
-    if let Some(s) =
-        latest_snapshot(ctx, partition, c).map_err(transient("reading the insights topic"))?
-    {
-        let fp = s.fingerprint.as_ref().map(Fingerprint::encode);
-        let changes = fingerprint_changes(ctx, partition, "latest snapshot", fp.as_ref());
-        candidates.push(("latest snapshot", changes, snapshot_start(s)));
-    }
-    // The most recent start first (least to replay); the checkpoint first on a
-    // tie (the sort is stable), since it needs no topic read to be trusted.
-    candidates.sort_by_key(|(_, _, s)| std::cmp::Reverse(s.from));
-    let mut changed = None;
-    for (source_name, changes, start) in candidates {
-        if changes.is_empty() {
-            return Ok(start);
-        }
-        changed.get_or_insert((source_name, changes));
-    }
-    let rebuild = Start {
-        path: RestorePath::Rebuild,
-        from: 0,
-        aggregate: Aggregate::default(),
-    };
-    match changed {
-        None => Ok(rebuild),
-        Some((source_name, changes)) if ctx.options.rebuild_on_config_change => {
-            tracing::warn!(partition, source_name, changes = %changes.join("; "), "configuration changed; rebuilding the aggregates under the new one (--rebuild-on-config-change)");
-            Ok(rebuild)
-        }
-        Some((source_name, changes)) => Err(RestoreError::ConfigChanged {
-            partition,
-            source_name,
-            changes: changes.join("; "),
-        }
-        .into()),
-    }
+    plan: &Plan,
+    aggregate: Aggregate,
+    started: Instant,
+) -> std::result::Result<(Aggregate, u64), Failure> {
+    let Range {
+        start: from,
+        end: c,
+    } = plan.replay;
+    tracing::info!(
+        partition,
+        path = plan.path.as_str(),
+        from,
+        to = c,
+        "replaying into aggregates (producing nothing)"
+    );
+    let reader = TopicReader::new(&ctx.conn, &ctx.process.input_topic)
+        .map_err(transient("creating an input reader"))?;
+    let mut last_log = Instant::now();
+    let total = (c - from).max(0) as u64;
+    let mut records = 0u64;
+    let mut replayed = aggregate;
+    reader
+        .read(&[(partition, kafka::StartAt::Offset(from), Some(c))], |r| {
+            replayed.apply(&process(&r.record, &ctx.process), ctx.horizon);
+            records += 1;
+            if records % 1024 == 0 {
+                emit(RestoreProgress {
+                    partition,
+                    done: (r.record.offset + 1 - from).max(0) as u64,
+                    total,
+                });
+            }
+            if last_log.elapsed() >= PROGRESS_EVERY {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    partition,
+                    records,
+                    to_go = c - r.record.offset - 1,
+                    rate = (records as f64 / secs).round(),
+                    secs,
+                    "restoring"
+                );
+                last_log = Instant::now();
+            }
+        })
+        .map_err(transient("replaying the input"))?;
+    Ok((replayed, records))
 }
 
-fn snapshot_start(s: Snapshot) -> Start {
-    Start {
-        path: RestorePath::Snapshot,
-        from: s.next_offset,
-        aggregate: s.aggregate,
-    }
-}
-
-/// What differs between the configuration a source was written under and the
-/// current one (empty: usable). A snapshot written before fingerprints existed
-/// (`None`) is accepted with a warning: nothing says it differs.
-fn fingerprint_changes(
-    ctx: &RestoreContext,
-    partition: i32,
-    source_name: &'static str,
-    stored: Option<&String>,
-) -> Vec<String> {
-    let Some(stored) = stored else {
-        tracing::warn!(
+/// Logs what [`plan`] warned about.
+fn log_warning(partition: i32, w: &Warning) {
+    match w {
+        Warning::NoFingerprint { source_name } => tracing::warn!(
             partition,
             "{source_name} carries no configuration fingerprint (written by an older tally); assuming the current configuration"
-        );
-        return Vec::new();
-    };
-    match Fingerprint::decode(stored) {
-        Some(f) => f.changes(&ctx.fingerprint),
-        None => vec![format!("unreadable fingerprint {stored:?}")],
+        ),
+        Warning::RebuildingOnConfigChange {
+            source_name,
+            changes,
+        } => {
+            tracing::warn!(partition, source_name, changes = %changes, "configuration changed; rebuilding the aggregates under the new one (--rebuild-on-config-change)")
+        }
+        &Warning::Inexact {
+            start,
+            log_start,
+            committed,
+        } => {
+            let e = plan::below_log_start_error(partition, start, log_start, committed);
+            tracing::warn!(
+                partition,
+                uncounted = log_start - start,
+                "RESTORE IS INEXACT (--allow-inexact-restore): {e}"
+            );
+        }
+        &Warning::ResumingFromState {
+            path,
+            next_offset,
+            checkpoint,
+            snapshot,
+        } => tracing::warn!(
+            partition,
+            path = path.as_str(),
+            next_offset,
+            checkpoint = ?checkpoint,
+            snapshot = ?snapshot,
+            "RESUMING FROM STATE (--resume-from-state): the group has no committed offset; resuming \
+             at the newest state and committing it. Records past it are processed again if an \
+             instance crashed after its last snapshot"
+        ),
     }
 }
 
@@ -870,58 +673,5 @@ fn latest_snapshot(
             return Ok(newest);
         }
         window = window.saturating_mul(8);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_restore_counts_only_the_deleted_records_below_c() {
-        // [10, 50) deleted, C = 80: all 40 here, replay [50, 80).
-        assert_eq!(inexact_start(10, 80, 50), (40, 50));
-        // [10, 120) deleted, C = 80: 70 here, [80, 120) is the live consumer's.
-        assert_eq!(inexact_start(10, 80, 120), (70, 120));
-        // Nothing deleted below the start.
-        assert_eq!(inexact_start(60, 80, 50), (0, 60));
-    }
-
-    #[test]
-    fn no_offset_and_no_state_is_never_committed() {
-        for resume in [false, true] {
-            assert_eq!(uncommitted(None, None, resume), Uncommitted::NeverCommitted);
-        }
-    }
-
-    #[test]
-    fn no_offset_with_state_is_refused_unless_asked() {
-        for (k, s) in [(Some(10), None), (None, Some(10)), (Some(5), Some(10))] {
-            assert_eq!(uncommitted(k, s, false), Uncommitted::Refuse, "{k:?} {s:?}");
-            assert_eq!(
-                uncommitted(k, s, true),
-                Uncommitted::ResumeFromState,
-                "{k:?} {s:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_refusal_names_what_exists() {
-        let e = RestoreError::NoCommittedOffset {
-            partition: 3,
-            found: found_state(Some(7), Some(9)),
-            newest: " (offset 9)".into(),
-        }
-        .to_string();
-        assert!(
-            e.starts_with("partition 3: the group has no committed offset"),
-            "{e}"
-        );
-        assert!(
-            e.contains("K=7") && e.contains("S=9") && e.contains("(offset 9)"),
-            "{e}"
-        );
-        assert!(e.contains("--resume-from-state"), "{e}");
     }
 }
