@@ -21,13 +21,13 @@
 #
 #   scripts/bench.sh [EVENTS] [PARTITIONS]
 #   scripts/bench.sh --peers [EVENTS] [PARTITIONS]   tally against Kafka Streams, Quix
-#                                                    Streams and the seeds' pipeline:
+#                                                    Streams and a naive Python pipeline:
 #                                                    runs bench/peers/run.sh
 #   env: RATE (2000), LATENCY_EVENTS (20000; 0 skips the latency phase),
 #        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN,
 #        REPEAT (1): rows per kind, alternating kinds; with more than one, a second
-#        table gives each kind's median per column (this machine's run-to-run
-#        spread is 10 to 40%, see docs)
+#        table gives each kind's median per column (single runs spread widely on a
+#        shared machine: docs/benchmarks.md, "The machine")
 #
 # Uses KAFKA_BOOTSTRAP when set, else starts Apache Kafka (scripts/kafka.sh) and
 # stops it. Every row deletes its topics when measured: a broker's cost per

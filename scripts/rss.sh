@@ -5,7 +5,7 @@
 #   huge    the same with the generator's 1 MiB malformed payloads and a burst of
 #           twenty 1 MiB records every 2,000 events.
 # A backlog is the worst case for prefetching. Prints VmHWM (peak) and the VmRSS
-# seen at the end (steady) per scenario, and the targets (issue 10): peak under
+# seen at the end (steady) per scenario, and the targets: peak under
 # 128 MiB with 1 MiB records, under 64 MiB for normal traffic.
 #
 #   scripts/rss.sh [EVENTS] [PARTITIONS]

@@ -15,7 +15,7 @@
 //! `stop-before-send-offsets` (the same, right before the offsets are sent to
 //! the transaction, so a test can kill the group coordinator's broker first),
 //! `send-offsets-hang` (use `sleep(ms)`: sending the offsets takes that long,
-//! ignoring its timeout, as librdkafka's call has been seen to),
+//! ignoring its timeout, as librdkafka's call can),
 //! `commit-returns-late` (use `sleep(ms)`: the transaction committed, but the
 //! call returns that much later),
 //! `hold-commits` (commits are held as after a pause; evaluated once a batch is

@@ -27,8 +27,8 @@ impl AppVersion {
         Ok(AppVersion { parts, text: s })
     }
 
-    /// One pass over the bytes (splitting and parsing each part showed in
-    /// profiles): the numeric prefix before any `-`/`+`, 1 to 4 non-empty
+    /// One pass over the bytes (this runs for every record, where splitting
+    /// and parsing each part costs more): the numeric prefix before any `-`/`+`, 1 to 4 non-empty
     /// decimal parts, each within u64.
     fn parts(s: &str) -> Result<[u64; 4], String> {
         let bad = || format!("{s:?} is not a version like 2.13.1 (1 to 4 dot-separated numbers)");

@@ -1,5 +1,5 @@
-//! Recovering a partition's aggregates when it is assigned (DESIGN.md,
-//! "Recovering state"): in the background, never holding a transaction open,
+//! Recovering a partition's aggregates when it is assigned (docs/design.md,
+//! "Recovering state when a partition is assigned"): in the background, never holding a transaction open,
 //! one task per partition, while the loop keeps polling.
 //!
 //! Like Kafka Streams' changelog reader, a restore is its own little state
@@ -400,7 +400,7 @@ fn transient(what: &'static str) -> impl FnOnce(kafka::Error) -> Failure {
     }
 }
 
-/// DESIGN.md's recovery rules for one partition: gathers the facts, lets
+/// The recovery rules for one partition: gathers the facts, lets
 /// [`plan`] decide, and executes the plan.
 fn restore_partition(
     ctx: &RestoreContext,

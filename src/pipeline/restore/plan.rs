@@ -1,4 +1,4 @@
-//! DESIGN.md's recovery table (docs/design.md, "Recovering state when a
+//! The recovery table (docs/design.md, "Recovering state when a
 //! partition is assigned") as a pure function: [`plan`] takes what a restore
 //! found, as owned values ([`RestoreFacts`]), and says what to do with it
 //! ([`Plan`]) or why not ([`Refusal`]). The I/O in the parent module gathers the
@@ -141,7 +141,7 @@ impl RestoreFacts {
     }
 }
 
-/// DESIGN.md's recovery rules for one partition.
+/// The recovery rules for one partition.
 pub(super) fn plan(facts: &RestoreFacts) -> Planned {
     let mut warnings = Vec::new();
     let outcome = match facts.committed {
