@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
 use tally::failpoints;
 use tally::pipeline::PipelineError;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let (cli, deprecated) = cli::parse();
     let logging = init_logging(cli.log_format);
+    for note in deprecated {
+        tracing::warn!("{note}");
+    }
     let _failpoints = failpoints::setup();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
