@@ -28,6 +28,7 @@ pub use connection::{
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
 pub use copy::copy_at_least_once;
 pub use producer::{
-    Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnProducer,
+    Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnFailure,
+    TxnProducer,
 };
 pub use reader::{ReadEnds, ReadRecord, StartAt, TopicReader};

@@ -745,9 +745,9 @@ fn not_authorized(cfg: &PipelineConfig, denied: kafka::Denied, detail: String) -
 
 fn txn_fatal(cfg: &PipelineConfig, e: TxnError) -> PipelineError {
     match e {
-        TxnError::Fenced(detail) => fenced(cfg, detail),
-        TxnError::NotAuthorized(denied, detail) => not_authorized(cfg, denied, detail),
-        TxnError::Fatal(m) | TxnError::Abortable(m) => PipelineError::FatalTxn(m),
+        TxnError::Fenced(detail) => fenced(cfg, detail.to_string()),
+        TxnError::NotAuthorized(denied, detail) => not_authorized(cfg, denied, detail.to_string()),
+        TxnError::Fatal(m) | TxnError::Abortable(m) => PipelineError::FatalTxn(m.to_string()),
     }
 }
 
