@@ -184,7 +184,7 @@ fn subcommands_with(cmd: &Command, id: &str) -> Vec<String> {
 
 /// Parses `args` with `cmd`, `lookup` reading the environment; with the
 /// deprecated spellings used, one line per flag.
-pub(crate) fn matches(
+pub(crate) fn parse_args(
     cmd: Command,
     args: &[OsString],
     lookup: impl Fn(&str) -> Option<String>,
@@ -349,7 +349,7 @@ mod tests {
                 .map(|(_, v)| v.to_string())
         };
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let (matches, notes) = matches(Cli::command(), &args, lookup).unwrap();
+        let (matches, notes) = parse_args(Cli::command(), &args, lookup).unwrap();
         (Cli::from_arg_matches(&matches).unwrap(), notes)
     }
 

@@ -85,7 +85,7 @@ pub enum Command {
 /// once logging is set up (see [`duration`]).
 pub fn parse() -> (Cli, Vec<String>) {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let parsed = duration::matches(Cli::command(), &args, |k| std::env::var(k).ok())
+    let parsed = duration::parse_args(Cli::command(), &args, |k| std::env::var(k).ok())
         .and_then(|(m, notes)| Ok((Cli::from_arg_matches(&m)?, notes)));
     parsed.unwrap_or_else(|e| e.exit())
 }
