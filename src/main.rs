@@ -9,35 +9,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
 use tally::failpoints;
 use tally::pipeline::PipelineError;
 
-/// Exit status when another process holds our instance id.
-const EXIT_FENCED: i32 = 3;
-
 fn main() {
-    let cli = cli::Cli::parse();
+    let (cli, deprecated) = cli::parse();
     let logging = init_logging(cli.log_format);
+    for note in deprecated {
+        tracing::warn!("{note}");
+    }
     let _failpoints = failpoints::setup();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let mut out_of_time = false;
-    let mut error = None;
-    let code = match rt.block_on(cli::dispatch(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            let pipeline = e.downcast_ref::<PipelineError>();
-            let fenced = pipeline.is_some_and(|p| matches!(p, PipelineError::Fenced { .. }));
-            out_of_time =
-                pipeline.is_some_and(|p| matches!(p, PipelineError::ShutdownTimeout { .. }));
-            error = Some(e);
-            if fenced { EXIT_FENCED } else { 1 }
-        }
+    let (exit, error) = match rt.block_on(cli::dispatch(cli)) {
+        Ok(code) => (
+            Exit {
+                code,
+                out_of_time: false,
+            },
+            None,
+        ),
+        Err(e) => (Exit::of(&e), Some(e)),
     };
-    if out_of_time {
+    if exit.out_of_time {
         // --shutdown-timeout is spent: not a second more for a call in flight.
         rt.shutdown_background();
     } else {
@@ -59,7 +55,30 @@ fn main() {
         let _ = done.send(());
     });
     let _ = wait.recv_timeout(Duration::from_secs(2));
-    std::process::exit(code);
+    std::process::exit(exit.code);
+}
+
+/// How the process ends: its status, and whether a blocking call still in
+/// flight may be waited for. The pipeline's errors decide both
+/// ([`PipelineError::exit_code`]); any other error exits with 1.
+struct Exit {
+    code: i32,
+    out_of_time: bool,
+}
+
+impl Exit {
+    fn of(e: &anyhow::Error) -> Exit {
+        match e.downcast_ref::<PipelineError>() {
+            Some(p) => Exit {
+                code: p.exit_code(),
+                out_of_time: p.is_out_of_time(),
+            },
+            None => Exit {
+                code: 1,
+                out_of_time: false,
+            },
+        }
+    }
 }
 
 /// Logs go to stderr: readable text (coloured on a terminal), or one JSON object

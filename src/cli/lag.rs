@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tally::kafka::{self};
 
-use super::{KafkaArgs, blocking};
+use super::{KafkaArgs, blocking, duration};
 
 #[derive(Debug, Clone, Args)]
 pub struct LagArgs {
@@ -17,13 +17,14 @@ pub struct LagArgs {
     /// Input topic.
     #[arg(long, env = "TALLY_INPUT_TOPIC", default_value = "user-login")]
     pub input_topic: String,
-    /// Wait (up to this many seconds) until the committed offsets reach at least
-    /// this many records in total, then print the lag; exit 1 on timeout.
+    /// Wait (up to --timeout) until the committed offsets reach at least this
+    /// many records in total, then print the lag; exit 1 on timeout.
     #[arg(long, requires = "timeout")]
     pub wait_for: Option<i64>,
-    /// Seconds to wait with --wait-for.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
+    /// How long to wait with --wait-for, e.g. 10m. A bare number is seconds
+    /// (deprecated).
+    #[arg(long, default_value = "10m", value_parser = duration::secs)]
+    pub timeout: Duration,
 }
 
 /// Partition, committed offset (if any), end offset.
@@ -31,7 +32,7 @@ type LagRow = (i32, Option<i64>, i64);
 pub async fn run(a: LagArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
     let (group, topic) = (a.group_id.clone(), a.input_topic.clone());
-    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let deadline = Instant::now() + a.timeout;
     let rows = blocking(move || -> anyhow::Result<Option<Vec<LagRow>>> {
         let admin = kafka::GroupAdmin::new(&conn, &group)?;
         let partitions = admin.partitions(&topic)?;
@@ -61,8 +62,9 @@ pub async fn run(a: LagArgs) -> anyhow::Result<i32> {
     .await?;
     let Some(rows) = rows else {
         eprintln!(
-            "lag: the group did not reach {:?} committed records within {} s",
-            a.wait_for, a.timeout
+            "lag: the group did not reach {:?} committed records within {}",
+            a.wait_for,
+            humantime::format_duration(a.timeout)
         );
         return Ok(1);
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use tally::kafka::{self};
 
-use super::{KafkaArgs, blocking};
+use super::{KafkaArgs, blocking, duration};
 
 #[derive(Debug, Clone, Args)]
 pub struct LatencyArgs {
@@ -25,9 +25,10 @@ pub struct LatencyArgs {
     /// its connection, which is not the latency of the pipeline.
     #[arg(long, default_value_t = 0)]
     pub skip: u64,
-    /// Stop when no record came for this many seconds.
-    #[arg(long, default_value_t = 30)]
-    pub idle_secs: u64,
+    /// Stop when no record came for this long. A bare number is seconds
+    /// (deprecated, as is the old name --idle-secs).
+    #[arg(long, alias = "idle-secs", default_value = "30s", value_parser = duration::secs)]
+    pub idle: Duration,
 }
 
 /// Measures, for each record that becomes visible on the topic, the time from its
@@ -36,7 +37,7 @@ pub struct LatencyArgs {
 /// Producer and reader must share a clock (same host, or synchronised clocks).
 pub async fn run(a: LatencyArgs) -> anyhow::Result<i32> {
     let conn = a.kafka.connection();
-    let (topic, count, idle) = (a.topic.clone(), a.count, Duration::from_secs(a.idle_secs));
+    let (topic, count, idle) = (a.topic.clone(), a.count, a.idle);
     let mut skip = a.skip;
     let mut ms = blocking(move || -> anyhow::Result<Vec<i64>> {
         let reader = kafka::TopicReader::new(&conn, &topic)?;

@@ -6,6 +6,7 @@
 
 pub mod copy;
 pub mod create_topics;
+pub mod duration;
 pub mod generate;
 pub mod insights;
 pub mod lag;
@@ -19,7 +20,7 @@ pub mod verify;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tally::event::{
     AppVersion, Filters, KAFKA_DEFAULT_MAX_MESSAGE_BYTES, Limits, OutputLimits, ProcessConfig,
 };
@@ -77,6 +78,16 @@ pub enum Command {
     /// Benchmark cleanup: delete the named topics.
     #[command(hide = true)]
     DeleteTopics(create_topics::DeleteTopicsArgs),
+}
+
+/// Parses the command line and the environment (exiting on an error, as clap
+/// does); with the deprecated spellings of durations used, for `main` to log
+/// once logging is set up (see [`duration`]).
+pub fn parse() -> (Cli, Vec<String>) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = duration::parse_args(Cli::command(), &args, |k| std::env::var(k).ok())
+        .and_then(|(m, notes)| Ok((Cli::from_arg_matches(&m)?, notes)));
+    parsed.unwrap_or_else(|e| e.exit())
 }
 
 /// Runs the chosen subcommand; the result is the process's exit status.
@@ -148,16 +159,6 @@ impl clap::builder::TypedValueParser for PropertyParser {
     }
 }
 
-pub(crate) fn parse_millis(s: &str) -> Result<Duration, String> {
-    let ms: u64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole number of milliseconds"))?;
-    if ms == 0 {
-        return Err("must be at least 1 ms".into());
-    }
-    Ok(Duration::from_millis(ms))
-}
-
 pub(crate) fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -213,10 +214,11 @@ pub struct KafkaArgs {
     /// librdkafka property passed through unchanged (repeatable), e.g. -X security.protocol=SSL (env: `;`-separated).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = PropertyParser, env = "TALLY_KAFKA_PROPERTIES", value_delimiter = ';', hide_env_values = true)]
     pub properties: Vec<(String, String)>,
-    /// Seconds to wait for the cluster to answer before giving up (tools: 15;
-    /// `run`: keeps trying, warning every few seconds, unless this is set).
-    #[arg(long, env = "TALLY_CONNECT_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub connect_timeout: Option<u64>,
+    /// How long to wait for the cluster to answer before giving up, e.g. 30s
+    /// (tools: 15s; `run`: keeps trying, warning every few seconds, unless this
+    /// is set). A bare number is seconds (deprecated).
+    #[arg(long, env = "TALLY_CONNECT_TIMEOUT", value_parser = duration::secs)]
+    pub connect_timeout: Option<Duration>,
 }
 
 /// Secret values hidden (see [`tally::kafka::Redacted`]).
@@ -248,9 +250,7 @@ impl KafkaArgs {
     /// no broker answers, saying what to check, instead of hanging.
     pub async fn reach(&self) -> anyhow::Result<()> {
         let conn = self.connection();
-        let timeout = self
-            .connect_timeout
-            .map_or(TOOL_CONNECT_TIMEOUT, Duration::from_secs);
+        let timeout = self.connect_timeout.unwrap_or(TOOL_CONNECT_TIMEOUT);
         blocking(move || conn.probe(timeout))
             .await
             .map_err(|e| match e {
@@ -319,9 +319,11 @@ pub struct ProcessArgs {
     /// Values larger than this many bytes go to the DLQ as too_large.
     #[arg(long, env = "TALLY_MAX_VALUE_BYTES", default_value_t = 256 * 1024, value_parser = parse_positive)]
     pub max_value_bytes: usize,
-    /// Event times more than this many seconds after the Kafka record timestamp are rejected.
-    #[arg(long, env = "TALLY_MAX_FUTURE_SKEW_SECS", default_value_t = 86_400)]
-    pub max_future_skew_secs: u32,
+    /// Event times more than this after the Kafka record timestamp are rejected,
+    /// e.g. 1h (whole seconds). A bare number is seconds (deprecated, as is the
+    /// old name --max-future-skew-secs).
+    #[arg(long, alias = "max-future-skew-secs", env = "TALLY_MAX_FUTURE_SKEW", default_value = "1day", value_parser = duration::whole_secs)]
+    pub max_future_skew: Duration,
     /// The DLQ topic's max.message.bytes when it cannot be read from the broker
     /// (read at start; larger DLQ entries are written truncated, with size and SHA-256).
     #[arg(long, env = "TALLY_DLQ_MAX_MESSAGE_BYTES", default_value_t = KAFKA_DEFAULT_MAX_MESSAGE_BYTES, value_parser = parse_positive)]
@@ -397,7 +399,8 @@ impl ProcessArgs {
             input_topic: input_topic.to_string(),
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
-                max_future_skew_secs: i64::from(self.max_future_skew_secs),
+                max_future_skew_secs: i64::try_from(self.max_future_skew.as_secs())
+                    .unwrap_or(i64::MAX),
                 dlq_mask_ip: self.dlq_mask_ip,
             },
             filters: Filters {

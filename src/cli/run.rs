@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::{
-    KafkaArgs, ProcessArgs, TopicArgs, blocking, parse_millis, parse_positive, unreachable_cluster,
+    KafkaArgs, ProcessArgs, TopicArgs, blocking, duration, parse_positive, unreachable_cluster,
 };
 use crate::shutdown_flag;
 
@@ -41,16 +41,18 @@ pub struct RunArgs {
     /// Prefix of the transactional.id.
     #[arg(long, env = "TALLY_TRANSACTIONAL_ID_PREFIX", default_value = "tally")]
     pub transactional_id_prefix: String,
-    /// Close a transaction after this many milliseconds.
-    #[arg(long, env = "TALLY_COMMIT_INTERVAL_MS", default_value = "100", value_parser = parse_millis)]
+    /// Close a transaction after this long, e.g. 100ms. A bare number is
+    /// milliseconds (deprecated).
+    #[arg(long, env = "TALLY_COMMIT_INTERVAL", default_value = "100ms", value_parser = duration::millis)]
     pub commit_interval: Duration,
     /// Write a partition's aggregate snapshot to the insights topic at most once
-    /// in this many milliseconds (1: with every commit, given
-    /// --snapshot-input-ratio 0). A partition revoked, or the process shutting
-    /// down, always gets its up-to-date snapshot. A new host restoring from a
-    /// snapshot replays the input after it, up to --snapshot-max-interval of it,
-    /// so the input's retention must keep at least that.
-    #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL_MS", default_value = "1000", value_parser = parse_millis)]
+    /// this often (1ms: with every commit, given --snapshot-input-ratio 0). A
+    /// partition revoked, or the process shutting down, always gets its
+    /// up-to-date snapshot. A new host restoring from a snapshot replays the
+    /// input after it, up to --snapshot-max-interval of it, so the input's
+    /// retention must keep at least that. A bare number is milliseconds
+    /// (deprecated).
+    #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = duration::millis)]
     pub snapshot_interval: Duration,
     /// A partition's next snapshot also waits until the input it processed since
     /// its last one is at least this many times that snapshot's size (or the
@@ -62,12 +64,14 @@ pub struct RunArgs {
     pub snapshot_input_ratio: u64,
     /// A partition with no new record for this long gets its snapshot (when one
     /// is behind), so the insights topic catches up with a stream that stopped.
-    #[arg(long, env = "TALLY_SNAPSHOT_QUIET_MS", default_value = "5000", value_parser = parse_millis)]
+    /// A bare number is milliseconds (deprecated).
+    #[arg(long, env = "TALLY_SNAPSHOT_QUIET", default_value = "5s", value_parser = duration::millis)]
     pub snapshot_quiet: Duration,
     /// A snapshot behind its partition's input is written at least this often,
     /// whatever --snapshot-input-ratio says: the bound on how much input a new
-    /// host replays, and on how old the insights may be, in time.
-    #[arg(long, env = "TALLY_SNAPSHOT_MAX_INTERVAL_MS", default_value = "300000", value_parser = parse_millis)]
+    /// host replays, and on how old the insights may be, in time. A bare number
+    /// is milliseconds (deprecated).
+    #[arg(long, env = "TALLY_SNAPSHOT_MAX_INTERVAL", default_value = "5m", value_parser = duration::millis)]
     pub snapshot_max_interval: Duration,
     /// ... or after this many input records, whichever comes first.
     #[arg(long, env = "TALLY_MAX_BATCH_RECORDS", default_value_t = 5000, value_parser = parse_positive)]
@@ -85,19 +89,20 @@ pub struct RunArgs {
     /// shortlex order (shorter, then bytewise); the rest are counted as "other" (an empty key).
     #[arg(long, env = "TALLY_TOP_K", default_value_t = 1000, value_parser = parse_positive)]
     pub top_k: usize,
-    /// Consumer session timeout in milliseconds (at least 6000). The default
-    /// outlasts the death of the group coordinator's broker (the brokers'
+    /// Consumer session timeout (at least 6s). The default outlasts the death
+    /// of the group coordinator's broker (the brokers'
     /// `broker.session.timeout.ms`, 9 s by default, an election and the new
     /// coordinator's load), so that costs no rebalance; an instance that dies
-    /// and is not restarted holds its partitions this long.
-    #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value = "25000", value_parser = parse_millis)]
+    /// and is not restarted holds its partitions this long. A bare number is
+    /// milliseconds (deprecated).
+    #[arg(long, env = "TALLY_SESSION_TIMEOUT", default_value = "25s", value_parser = duration::millis)]
     pub session_timeout: Duration,
-    /// Seconds a shutdown (SIGINT/SIGTERM) may take: commit or abort the open
+    /// How long a shutdown (SIGINT/SIGTERM) may take: commit or abort the open
     /// transaction, checkpoint, close (or leave) the group. Past it tally exits
     /// with status 1 (the broker is gone?); nothing is lost, the checkpoint is
-    /// never ahead of Kafka.
-    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-    pub shutdown_timeout: u64,
+    /// never ahead of Kafka. A bare number is seconds (deprecated).
+    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration::secs)]
+    pub shutdown_timeout: Duration,
     /// Address of the operations endpoint (/healthz, /readyz, /metrics, /insights);
     /// port 0 binds a free port (the bound address is logged).
     #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9898")]
@@ -135,9 +140,10 @@ pub struct RunArgs {
     /// come back has its partitions moved when the session times out.
     #[arg(long, env = "TALLY_LEAVE_GROUP_ON_SHUTDOWN")]
     pub leave_group_on_shutdown: bool,
-    /// Seconds between progress log lines.
-    #[arg(long, env = "TALLY_PROGRESS_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub progress_secs: u64,
+    /// Time between progress log lines. A bare number is seconds (deprecated,
+    /// as is the old name --progress-secs).
+    #[arg(long, alias = "progress-secs", env = "TALLY_PROGRESS_INTERVAL", default_value = "10s", value_parser = duration::secs)]
+    pub progress_interval: Duration,
 }
 
 /// Until a broker answers: not ready, one warn line every few seconds naming the
@@ -173,9 +179,7 @@ async fn wait_for_cluster(k: &KafkaArgs, shutdown: &AtomicBool) -> anyhow::Resul
                     k.bootstrap_servers,
                     waited.as_secs()
                 )));
-                if k.connect_timeout
-                    .is_some_and(|t| waited >= Duration::from_secs(t))
-                {
+                if k.connect_timeout.is_some_and(|t| waited >= t) {
                     return Err(unreachable_cluster(&k.bootstrap_servers, waited, e));
                 }
                 if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
@@ -218,9 +222,7 @@ impl RunArgs {
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let connection = a.kafka.connection();
     if a.session_timeout < Duration::from_secs(6) {
-        bail!(
-            "--session-timeout must be at least 6000 ms (brokers reject shorter sessions by default)"
-        );
+        bail!("--session-timeout must be at least 6s (brokers reject shorter sessions by default)");
     }
     connection.validate(a.commit_interval, a.session_timeout)?;
     if a.instance_id.trim().is_empty() {
@@ -306,8 +308,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         max_batch_records: a.max_batch_records,
         horizon: a.horizon(),
         state_dir: a.state_dir.clone(),
-        progress_interval: Duration::from_secs(a.progress_secs),
-        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+        progress_interval: a.progress_interval,
+        shutdown_timeout: a.shutdown_timeout,
         restore: RestoreOptions {
             allow_inexact: a.allow_inexact_restore,
             rebuild_on_config_change: a.rebuild_on_config_change,

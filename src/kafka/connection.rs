@@ -103,26 +103,9 @@ pub enum Error {
     /// The group coordinator or the transaction coordinator fenced us.
     #[error("fenced: {0}")]
     Fenced(String),
-    #[error("-X {0}: this property is managed by tally (use the dedicated flag, if any)")]
-    Managed(String),
-    #[error("-X {key} is refused: {why}")]
-    Refused { key: String, why: &'static str },
-    #[error(
-        "--commit-interval {commit_ms} ms does not fit inside transaction.timeout.ms {timeout_ms}: \
-         a transaction stays open for the commit interval, plus the session timeout \
-         ({session_ms} ms) while commits are held after a pause, plus {margin_ms} ms to \
-         commit; lower --commit-interval or raise -X transaction.timeout.ms to at least {needed_ms}"
-    )]
-    TransactionTimeout {
-        commit_ms: u128,
-        timeout_ms: u64,
-        session_ms: u128,
-        margin_ms: u128,
-        needed_ms: u128,
-    },
-    /// librdkafka refused a property: no retry can help.
-    #[error("{0}")]
-    Config(String),
+    /// A setting is wrong: no retry can help.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The cluster refused an operation: an ACL is missing. Permanent until an
     /// operator grants it, so never retried.
     #[error(
@@ -140,8 +123,44 @@ pub enum Error {
         pattern: &'static str,
         detail: String,
     },
+    /// The cluster answered, but not as needed (a topic missing, a fatal client
+    /// error); the message says which.
     #[error("{0}")]
     Other(String),
+}
+
+/// A librdkafka property or a setting tally checks against them is wrong:
+/// found before anything is sent, never retried; the user changes the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("-X {0}: this property is managed by tally (use the dedicated flag, if any)")]
+    Managed(String),
+    #[error("-X {key} is refused: {why}")]
+    Refused { key: String, why: &'static str },
+    #[error("-X transaction.timeout.ms={0}: not a whole number of milliseconds")]
+    TransactionTimeoutNotANumber(String),
+    #[error(
+        "--commit-interval {commit_ms} ms does not fit inside transaction.timeout.ms {timeout_ms}: \
+         a transaction stays open for the commit interval, plus the session timeout \
+         ({session_ms} ms) while commits are held after a pause, plus {margin_ms} ms to \
+         commit; lower --commit-interval or raise -X transaction.timeout.ms to at least {needed_ms}"
+    )]
+    TransactionTimeout {
+        commit_ms: u128,
+        timeout_ms: u64,
+        session_ms: u128,
+        margin_ms: u128,
+        needed_ms: u128,
+    },
+    /// librdkafka refused a property. Its own error is not kept: its `Display`
+    /// ends with the property's value, which may be a secret (a misspelt
+    /// `sasl.pasword=...`).
+    #[error("{what}: librdkafka property {key:?}: {desc} (its value is not shown)")]
+    Property {
+        what: String,
+        key: String,
+        desc: String,
+    },
 }
 
 /// What the cluster refused: the kind of resource of an authorization error.
@@ -227,11 +246,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(super) fn ctx(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
     let what = what.into();
     move |source| match source {
-        // Its `Display` ends with the property's value, which may be a secret
-        // (a misspelt `sasl.pasword=...`).
-        KafkaError::ClientConfig(_, desc, key, _) => Error::Config(format!(
-            "{what}: librdkafka property {key:?}: {desc} (its value is not shown)"
-        )),
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            Error::Config(ConfigError::Property { what, key, desc })
+        }
         source => Error::Kafka { what, source },
     }
 }
@@ -366,29 +383,32 @@ impl Connection {
     /// Rejects, before `tally run` connects, `-X` properties that would break its
     /// guarantees, and a commit interval the transaction timeout cannot hold:
     /// the broker would abort every transaction before it could commit.
-    pub fn validate(&self, commit_interval: Duration, session_timeout: Duration) -> Result<()> {
+    pub fn validate(
+        &self,
+        commit_interval: Duration,
+        session_timeout: Duration,
+    ) -> Result<(), ConfigError> {
         let mut timeout_ms = TRANSACTION_TIMEOUT_MS;
         for (k, v) in &self.properties {
             if MANAGED.contains(&k.as_str()) {
-                return Err(Error::Managed(k.clone()));
+                return Err(ConfigError::Managed(k.clone()));
             }
             if let Some((_, why)) = REFUSED.iter().find(|(r, _)| r == k) {
-                return Err(Error::Refused {
+                return Err(ConfigError::Refused {
                     key: k.clone(),
                     why,
                 });
             }
             if k == "transaction.timeout.ms" {
-                timeout_ms = v.trim().parse().map_err(|_| {
-                    Error::Other(format!(
-                        "-X transaction.timeout.ms={v}: not a whole number of milliseconds"
-                    ))
-                })?;
+                timeout_ms = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError::TransactionTimeoutNotANumber(v.clone()))?;
             }
         }
         let needed = commit_interval + session_timeout + TRANSACTION_MARGIN;
         if needed > Duration::from_millis(timeout_ms) {
-            return Err(Error::TransactionTimeout {
+            return Err(ConfigError::TransactionTimeout {
                 commit_ms: commit_interval.as_millis(),
                 timeout_ms,
                 session_ms: session_timeout.as_millis(),

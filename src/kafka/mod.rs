@@ -22,11 +22,13 @@ pub use admin::{
     create_topics, delete_records, delete_topics, fragility, pipeline_topic_specs, replication_for,
 };
 pub use connection::{
-    AclNames, CALL_TIMEOUT, Connection, Denied, Error, Redacted, Result, parse_properties,
+    AclNames, CALL_TIMEOUT, ConfigError, Connection, Denied, Error, Redacted, Result,
+    parse_properties,
 };
 pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
 pub use copy::copy_at_least_once;
 pub use producer::{
-    Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnProducer,
+    Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnFailure,
+    TxnProducer,
 };
 pub use reader::{ReadEnds, ReadRecord, StartAt, TopicReader};

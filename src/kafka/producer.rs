@@ -21,47 +21,130 @@ use super::consumer::GroupConsumer;
 use crate::event;
 use crate::model::{Destination, OutputRecord, headers};
 
-/// A transaction call failed; what to do about it.
-#[derive(Debug, thiserror::Error)]
+/// A transaction call failed; what to do about it. Each says what failed and
+/// keeps librdkafka's error, when there is one, as its source.
+#[derive(Debug)]
 pub enum TxnError {
     /// Abort the transaction, rewind to the committed offsets, carry on.
-    #[error("transaction must be aborted: {0}")]
-    Abortable(String),
+    Abortable(TxnFailure),
     /// Another process initialised our transactional.id: we are a zombie.
-    #[error("fenced: {0}")]
-    Fenced(String),
+    Fenced(TxnFailure),
     /// Nothing sensible can continue.
-    #[error("fatal transaction error: {0}")]
-    Fatal(String),
+    Fatal(TxnFailure),
     /// The cluster refused an operation: an ACL is missing. Retrying, or a new
     /// producer, cannot help.
-    #[error("not authorized: {1}")]
-    NotAuthorized(Denied, String),
+    NotAuthorized(Denied, TxnFailure),
+}
+
+impl TxnError {
+    fn failure(&self) -> &TxnFailure {
+        match self {
+            TxnError::Abortable(f)
+            | TxnError::Fenced(f)
+            | TxnError::Fatal(f)
+            | TxnError::NotAuthorized(_, f) => f,
+        }
+    }
+
+    fn into_failure(self) -> TxnFailure {
+        match self {
+            TxnError::Abortable(f)
+            | TxnError::Fenced(f)
+            | TxnError::Fatal(f)
+            | TxnError::NotAuthorized(_, f) => f,
+        }
+    }
+}
+
+impl std::fmt::Display for TxnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            TxnError::Abortable(_) => "transaction must be aborted",
+            TxnError::Fenced(_) => "fenced",
+            TxnError::Fatal(_) => "fatal transaction error",
+            TxnError::NotAuthorized(..) => "not authorized",
+        };
+        write!(f, "{kind}: {}", self.failure())
+    }
+}
+
+impl std::error::Error for TxnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failure()
+            .source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// What failed in a transaction call: the message (the call, and librdkafka's
+/// words for why), and librdkafka's error when the failure came from one. It
+/// reads as its message (`Deref<Target = str>`), which names the error already.
+#[derive(Debug)]
+pub struct TxnFailure {
+    message: String,
+    source: Option<KafkaError>,
+}
+
+impl TxnFailure {
+    fn of(message: String, source: KafkaError) -> TxnFailure {
+        TxnFailure {
+            message,
+            source: Some(source),
+        }
+    }
+
+    /// librdkafka's error, when the failure came from one.
+    pub fn kafka_error(&self) -> Option<&KafkaError> {
+        self.source.as_ref()
+    }
+}
+
+/// A failure tally decides itself (a refused commit, a failpoint, a call that
+/// did not return in time).
+impl From<String> for TxnFailure {
+    fn from(message: String) -> TxnFailure {
+        TxnFailure {
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for TxnFailure {
+    fn from(message: &str) -> TxnFailure {
+        message.to_string().into()
+    }
+}
+
+impl std::ops::Deref for TxnFailure {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for TxnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 fn classify(what: &str, e: KafkaError) -> TxnError {
-    let msg = format!("{what}: {e}");
-    if let KafkaError::Transaction(rd) = &e {
+    let kind: fn(TxnFailure) -> TxnError = match &e {
         // librdkafka says when an error (an epoch error after the broker timed
         // the transaction out among them) is recovered by aborting: that comes
         // before the code, or tally would exit as fenced when it need not.
-        if rd.txn_requires_abort() {
-            return TxnError::Abortable(msg);
-        }
-        if is_fenced_code(rd.code()) {
-            return TxnError::Fenced(msg);
-        }
-        if rd.is_fatal() {
-            return TxnError::Fatal(msg);
-        }
+        KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxnError::Abortable,
+        KafkaError::Transaction(rd) if is_fenced_code(rd.code()) => TxnError::Fenced,
+        KafkaError::Transaction(rd) if rd.is_fatal() => TxnError::Fatal,
         // Neither fatal nor abort-requiring: a timeout or a state error. Aborting
         // is always safe for an open transaction.
-        return TxnError::Abortable(msg);
-    }
-    match e.rdkafka_error_code() {
-        Some(code) if is_fenced_code(code) => TxnError::Fenced(msg),
-        _ => TxnError::Abortable(msg),
-    }
+        KafkaError::Transaction(_) => TxnError::Abortable,
+        e if e.rdkafka_error_code().is_some_and(is_fenced_code) => TxnError::Fenced,
+        _ => TxnError::Abortable,
+    };
+    kind(TxnFailure::of(format!("{what}: {e}"), e))
 }
 
 fn is_retriable(e: &KafkaError) -> bool {
@@ -501,29 +584,30 @@ impl TxnProducer {
         };
         if let Some(d) = code.and_then(denied_resource) {
             // A note names the topic where the transaction's error does not.
-            let detail = match self.take_denied() {
+            let (denied, message) = match self.take_denied() {
                 Some((Denied::Topic(Some(t)), note)) if d == Denied::Topic(None) => {
-                    return TxnError::NotAuthorized(
-                        Denied::Topic(Some(t)),
-                        format!("{what}: {e} ({note})"),
-                    );
+                    (Denied::Topic(Some(t)), format!("{what}: {e} ({note})"))
                 }
-                _ => format!("{what}: {e}"),
+                _ => (d, format!("{what}: {e}")),
             };
-            return TxnError::NotAuthorized(d, detail);
+            return TxnError::NotAuthorized(denied, TxnFailure::of(message, e));
         }
         let classified = match self.producer.client().fatal_error() {
             Some((code, reason)) if is_fenced_code(code) => {
-                TxnError::Fenced(format!("{what}: {reason}"))
+                TxnError::Fenced(TxnFailure::of(format!("{what}: {reason}"), e))
             }
-            Some((_, reason)) => TxnError::Fatal(format!("{what}: {reason}")),
+            Some((_, reason)) => TxnError::Fatal(TxnFailure::of(format!("{what}: {reason}"), e)),
             None => classify(what, e),
         };
         // A fencing stays a fencing; any other failure of a transaction whose
         // records were refused for want of an ACL is that refusal.
         match (classified, self.take_denied()) {
             (fenced @ TxnError::Fenced(_), _) => fenced,
-            (other, Some((d, note))) => TxnError::NotAuthorized(d, format!("{other} ({note})")),
+            (other, Some((d, note))) => {
+                let message = format!("{other} ({note})");
+                let source = other.into_failure().source;
+                TxnError::NotAuthorized(d, TxnFailure { message, source })
+            }
             (other, None) => other,
         }
     }
@@ -636,7 +720,7 @@ impl TxnProducer {
         deadline: std::time::Instant,
     ) -> Result<(), TxnError> {
         let check = || match refuse() {
-            Some(why) => Err(TxnError::Abortable(format!("not committing: {why}"))),
+            Some(why) => Err(TxnError::Abortable(format!("not committing: {why}").into())),
             None => Ok(()),
         };
         // First, so the zombie checks below come right before the two calls.
@@ -771,10 +855,13 @@ impl TxnProducer {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left < MIN_ATTEMPT {
-                return Err(TxnError::Abortable(format!(
-                    "{what}: not finished before the transaction would outlive \
-                     transaction.timeout.ms ({attempt} attempts)"
-                )));
+                return Err(TxnError::Abortable(
+                    format!(
+                        "{what}: not finished before the transaction would outlive \
+                         transaction.timeout.ms ({attempt} attempts)"
+                    )
+                    .into(),
+                ));
             }
             match call(left.min(CALL_TIMEOUT)) {
                 Ok(()) => return Ok(()),
@@ -954,6 +1041,34 @@ mod tests {
     use rdkafka::message::OwnedMessage;
 
     use super::*;
+
+    #[test]
+    fn a_classified_error_keeps_librdkafkas_as_its_source() {
+        let fenced = || KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
+        let e = classify("commit_transaction", fenced());
+        assert!(matches!(e, TxnError::Fenced(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("fenced: commit_transaction: {}", fenced())
+        );
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source, Some(fenced().to_string()));
+
+        let e = classify(
+            "abort_transaction",
+            KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut),
+        );
+        assert!(matches!(e, TxnError::Abortable(_)), "{e:?}");
+        assert!(std::error::Error::source(&e).is_some());
+
+        // Decided by tally: no librdkafka error to keep.
+        let e = TxnError::Abortable("not committing: paused".into());
+        assert_eq!(
+            e.to_string(),
+            "transaction must be aborted: not committing: paused"
+        );
+        assert!(std::error::Error::source(&e).is_none());
+    }
 
     #[test]
     fn a_refused_partition_names_its_topic() {

@@ -582,7 +582,7 @@ impl Pipeline {
                              this process stops (a restart frees what they hold)"
                         )));
                     }
-                    Err(TxnError::Fatal(why))
+                    Err(TxnError::Fatal(why.into()))
                 }
             }
         };
@@ -838,7 +838,7 @@ impl Pipeline {
     /// than 3 replacements a minute.
     pub(super) async fn replace_producer(&mut self, e: TxnError) -> Result<()> {
         let why = match e {
-            TxnError::Fatal(why) | TxnError::Abortable(why) => why,
+            TxnError::Fatal(why) | TxnError::Abortable(why) => why.to_string(),
             TxnError::Fenced(why) => match self.timed_out(self.open_for(), &why) {
                 Some(why) => why,
                 None => return Err(txn_fatal(&self.cfg, TxnError::Fenced(why))),

@@ -158,8 +158,26 @@ pub enum PipelineError {
         count = to - from
     )]
     OvertakenByRetention { partition: i32, from: i64, to: i64 },
-    #[error("{0}")]
-    Other(String),
+}
+
+impl PipelineError {
+    /// Exit status of a process fenced by another holding its instance id: a
+    /// supervisor tells it from a failure (restarting it only fences the other).
+    pub const EXIT_FENCED: i32 = 3;
+
+    /// The process's exit status when this error ends it.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PipelineError::Fenced { .. } => Self::EXIT_FENCED,
+            _ => 1,
+        }
+    }
+
+    /// Whether `--shutdown-timeout` is spent: the process exits without
+    /// waiting for a blocking call in flight.
+    pub fn is_out_of_time(&self) -> bool {
+        matches!(self, PipelineError::ShutdownTimeout { .. })
+    }
 }
 
 type Result<T, E = PipelineError> = std::result::Result<T, E>;
@@ -727,9 +745,9 @@ fn not_authorized(cfg: &PipelineConfig, denied: kafka::Denied, detail: String) -
 
 fn txn_fatal(cfg: &PipelineConfig, e: TxnError) -> PipelineError {
     match e {
-        TxnError::Fenced(detail) => fenced(cfg, detail),
-        TxnError::NotAuthorized(denied, detail) => not_authorized(cfg, denied, detail),
-        TxnError::Fatal(m) | TxnError::Abortable(m) => PipelineError::FatalTxn(m),
+        TxnError::Fenced(detail) => fenced(cfg, detail.to_string()),
+        TxnError::NotAuthorized(denied, detail) => not_authorized(cfg, denied, detail.to_string()),
+        TxnError::Fatal(m) | TxnError::Abortable(m) => PipelineError::FatalTxn(m.to_string()),
     }
 }
 
