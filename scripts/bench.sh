@@ -83,7 +83,7 @@ start_processor() {
   else
     /usr/bin/time -f '%U %S %M' -o "$work/$id.time" \
       "$tally" run $(topics_of "$id") --group-id "$id" --instance-id "$id" \
-      --state-dir "$work/state-$id" --commit-interval "${kind#run-}" --progress-secs 60 \
+      --state-dir "$work/state-$id" --commit-interval "${kind#run-}ms" --progress-interval 60s \
       --metrics-addr "127.0.0.1:$4" 2> "$work/$id.log" &
   fi
   proc_pid=$!

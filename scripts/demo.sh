@@ -79,6 +79,6 @@ trap finish INT TERM HUP EXIT
 setsid "$tally" generate --rate "${DEMO_RATE:-500}" --invalid-ratio 0.05 > "$work/generate.log" 2>&1 < /dev/null &
 gen_pid=$!
 echo "demo: generating into $TALLY_INPUT_TOPIC (log $work/generate.log); Ctrl+C to stop and verify" >&2
-setsid "$tally" run --instance-id demo-1 --state-dir "$work/state" --progress-secs 5 < /dev/null &
+setsid "$tally" run --instance-id demo-1 --state-dir "$work/state" --progress-interval 5s < /dev/null &
 run_pid=$!
 wait "$run_pid"

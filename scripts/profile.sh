@@ -24,7 +24,7 @@ topics=(--input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" --
 "$tally" generate --topic "$id-in" --count "$events" --invalid-ratio 0.05 --huge false --seed 7 > /dev/null 2>&1
 
 perf record -g -o "$data" -- "$tally" run "${topics[@]}" --group-id "$id" --instance-id "$id" \
-  --state-dir "$work/state" --commit-interval "${COMMIT_INTERVAL_MS:-100}" --progress-secs 60 \
+  --state-dir "$work/state" --commit-interval "${COMMIT_INTERVAL_MS:-100}ms" --progress-interval 60s \
   --metrics-addr 127.0.0.1:0 2> "$work/run.log" &
 run_pid=$!
 "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null

@@ -47,7 +47,7 @@ process_until() {
   local t0 t1 log=$work/$2
   t0=$(now)
   RUST_LOG=info "$tally" run "${topics[@]}" "${group[@]}" --instance-id a --state-dir "$work/a" \
-    --progress-secs 600 --leave-group-on-shutdown "${run_args[@]}" 2> "$log" &
+    --progress-interval 600s --leave-group-on-shutdown "${run_args[@]}" 2> "$log" &
   run_pid=$!
   if [ -n "${3:-}" ]; then
     "$tally" generate --topic "$id-in" --count "$3" --rate 2000 --invalid-ratio 0.05 \
@@ -82,7 +82,7 @@ EOF
 new_host() {
   local name=$1 instance=${2:-$1} log=$work/$1.log
   RUST_LOG=info "$tally" run "${topics[@]}" "${group[@]}" --instance-id "$instance" --state-dir "$work/$name" \
-    --progress-secs 60 --leave-group-on-shutdown 2> "$log" &
+    --progress-interval 60s --leave-group-on-shutdown 2> "$log" &
   run_pid=$!
   local deadline=$((SECONDS + 300))
   while [ "$(grep -c 'partition restored' "$log" || true)" -lt "$partitions" ]; do
@@ -121,13 +121,13 @@ read -r wall3 slow3 paths3 _ < <(new_host c)
 say "live: 40,000 events at 2,000/s"
 live=$(process_until "$((total + 40000))" a3.log 40000)
 say "live: 40,000 events at 2,000/s, a snapshot with every commit"
-run_args=(--snapshot-interval 1 --snapshot-input-ratio 0)
+run_args=(--snapshot-interval 1ms --snapshot-input-ratio 0)
 live_every=$(process_until "$((total + 80000))" a4.log 40000)
 run_args=()
 
 say "crash: a killed (kill -9) 6 s into a live stream at 2,000/s, new host d in its place"
 RUST_LOG=info "$tally" run "${topics[@]}" "${group[@]}" --instance-id a --state-dir "$work/a" \
-  --progress-secs 600 2> "$work/a5.log" &
+  --progress-interval 600s 2> "$work/a5.log" &
 run_pid=$!
 "$tally" generate --topic "$id-in" --count 12000 --rate 2000 --invalid-ratio 0.05 \
   --huge false --seed 10 >&2
@@ -141,7 +141,7 @@ volume "backlog (commits close at 5,000 records)" $backlog
 # shellcheck disable=SC2086
 volume "live at 2,000 records/s (commits close on the 100 ms timer), default --snapshot-interval" $live
 # shellcheck disable=SC2086
-volume "live at 2,000 records/s, a snapshot with every commit (--snapshot-interval 1)" $live_every
+volume "live at 2,000 records/s, a snapshot with every commit (--snapshot-interval 1ms)" $live_every
 echo "new host after $(printf "%'d" "$events") records: all $partitions partitions restored in ${wall1} s (slowest partition ${slow1} s, paths: ${paths1})"
 echo "new host after $(printf "%'d" "$total") records: all $partitions partitions restored in ${wall3} s (slowest partition ${slow3} s, paths: ${paths3})"
 echo "new host after a kill -9 mid-stream: all $partitions partitions restored in ${wall5} s (slowest partition ${slow5} s, paths: ${paths5}, ${replayed5} records replayed)"

@@ -41,7 +41,7 @@ measure() {
     "${gen[@]}" >&2
   fi
   "${RSS_RUN_BIN:-$tally}" run "${topics[@]}" --group-id "$id" --instance-id "$id-1" --state-dir "$work/state-$name" \
-    --progress-secs 60 ${RSS_RUN_ARGS:-} 2> "$work/run-$name.log" &
+    --progress-interval 60s ${RSS_RUN_ARGS:-} 2> "$work/run-$name.log" &
   run_pid=$!
   "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null &
   local lag_pid=$!

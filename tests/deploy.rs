@@ -217,7 +217,8 @@ fn kubernetes_manifests_have_the_operating_properties() {
         .iter()
         .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
         .collect();
-    let session: u64 = env["TALLY_SESSION_TIMEOUT_MS"].parse().unwrap();
+    let session = humantime::parse_duration(env["TALLY_SESSION_TIMEOUT"]).unwrap();
+    let session = u64::try_from(session.as_millis()).unwrap();
     assert!(
         session >= 45_000,
         "session {session} ms: a restart outlasts it"

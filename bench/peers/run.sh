@@ -45,7 +45,7 @@ restore_events=${RESTORE_EVENTS:-0}
 tools=${TOOLS_DIR:-$repo/.tools}
 export TOOLS_DIR=$tools
 # Every peer runs with a 10 s consumer session (see README.md): tally too.
-export TALLY_SESSION_TIMEOUT_MS=10000
+export TALLY_SESSION_TIMEOUT=10s
 
 . scripts/lib.sh
 procs=()
@@ -115,7 +115,7 @@ start_system() {
   case "$sys" in
     run|run-*)
       "$tally" run "${topics[@]}" --group-id "$group" --instance-id "$group" --state-dir "$work/state-$id" \
-        --progress-secs 60 --metrics-addr "127.0.0.1:$port" ${TALLY_RUN_ARGS:-} > /dev/null 2> "$log" & ;;
+        --progress-interval 60s --metrics-addr "127.0.0.1:$port" ${TALLY_RUN_ARGS:-} > /dev/null 2> "$log" & ;;
     copy) # exits once it committed `n` records; GNU time keeps its CPU and peak RSS
       /usr/bin/time -f '%U %S %M' -o "$work/$id.time" \
         "$tally" copy "${topics[@]}" --group-id "$group" --count "$n" > /dev/null 2> "$log" & ;;

@@ -87,11 +87,11 @@ impl Instance {
             .args(["--min-app-version", super::expect::MIN_APP_VERSION])
             .args([
                 "--session-timeout",
-                &member.session_ms.to_string(),
+                &format!("{}ms", member.session_ms),
                 "--shutdown-timeout",
-                &member.shutdown_secs.to_string(),
-                "--progress-secs",
-                "5",
+                &format!("{}s", member.shutdown_secs),
+                "--progress-interval",
+                "5s",
             ])
             // A graceful stop is the drill's scale-down: the instance leaves
             // the group, so the others take its partitions at once (without the
