@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    PartitionState, Pipeline, PipelineError, Result, Snapshots, Txn, blocking, fenced, txn_fatal,
+    PartitionState, Pipeline, PipelineError, Result, Rewind, Snapshots, Txn, blocking, fenced,
+    txn_fatal,
 };
 use crate::kafka::RebalanceEvent;
 use crate::kafka::{GroupConsumer, TxnError};
-use crate::observe::{CycleTally, PartitionsAssigned, PartitionsRevoked, TransactionAborted, emit};
+use crate::observe::{PartitionsAssigned, PartitionsRevoked, emit};
 
 /// A consumer fenced more often than this within [`REJOIN_WINDOW`] is taken as
 /// fenced for good: two processes sharing an instance id would otherwise fence
@@ -50,14 +51,11 @@ impl Pipeline {
         let open = matches!(self.txn, Txn::Open { .. });
         let started = Instant::now();
         let first = self.probe(open).await;
-        self.txn = Txn::Idle;
         if open {
-            // The records come again; failures of theirs reported meanwhile go to
-            // the poison rule.
-            self.note_abort();
-            self.stats.aborted += 1;
-            self.cycle = CycleTally::default();
-            emit(TransactionAborted);
+            // The probe aborted it. The records come again; failures of theirs
+            // reported meanwhile go to the poison rule. No rewind: every
+            // partition is dropped below, or the process stops.
+            self.aborted("consumer fenced", Rewind::Dropped).await?;
         }
         // A probe lost while its transaction aborted cleanly proves nothing
         // (the first request after a long pause can fail so): asked again in a
