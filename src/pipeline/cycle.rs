@@ -214,7 +214,7 @@ impl Pipeline {
         // Records fetched before the partition's latest assignment, seek or pause
         // (an abort may have rewound it while this batch was in flight), of a
         // partition still restoring, or already processed are not ours to process.
-        if polled.generation < st.since_generation
+        if polled.rewind < st.since_rewind
             || matches!(st.phase, Phase::Restoring)
             || rec.offset < st.next_offset
         {
@@ -375,9 +375,9 @@ impl Pipeline {
     /// transaction (which holds its records below `from`) is unaffected.
     async fn refetch(&mut self, partition: i32, from: i64) -> Result<()> {
         let c = self.consumer.clone();
-        let generation = blocking(move || c.seek(&[(partition, from)])).await?;
+        let rewind = blocking(move || c.seek(&[(partition, from)])).await?;
         if let Some(st) = self.partitions.get_mut(&partition) {
-            st.since_generation = generation;
+            st.since_rewind = rewind;
         }
         Ok(())
     }
@@ -805,10 +805,10 @@ impl Pipeline {
                 }
                 tracing::warn!(reason = why, rewound = ?seeks, "transaction aborted");
                 let (c, sought) = (self.consumer.clone(), seeks.clone());
-                let generation = blocking(move || c.seek(&sought)).await?;
+                let rewind = blocking(move || c.seek(&sought)).await?;
                 for (p, _) in seeks {
                     if let Some(st) = self.partitions.get_mut(&p) {
-                        st.since_generation = generation;
+                        st.since_rewind = rewind;
                     }
                 }
             }
@@ -820,9 +820,9 @@ impl Pipeline {
                 let all: Vec<i32> = self.partitions.keys().copied().collect();
                 let c = self.consumer.clone();
                 let paused = all.clone();
-                let generation = blocking(move || c.pause(&paused)).await?;
+                let rewind = blocking(move || c.pause(&paused)).await?;
                 for st in self.partitions.values_mut() {
-                    st.since_generation = generation;
+                    st.since_rewind = rewind;
                 }
                 // New restores, with new tokens: a restore still running from
                 // before is now stale and its result will be ignored.

@@ -37,7 +37,7 @@ use crate::event::ProcessConfig;
 use crate::failpoints;
 use crate::insights::{self, Fingerprint};
 use crate::kafka::{
-    self, GroupConsumer, MemberConfig, OutputTopics, RebalanceEvent, TxnError, TxnProducer,
+    self, GroupConsumer, MemberConfig, OutputTopics, Rebalance, RewindId, TxnError, TxnProducer,
 };
 use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, RecordCounts, emit};
 
@@ -182,10 +182,10 @@ enum Phase {
 #[derive(Debug)]
 struct PartitionState {
     phase: Phase,
-    /// Records stamped with an earlier rewind generation were fetched before this
+    /// Records stamped with an earlier [`RewindId`] were fetched before this
     /// partition's latest assignment, seek or pause: stale by construction, they
     /// are dropped one by one wherever the loop is in a batch.
-    since_generation: u64,
+    since_rewind: RewindId,
     /// `C`: the next offset committed in Kafka (and checkpointed).
     committed_offset: i64,
     /// The next offset to process; `> committed_offset` while a transaction holds records.
@@ -230,10 +230,10 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn new(since_generation: u64) -> Self {
+    fn new(since_rewind: RewindId) -> Self {
         PartitionState {
             phase: Phase::Restoring,
-            since_generation,
+            since_rewind,
             committed_offset: 0,
             next_offset: 0,
             committed: Aggregate::default(),
@@ -314,7 +314,7 @@ pub struct Pipeline {
     producer: Arc<TxnProducer>,
     store: Arc<StateStore>,
     ns: Namespace,
-    rebalances: UnboundedReceiver<RebalanceEvent>,
+    rebalances: UnboundedReceiver<Rebalance>,
     restored_tx: UnboundedSender<Restored>,
     restored_rx: UnboundedReceiver<Restored>,
     /// Tokens of restores started so far (see `RestoreTicket`).

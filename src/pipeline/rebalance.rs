@@ -1,5 +1,5 @@
 //! Partitions assigned and revoked: librdkafka's callbacks hand the work to the
-//! loop (see [`crate::kafka::RebalanceEvent`]) and wait for it; and a consumer
+//! loop (see [`crate::kafka::Rebalance`]) and wait for it; and a consumer
 //! fenced by its own rejoin replaced by a new member.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use super::{
     PartitionState, Pipeline, PipelineError, Result, Rewind, Snapshots, Txn, blocking, fenced,
     txn_fatal,
 };
-use crate::kafka::RebalanceEvent;
+use crate::kafka::Rebalance;
 use crate::kafka::{GroupConsumer, TxnError};
 use crate::observe::{PartitionsAssigned, PartitionsRevoked, emit};
 
@@ -180,9 +180,9 @@ impl Pipeline {
         }
     }
 
-    pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {
+    pub(super) async fn on_rebalance(&mut self, ev: Rebalance) -> Result<()> {
         match ev {
-            RebalanceEvent::Revoked {
+            Rebalance::Revoked {
                 partitions,
                 lost,
                 done,
@@ -206,14 +206,14 @@ impl Pipeline {
                 tracing::info!(?partitions, lost, "partitions revoked");
                 let _ = done.send(());
             }
-            RebalanceEvent::Assigned { partitions, epoch } => {
-                tracing::info!(?partitions, epoch, "partitions assigned; restoring state");
+            Rebalance::Assigned { partitions, rewind } => {
+                tracing::info!(?partitions, %rewind, "partitions assigned; restoring state");
                 self.check_insights_partitions(&partitions).await?;
                 emit(PartitionsAssigned {
                     partitions: &partitions,
                 });
                 for p in &partitions {
-                    self.partitions.insert(*p, PartitionState::new(epoch));
+                    self.partitions.insert(*p, PartitionState::new(rewind));
                 }
                 self.spawn_restore(partitions);
             }
