@@ -745,7 +745,7 @@ impl Pipeline {
         if let Err(e) = blocking(move || p.abort()).await {
             return self.replace_producer(e).await;
         }
-        self.aborted(why, Rewind::Seek).await?;
+        self.aborted(Rewind::Seek(why)).await?;
         // A missing ACL aborts every transaction that touches its resource:
         // stop, naming it, instead of aborting for ever.
         if let Some((denied, detail)) = self.producer.take_denied() {
@@ -772,7 +772,7 @@ impl Pipeline {
     /// back to `C` as `rewind` says. Called while the producer that ran the
     /// transaction is still `self.producer`: the record failures it collected
     /// are the transaction's, taken before it is replaced.
-    pub(super) async fn aborted(&mut self, why: &str, rewind: Rewind) -> Result<()> {
+    pub(super) async fn aborted(&mut self, rewind: Rewind<'_>) -> Result<()> {
         let tally = match std::mem::replace(&mut self.txn, Txn::Idle) {
             Txn::Open { tally, refused, .. } => {
                 self.note_abort(refused);
@@ -792,7 +792,7 @@ impl Pipeline {
             st.runtime_verdict = false;
         }
         match rewind {
-            Rewind::Seek => {
+            Rewind::Seek(why) => {
                 // Every active partition, touched or not: librdkafka may have
                 // delivered records past `C` that the loop now drops (the rest of
                 // the batch).
@@ -894,7 +894,7 @@ impl Pipeline {
             e @ TxnError::NotAuthorized(..) => return Err(txn_fatal(&self.cfg, e)),
         };
         let fresh = self.new_producer(&why).await?;
-        self.aborted(&why, Rewind::Restore(fresh)).await
+        self.aborted(Rewind::Restore(fresh)).await
     }
 
     /// Swaps in a new transactional producer with no transaction open (see

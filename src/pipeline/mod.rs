@@ -281,9 +281,10 @@ enum Txn {
 }
 
 /// How the partitions of an aborted transaction get back to `C`.
-enum Rewind {
-    /// Each active partition is sought back to its committed offset.
-    Seek,
+enum Rewind<'a> {
+    /// Each active partition is sought back to its committed offset; the
+    /// reason is logged with the offsets.
+    Seek(&'a str),
     /// The producer is replaced by this one, and every partition recovered as
     /// on assignment: whether the transaction reached the broker is unknown.
     Restore(Arc<TxnProducer>),

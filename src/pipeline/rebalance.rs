@@ -55,7 +55,7 @@ impl Pipeline {
             // The probe aborted it. The records come again; failures of theirs
             // reported meanwhile go to the poison rule. No rewind: every
             // partition is dropped below, or the process stops.
-            self.aborted("consumer fenced", Rewind::Dropped).await?;
+            self.aborted(Rewind::Dropped).await?;
         }
         // A probe lost while its transaction aborted cleanly proves nothing
         // (the first request after a long pause can fail so): asked again in a
