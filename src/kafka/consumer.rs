@@ -7,7 +7,7 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance as RdRebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -29,14 +29,30 @@ fn is_not_ready(e: &KafkaError) -> bool {
     }
 }
 
+/// Counts the consumer's repositionings (rebalances, seeks, pauses): records are
+/// stamped with it when polled (see [`Polled`]), so one stamped before a
+/// partition's latest repositioning is known stale. Not Kafka's group
+/// generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RewindId(u64);
+
+impl std::fmt::Display for RewindId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A rebalance handed from librdkafka's callback (on the polling thread) to the
 /// pipeline loop.
 #[derive(Debug)]
-pub enum RebalanceEvent {
+pub enum Rebalance {
     /// The partitions are assigned and paused; the loop restores their state,
-    /// seeks and resumes them. `epoch`: the rewind generation of this assignment;
-    /// records stamped with an earlier one belong to an earlier assignment.
-    Assigned { partitions: Vec<i32>, epoch: u64 },
+    /// seeks and resumes them. `rewind`: this assignment's; records stamped
+    /// with an earlier one belong to an earlier assignment.
+    Assigned {
+        partitions: Vec<i32>,
+        rewind: RewindId,
+    },
     /// The partitions are being taken away. The callback waits for `done` before
     /// letting librdkafka proceed, so the loop can close the open transaction while
     /// the partitions are still ours. `lost`: the group already gave them to someone
@@ -51,10 +67,10 @@ pub enum RebalanceEvent {
 #[derive(Debug)]
 pub struct GroupContext {
     topic: String,
-    events: UnboundedSender<RebalanceEvent>,
-    /// The rewind generation: bumped after every rebalance, seek and pause, so a
+    events: UnboundedSender<Rebalance>,
+    /// The [`RewindId`]: bumped after every rebalance, seek and pause, so a
     /// record stamped with it says which repositioning it was fetched after.
-    generation: AtomicU64,
+    rewind: AtomicU64,
     /// The first authorization error librdkafka reported through the error
     /// callback: [`GroupConsumer::poll_batch`] ends on it.
     denied: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
@@ -91,10 +107,10 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &RdRebalance<'_>) {
+        if let RdRebalance::Revoke(tpl) = rebalance {
             let (done, wait) = sync_channel(1);
-            let event = RebalanceEvent::Revoked {
+            let event = Rebalance::Revoked {
                 partitions: partitions_of(tpl, &self.topic),
                 lost: consumer.assignment_lost(),
                 done,
@@ -106,30 +122,30 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &RdRebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => {
+            RdRebalance::Assign(tpl) => {
                 // Paused before the callback returns, so no record of these
                 // partitions is delivered before the loop has restored their state
                 // and sought to the committed offset.
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::error!(error = %e, "pausing newly assigned partitions failed");
                 }
-                let epoch = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-                let _ = self.events.send(RebalanceEvent::Assigned {
+                let rewind = RewindId(self.rewind.fetch_add(1, Ordering::SeqCst) + 1);
+                let _ = self.events.send(Rebalance::Assigned {
                     partitions: partitions_of(tpl, &self.topic),
-                    epoch,
+                    rewind,
                 });
             }
-            Rebalance::Revoke(_) => {
-                self.generation.fetch_add(1, Ordering::SeqCst);
+            RdRebalance::Revoke(_) => {
+                self.rewind.fetch_add(1, Ordering::SeqCst);
             }
-            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+            RdRebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
         }
     }
 }
 
-/// A record and the rewind generation it was polled under. The generation is
+/// A record and the [`RewindId`] it was polled under. The id is
 /// read after librdkafka hands the record over, and bumped only after a seek,
 /// pause or rebalance has completed; librdkafka discards records fetched before
 /// a seek or pause that it has not handed over yet. So a record stamped below a
@@ -139,7 +155,7 @@ impl ConsumerContext for GroupContext {
 /// inside a rebalance callback, or partitions that are paused).
 #[derive(Debug)]
 pub struct Polled {
-    pub generation: u64,
+    pub rewind: RewindId,
     pub record: InputRecord,
 }
 
@@ -172,7 +188,7 @@ impl GroupConsumer {
     pub fn new(
         conn: &Connection,
         member: &MemberConfig,
-    ) -> Result<(Self, UnboundedReceiver<RebalanceEvent>)> {
+    ) -> Result<(Self, UnboundedReceiver<Rebalance>)> {
         let (tx, rx) = unbounded_channel();
         let session = member.session_timeout.as_millis().to_string();
         let poll = member.max_poll_interval.as_millis().to_string();
@@ -196,7 +212,7 @@ impl GroupConsumer {
         let context = GroupContext {
             topic: member.topic.clone(),
             events: tx,
-            generation: AtomicU64::new(0),
+            rewind: AtomicU64::new(0),
             denied: std::sync::Mutex::new(None),
         };
         let consumer = config
@@ -254,7 +270,7 @@ impl GroupConsumer {
     /// holds owned copies: a count alone would let 5,000 records of 1 MiB through),
     /// for at most `budget`, and at most `settle` after the first record. Serves
     /// rebalance callbacks, so it runs on a blocking thread; returns early after a
-    /// rebalance (or another repositioning) so the loop sees the new generation
+    /// rebalance (or another repositioning) so the loop sees the new rewind
     /// promptly.
     pub fn poll_batch(
         &self,
@@ -264,7 +280,7 @@ impl GroupConsumer {
         settle: Duration,
     ) -> Result<Vec<Polled>> {
         let mut deadline = Instant::now() + budget;
-        let start = self.generation();
+        let start = self.rewind();
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if let Some((code, detail)) = self
@@ -285,7 +301,7 @@ impl GroupConsumer {
                 // (the deadline is checked below).
                 Duration::from_millis(5)
             });
-            let generation = self.generation();
+            let rewind = self.rewind();
             match polled {
                 Some(Ok(m)) => {
                     let record = InputRecord::from(&m);
@@ -294,7 +310,7 @@ impl GroupConsumer {
                     if out.is_empty() {
                         deadline = deadline.min(Instant::now() + settle);
                     }
-                    out.push(Polled { generation, record });
+                    out.push(Polled { rewind, record });
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e))
@@ -325,7 +341,7 @@ impl GroupConsumer {
             }
             // The clock every 16 records: reading it per record showed in profiles
             // (records trickling in every < 5 ms overrun the budget by < 80 ms).
-            if generation != start || (out.len() % 16 == 0 && Instant::now() >= deadline) {
+            if rewind != start || (out.len() % 16 == 0 && Instant::now() >= deadline) {
                 break;
             }
         }
@@ -465,30 +481,32 @@ impl GroupConsumer {
             .map_err(ctx(format!("reading watermarks of partition {partition}")))
     }
 
-    /// The current rewind generation (see [`Polled`]).
-    pub fn generation(&self) -> u64 {
-        self.consumer.context().generation.load(Ordering::SeqCst)
+    /// The current [`RewindId`] (see [`Polled`]).
+    pub fn rewind(&self) -> RewindId {
+        RewindId(self.consumer.context().rewind.load(Ordering::SeqCst))
     }
 
-    /// Records of these partitions stamped before the returned generation were
-    /// fetched before this call.
-    fn bump_generation(&self) -> u64 {
-        self.consumer
-            .context()
-            .generation
-            .fetch_add(1, Ordering::SeqCst)
-            + 1
+    /// Records of these partitions stamped before the returned id were fetched
+    /// before this call.
+    fn bump_rewind(&self) -> RewindId {
+        RewindId(
+            self.consumer
+                .context()
+                .rewind
+                .fetch_add(1, Ordering::SeqCst)
+                + 1,
+        )
     }
 
     /// Moves the fetch position of the partitions; stale prefetched records are
-    /// discarded by librdkafka. Returns the rewind generation from which records
+    /// discarded by librdkafka. Returns the [`RewindId`] from which records
     /// of these partitions come from the new position. Right after an assignment
     /// librdkafka may not have started a partition's fetcher yet and answers
     /// `__STATE`: that is retried (the poll thread keeps polling meanwhile, which
     /// starts it) for up to [`SEEK_READY_TIMEOUT`], then reported.
-    pub fn seek(&self, offsets: &[(i32, i64)]) -> Result<u64> {
+    pub fn seek(&self, offsets: &[(i32, i64)]) -> Result<RewindId> {
         if offsets.is_empty() {
-            return Ok(self.generation());
+            return Ok(self.rewind());
         }
         let deadline = Instant::now() + SEEK_READY_TIMEOUT;
         let mut attempts = 0u32;
@@ -509,7 +527,7 @@ impl GroupConsumer {
                     )));
                 }
                 Err(e) => return Err(ctx("seeking")(e)),
-                Ok(()) => return Ok(self.bump_generation()),
+                Ok(()) => return Ok(self.bump_rewind()),
             }
         }
     }
@@ -531,14 +549,14 @@ impl GroupConsumer {
         Ok(())
     }
 
-    /// Pauses the partitions; returns the rewind generation from which no record
+    /// Pauses the partitions; returns the [`RewindId`] from which no record
     /// fetched before the pause is handed over.
-    pub fn pause(&self, partitions: &[i32]) -> Result<u64> {
+    pub fn pause(&self, partitions: &[i32]) -> Result<RewindId> {
         let tpl = self.tpl(&partitions.iter().map(|p| (*p, None)).collect::<Vec<_>>());
         self.consumer
             .pause(&tpl)
             .map_err(ctx("pausing partitions"))?;
-        Ok(self.bump_generation())
+        Ok(self.bump_rewind())
     }
 
     pub fn resume(&self, partitions: &[i32]) -> Result<()> {

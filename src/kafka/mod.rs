@@ -25,7 +25,7 @@ pub use connection::{
     AclNames, CALL_TIMEOUT, ConfigError, Connection, Denied, Error, Redacted, Result,
     parse_properties,
 };
-pub use consumer::{GroupConsumer, MemberConfig, Polled, RebalanceEvent};
+pub use consumer::{GroupConsumer, MemberConfig, Polled, Rebalance, RewindId};
 pub use copy::copy_at_least_once;
 pub use producer::{
     Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnFailure,

@@ -28,7 +28,7 @@ pub use partition::{
 };
 pub use transaction::{
     CheckpointWritten, CycleTally, LoopIteration, ProducerInitialised, ProducerReplaced,
-    SkippedByRetention, SnapshotRefused, SnapshotsCommitted, TransactionAborted,
+    RecordCounts, SkippedByRetention, SnapshotRefused, SnapshotsCommitted, TransactionAborted,
     TransactionCommitted,
 };
 

@@ -30,13 +30,31 @@ impl InternalEvent for ProducerInitialised {
     }
 }
 
-/// What the open transaction holds, counted as records join it; reported only
-/// if it commits, dropped if it aborts.
+/// Input records by outcome.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub processed: u64,
+    pub dead_lettered: u64,
+    pub filtered: u64,
+}
+
+impl RecordCounts {
+    pub fn add(&mut self, other: RecordCounts) {
+        self.processed += other.processed;
+        self.dead_lettered += other.dead_lettered;
+        self.filtered += other.filtered;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.processed + self.dead_lettered + self.filtered
+    }
+}
+
+/// What the open transaction holds, counted as records join it; reported to
+/// the metrics only if it commits, dropped if it aborts.
 #[derive(Debug, Default)]
 pub struct CycleTally {
-    processed: u64,
-    dead_lettered: u64,
-    filtered: u64,
+    counts: RecordCounts,
     dead_letter_reasons: BTreeMap<&'static str, u64>,
     /// Input record timestamps (ms), for the end-to-end latency at commit.
     timestamps_ms: Vec<i64>,
@@ -47,8 +65,8 @@ impl CycleTally {
     /// `timestamp_ms`: the input record's Kafka timestamp (end-to-end latency).
     pub fn record(&mut self, timestamp_ms: Option<i64>, outcome: &Outcome) {
         match outcome {
-            Outcome::Processed { .. } => self.processed += 1,
-            Outcome::Filtered { .. } => self.filtered += 1,
+            Outcome::Processed { .. } => self.counts.processed += 1,
+            Outcome::Filtered { .. } => self.counts.filtered += 1,
             Outcome::DeadLetter { rejection, .. } => self.dead_letter(rejection.reason.code()),
         }
         if let Some(ts) = timestamp_ms {
@@ -58,12 +76,17 @@ impl CycleTally {
 
     /// A record was dead-lettered for `reason` (a reason code).
     pub fn dead_letter(&mut self, reason: &'static str) {
-        self.dead_lettered += 1;
+        self.counts.dead_lettered += 1;
         *self.dead_letter_reasons.entry(reason).or_default() += 1;
     }
 
+    /// Its records by outcome.
+    pub fn counts(&self) -> RecordCounts {
+        self.counts
+    }
+
     pub fn total(&self) -> u64 {
-        self.processed + self.dead_lettered + self.filtered
+        self.counts.total()
     }
 }
 
@@ -86,10 +109,11 @@ impl InternalEvent for TransactionCommitted {
     fn emit(self, t: &Telemetry) {
         let m = &t.metrics;
         let c = self.tally;
+        let counts = c.counts;
         for (outcome, n) in [
-            ("processed", c.processed),
-            ("dead_lettered", c.dead_lettered),
-            ("filtered", c.filtered),
+            ("processed", counts.processed),
+            ("dead_lettered", counts.dead_lettered),
+            ("filtered", counts.filtered),
         ] {
             Metrics::count(&m.records, outcome, n);
         }
@@ -108,7 +132,7 @@ impl InternalEvent for TransactionCommitted {
         latency.flush();
         m.last_commit_timestamp.set(now as f64 / 1000.0);
         tracing::trace!(
-            records = c.processed + c.dead_lettered + c.filtered,
+            records = counts.total(),
             commit_secs = self.commit.as_secs_f64(),
             "transaction committed"
         );

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tally_state::Checkpoint;
 
 use super::{
-    Fencing, PartitionState, Phase, Pipeline, PipelineError, Result, Snapshots, Txn, blocking,
-    init_producer, txn_fatal, why_fenced,
+    Fencing, PartitionState, Phase, Pipeline, PipelineError, Result, Rewind, Snapshots, Txn,
+    blocking, init_producer, txn_fatal, why_fenced,
 };
 use crate::aggregate::Aggregate;
 use crate::event::{Outcome, dead_letter, dead_letter_stripped, process_owned};
@@ -83,7 +83,7 @@ impl Pipeline {
     pub(super) fn cycle_due(&self) -> bool {
         match self.txn {
             Txn::Idle => false,
-            Txn::Open { since, records } => {
+            Txn::Open { since, records, .. } => {
                 !self.commits_held()
                     && (since.elapsed() >= self.cfg.commit_interval
                         || records >= self.cfg.max_batch_records)
@@ -214,7 +214,7 @@ impl Pipeline {
         // Records fetched before the partition's latest assignment, seek or pause
         // (an abort may have rewound it while this batch was in flight), of a
         // partition still restoring, or already processed are not ours to process.
-        if polled.generation < st.since_generation
+        if polled.rewind < st.since_rewind
             || matches!(st.phase, Phase::Restoring)
             || rec.offset < st.next_offset
         {
@@ -273,16 +273,13 @@ impl Pipeline {
                 }
             }
         }
-        self.stats.records_in += 1;
-        match &outcome {
-            Outcome::Processed { .. } => self.stats.processed += 1,
-            Outcome::Filtered { .. } => self.stats.filtered += 1,
-            Outcome::DeadLetter { rejection, .. } => {
-                self.stats.dead_lettered += 1;
-                tracing::debug!(partition, offset, reason = %rejection.reason, "dead-lettered");
-            }
+        if let Outcome::DeadLetter { rejection, .. } = &outcome {
+            tracing::debug!(partition, offset, reason = %rejection.reason, "dead-lettered");
         }
-        self.cycle.record(timestamp_ms, &outcome);
+        if let Txn::Open { records, tally, .. } = &mut self.txn {
+            tally.record(timestamp_ms, &outcome);
+            *records += 1;
+        }
         let horizon = self.cfg.horizon;
         let st = self.partitions.get_mut(&partition).expect("checked above");
         st.pending.apply(&outcome, horizon);
@@ -290,9 +287,6 @@ impl Pipeline {
         st.touched = true;
         st.head.get_or_insert(offset);
         st.input_bytes += bytes as u64;
-        if let Txn::Open { records, .. } = &mut self.txn {
-            *records += 1;
-        }
         failpoints::crash("after-produce");
         Ok(())
     }
@@ -381,9 +375,9 @@ impl Pipeline {
     /// transaction (which holds its records below `from`) is unaffected.
     async fn refetch(&mut self, partition: i32, from: i64) -> Result<()> {
         let c = self.consumer.clone();
-        let generation = blocking(move || c.seek(&[(partition, from)])).await?;
+        let rewind = blocking(move || c.seek(&[(partition, from)])).await?;
         if let Some(st) = self.partitions.get_mut(&partition) {
-            st.since_generation = generation;
+            st.since_rewind = rewind;
         }
         Ok(())
     }
@@ -400,6 +394,8 @@ impl Pipeline {
             self.txn = Txn::Open {
                 since: Instant::now(),
                 records: 0,
+                tally: CycleTally::default(),
+                refused: Vec::new(),
             };
         }
         Ok(true)
@@ -433,10 +429,12 @@ impl Pipeline {
                 // abort (see `poison`), like a refusal the broker reports later.
                 Err(e @ SendError::RecordRefused { .. }) => {
                     tracing::warn!(error = %e, "record refused; aborting to dead-letter it");
-                    self.refused.push(kafka::RecordFailure {
-                        origin,
-                        error: e.to_string(),
-                    });
+                    if let Txn::Open { refused, .. } = &mut self.txn {
+                        refused.push(kafka::RecordFailure {
+                            origin,
+                            error: e.to_string(),
+                        });
+                    }
                     self.abort_and_rewind("record refused").await?;
                     return Ok(false);
                 }
@@ -594,12 +592,7 @@ impl Pipeline {
             }
             Err(e) => return self.replace_producer(e).await,
         }
-        self.stats.committed += 1;
-        self.txn = Txn::Idle;
-        emit(TransactionCommitted {
-            tally: std::mem::take(&mut self.cycle),
-            commit: commit_started.elapsed(),
-        });
+        self.committed(commit_started.elapsed());
         // Only partitions whose records moved end their abort streaks; one
         // snapshotted alone re-sent an offset that did not move.
         let moved: Vec<i32> = self
@@ -752,32 +745,7 @@ impl Pipeline {
         if let Err(e) = blocking(move || p.abort()).await {
             return self.replace_producer(e).await;
         }
-        self.txn = Txn::Idle;
-        self.stats.aborted += 1;
-        self.cycle = CycleTally::default();
-        emit(TransactionAborted);
-        self.note_abort();
-        // Every active partition, touched or not: librdkafka may have delivered
-        // records past `C` that the loop now drops (the rest of the batch).
-        let mut seeks = Vec::new();
-        for (p, st) in &mut self.partitions {
-            st.pending = Aggregate::default();
-            st.touched = false;
-            st.head = None;
-            st.runtime_verdict = false;
-            if matches!(st.phase, Phase::Active) {
-                st.next_offset = st.committed_offset;
-                seeks.push((*p, st.committed_offset));
-            }
-        }
-        tracing::warn!(reason = why, rewound = ?seeks, "transaction aborted");
-        let (c, sought) = (self.consumer.clone(), seeks.clone());
-        let generation = blocking(move || c.seek(&sought)).await?;
-        for (p, _) in seeks {
-            if let Some(st) = self.partitions.get_mut(&p) {
-                st.since_generation = generation;
-            }
-        }
+        self.aborted(Rewind::Seek(why)).await?;
         // A missing ACL aborts every transaction that touches its resource:
         // stop, naming it, instead of aborting for ever.
         if let Some((denied, detail)) = self.producer.take_denied() {
@@ -786,15 +754,94 @@ impl Pipeline {
         self.check_topics_exist().await
     }
 
-    /// Hands the aborted transaction's heads and record-level failures to the
-    /// poison rule (before the rewind clears which partitions were touched).
-    pub(super) fn note_abort(&mut self) {
+    /// The open transaction committed: counted and reported, here only.
+    fn committed(&mut self, commit: Duration) {
+        let tally = match std::mem::replace(&mut self.txn, Txn::Idle) {
+            Txn::Open { tally, .. } => tally,
+            Txn::Idle => CycleTally::default(),
+        };
+        self.stats.committed += 1;
+        self.stats.records.add(tally.counts());
+        emit(TransactionCommitted { tally, commit });
+    }
+
+    /// Every abort ends here, once the broker's side is done (an abort call, a
+    /// replaced producer, a fencing probe's abort): the transaction is counted
+    /// and reported as aborted, its heads and record failures go to the poison
+    /// rule, every partition's pending state is dropped, and the partitions go
+    /// back to `C` as `rewind` says. Called while the producer that ran the
+    /// transaction is still `self.producer`: the record failures it collected
+    /// are the transaction's, taken before it is replaced.
+    pub(super) async fn aborted(&mut self, rewind: Rewind<'_>) -> Result<()> {
+        let tally = match std::mem::replace(&mut self.txn, Txn::Idle) {
+            Txn::Open { tally, refused, .. } => {
+                self.note_abort(refused);
+                tally
+            }
+            // A `begin` that failed fatally, its producer replaced: counted as
+            // an aborted transaction too.
+            Txn::Idle => CycleTally::default(),
+        };
+        self.stats.aborted += 1;
+        self.stats.records.add(tally.counts());
+        emit(TransactionAborted);
+        for st in self.partitions.values_mut() {
+            st.pending = Aggregate::default();
+            st.touched = false;
+            st.head = None;
+            st.runtime_verdict = false;
+        }
+        match rewind {
+            Rewind::Seek(why) => {
+                // Every active partition, touched or not: librdkafka may have
+                // delivered records past `C` that the loop now drops (the rest of
+                // the batch).
+                let mut seeks = Vec::new();
+                for (p, st) in &mut self.partitions {
+                    if matches!(st.phase, Phase::Active) {
+                        st.next_offset = st.committed_offset;
+                        seeks.push((*p, st.committed_offset));
+                    }
+                }
+                tracing::warn!(reason = why, rewound = ?seeks, "transaction aborted");
+                let (c, sought) = (self.consumer.clone(), seeks.clone());
+                let rewind = blocking(move || c.seek(&sought)).await?;
+                for (p, _) in seeks {
+                    if let Some(st) = self.partitions.get_mut(&p) {
+                        st.since_rewind = rewind;
+                    }
+                }
+            }
+            Rewind::Restore(fresh) => {
+                self.swap_producer(fresh).await;
+                for st in self.partitions.values_mut() {
+                    st.phase = Phase::Restoring;
+                }
+                let all: Vec<i32> = self.partitions.keys().copied().collect();
+                let c = self.consumer.clone();
+                let paused = all.clone();
+                let rewind = blocking(move || c.pause(&paused)).await?;
+                for st in self.partitions.values_mut() {
+                    st.since_rewind = rewind;
+                }
+                // New restores, with new tokens: a restore still running from
+                // before is now stale and its result will be ignored.
+                self.spawn_restore(all);
+            }
+            Rewind::Dropped => {}
+        }
+        Ok(())
+    }
+
+    /// Hands the aborted transaction's heads and record-level failures (`refused`
+    /// and what the producer reported) to the poison rule.
+    fn note_abort(&mut self, refused: Vec<kafka::RecordFailure>) {
         let heads: Vec<(i32, i64)> = self
             .partitions
             .iter()
             .filter_map(|(p, st)| st.head.map(|h| (*p, h)))
             .collect();
-        let mut failures = std::mem::take(&mut self.refused);
+        let mut failures = refused;
         failures.extend(self.producer.take_record_failures());
         for f in &failures {
             if let Origin::Snapshot { partition } = f.origin {
@@ -846,36 +893,23 @@ impl Pipeline {
             // A new producer would be refused the same way.
             e @ TxnError::NotAuthorized(..) => return Err(txn_fatal(&self.cfg, e)),
         };
-        self.renew_producer(&why).await?;
-        self.txn = Txn::Idle;
-        self.stats.aborted += 1;
-        self.cycle = CycleTally::default();
-        emit(TransactionAborted);
-        for st in self.partitions.values_mut() {
-            st.phase = Phase::Restoring;
-            st.pending = Aggregate::default();
-            st.touched = false;
-            st.head = None;
-            st.runtime_verdict = false;
-        }
-        let all: Vec<i32> = self.partitions.keys().copied().collect();
-        let c = self.consumer.clone();
-        let paused = all.clone();
-        let generation = blocking(move || c.pause(&paused)).await?;
-        for st in self.partitions.values_mut() {
-            st.since_generation = generation;
-        }
-        // New restores, with new tokens: a restore still running from before is
-        // now stale and its result will be ignored.
-        self.spawn_restore(all);
+        let fresh = self.new_producer(&why).await?;
+        self.aborted(Rewind::Restore(fresh)).await
+    }
+
+    /// Swaps in a new transactional producer with no transaction open (see
+    /// `new_producer`).
+    pub(super) async fn renew_producer(&mut self, why: &str) -> Result<()> {
+        let fresh = self.new_producer(why).await?;
+        self.swap_producer(fresh).await;
         Ok(())
     }
 
-    /// Swaps in a new transactional producer (its `init_transactions` fences
-    /// the old one and aborts what it left open), at most 3 times a minute. A
-    /// shutdown signal ends the new producer's wait for the coordinator; the
-    /// loop then stops with no transaction open.
-    pub(super) async fn renew_producer(&mut self, why: &str) -> Result<()> {
+    /// A new transactional producer (its `init_transactions` fences the old
+    /// one and aborts what it left open), at most 3 times a minute. A shutdown
+    /// signal ends its wait for the coordinator; the loop then stops with no
+    /// transaction open.
+    async fn new_producer(&mut self, why: &str) -> Result<Arc<TxnProducer>> {
         let now = Instant::now();
         self.producer_replacements
             .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
@@ -900,16 +934,13 @@ impl Pipeline {
                 "shutdown requested while the new producer waited for the transaction coordinator"
             );
         }
-        // The open transaction is gone as after an abort: its record failures
-        // go to the poison rule before the old producer (which collected them)
-        // is dropped.
-        if matches!(self.txn, Txn::Open { .. }) {
-            self.note_abort();
-        }
+        Ok(fresh)
+    }
+
+    async fn swap_producer(&mut self, fresh: Arc<TxnProducer>) {
         let old = std::mem::replace(&mut self.producer, fresh);
         blocking(move || drop(old)).await;
         emit(ProducerReplaced);
-        Ok(())
     }
 }
 

@@ -37,9 +37,9 @@ use crate::event::ProcessConfig;
 use crate::failpoints;
 use crate::insights::{self, Fingerprint};
 use crate::kafka::{
-    self, GroupConsumer, MemberConfig, OutputTopics, RebalanceEvent, TxnError, TxnProducer,
+    self, GroupConsumer, MemberConfig, OutputTopics, Rebalance, RewindId, TxnError, TxnProducer,
 };
-use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, emit};
+use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, RecordCounts, emit};
 
 pub use restore::{RestoreError, RestoreOptions, RestorePath};
 use restore::{RestoreTicket, Restored};
@@ -200,10 +200,10 @@ enum Phase {
 #[derive(Debug)]
 struct PartitionState {
     phase: Phase,
-    /// Records stamped with an earlier rewind generation were fetched before this
+    /// Records stamped with an earlier [`RewindId`] were fetched before this
     /// partition's latest assignment, seek or pause: stale by construction, they
     /// are dropped one by one wherever the loop is in a batch.
-    since_generation: u64,
+    since_rewind: RewindId,
     /// `C`: the next offset committed in Kafka (and checkpointed).
     committed_offset: i64,
     /// The next offset to process; `> committed_offset` while a transaction holds records.
@@ -248,10 +248,10 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn new(since_generation: u64) -> Self {
+    fn new(since_rewind: RewindId) -> Self {
         PartitionState {
             phase: Phase::Restoring,
-            since_generation,
+            since_rewind,
             committed_offset: 0,
             next_offset: 0,
             committed: Aggregate::default(),
@@ -282,19 +282,42 @@ enum Snapshots {
     All,
 }
 
-/// The transaction's lifecycle.
+/// The transaction's lifecycle. What exists only while a transaction is open
+/// lives in `Open`, so it is gone with the transaction, whichever way it ends.
 #[derive(Debug)]
 enum Txn {
     Idle,
-    Open { since: Instant, records: usize },
+    Open {
+        since: Instant,
+        records: usize,
+        /// What it holds, reported to the metrics when it commits.
+        tally: CycleTally,
+        /// Records librdkafka refused synchronously in it: the poison rule's
+        /// at its abort.
+        refused: Vec<kafka::RecordFailure>,
+    },
 }
 
+/// How the partitions of an aborted transaction get back to `C`.
+enum Rewind<'a> {
+    /// Each active partition is sought back to its committed offset; the
+    /// reason is logged with the offsets.
+    Seek(&'a str),
+    /// The producer is replaced by this one, and every partition recovered as
+    /// on assignment: whether the transaction reached the broker is unknown.
+    Restore(Arc<TxnProducer>),
+    /// None: the caller drops every partition (the consumer is replaced).
+    Dropped,
+}
+
+/// The loop's running totals, for the progress line. Records are counted by
+/// their transaction's tally (the one place outcomes are classified, which the
+/// metrics read at commit) and added here when the transaction ends, committed
+/// or aborted.
 #[derive(Debug, Default)]
 struct Stats {
-    records_in: u64,
-    processed: u64,
-    dead_lettered: u64,
-    filtered: u64,
+    /// Records of transactions that ended; the open one's are in its tally.
+    records: RecordCounts,
     stale_dropped: u64,
     committed: u64,
     aborted: u64,
@@ -310,7 +333,7 @@ pub struct Pipeline {
     producer: Arc<TxnProducer>,
     store: Arc<StateStore>,
     ns: Namespace,
-    rebalances: UnboundedReceiver<RebalanceEvent>,
+    rebalances: UnboundedReceiver<Rebalance>,
     restored_tx: UnboundedSender<Restored>,
     restored_rx: UnboundedReceiver<Restored>,
     /// Tokens of restores started so far (see `RestoreTicket`).
@@ -326,10 +349,10 @@ pub struct Pipeline {
     partitions: BTreeMap<i32, PartitionState>,
     txn: Txn,
     stats: Stats,
-    /// What the open transaction holds, reported to the metrics when it commits.
-    cycle: CycleTally,
     /// Commits are held until this instant after the process was found paused
-    /// for longer than the session timeout (see `check_paused`).
+    /// for longer than the session timeout (see `check_paused`). Not part of
+    /// `Txn::Open`: it outlives the transaction aborted for the pause and holds
+    /// back the commits of the transactions after it.
     hold_commits_until: Option<Instant>,
     /// When the transactional producer was last replaced (see `replace_producer`).
     producer_replacements: Vec<Instant>,
@@ -340,8 +363,6 @@ pub struct Pipeline {
     rejoins: Vec<Instant>,
     /// Records to dead-letter on their next attempt, and abort streaks.
     poison: poison::Poison,
-    /// Records librdkafka refused synchronously in the open transaction.
-    refused: Vec<kafka::RecordFailure>,
     /// When the loop last passed its top: the zombie guard looks for stops of the
     /// process since then.
     last_iteration: Instant,
@@ -408,13 +429,11 @@ impl Pipeline {
             partitions: BTreeMap::new(),
             txn: Txn::Idle,
             stats: Stats::default(),
-            cycle: CycleTally::default(),
             hold_commits_until: None,
             producer_replacements: Vec::new(),
             commits_running: Arc::default(),
             rejoins: Vec::new(),
             poison: poison::Poison::new(cfg_poison),
-            refused: Vec::new(),
             last_iteration: Instant::now(),
             pause_clock: pause::PauseClock::start(session_timeout),
             stage: "finishing the current batch",
@@ -619,11 +638,15 @@ impl Pipeline {
 
     fn log_progress(&self) {
         let s = &self.stats;
+        let mut records = s.records;
+        if let Txn::Open { tally, .. } = &self.txn {
+            records.add(tally.counts());
+        }
         tracing::info!(
-            records_in = s.records_in,
-            processed = s.processed,
-            dlq = s.dead_lettered,
-            filtered = s.filtered,
+            records_in = records.total(),
+            processed = records.processed,
+            dlq = records.dead_lettered,
+            filtered = records.filtered,
             stale = s.stale_dropped,
             txn_committed = s.committed,
             txn_aborted = s.aborted,

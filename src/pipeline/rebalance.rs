@@ -1,16 +1,17 @@
 //! Partitions assigned and revoked: librdkafka's callbacks hand the work to the
-//! loop (see [`crate::kafka::RebalanceEvent`]) and wait for it; and a consumer
+//! loop (see [`crate::kafka::Rebalance`]) and wait for it; and a consumer
 //! fenced by its own rejoin replaced by a new member.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    PartitionState, Pipeline, PipelineError, Result, Snapshots, Txn, blocking, fenced, txn_fatal,
+    PartitionState, Pipeline, PipelineError, Result, Rewind, Snapshots, Txn, blocking, fenced,
+    txn_fatal,
 };
-use crate::kafka::RebalanceEvent;
+use crate::kafka::Rebalance;
 use crate::kafka::{GroupConsumer, TxnError};
-use crate::observe::{CycleTally, PartitionsAssigned, PartitionsRevoked, TransactionAborted, emit};
+use crate::observe::{PartitionsAssigned, PartitionsRevoked, emit};
 
 /// A consumer fenced more often than this within [`REJOIN_WINDOW`] is taken as
 /// fenced for good: two processes sharing an instance id would otherwise fence
@@ -50,14 +51,11 @@ impl Pipeline {
         let open = matches!(self.txn, Txn::Open { .. });
         let started = Instant::now();
         let first = self.probe(open).await;
-        self.txn = Txn::Idle;
         if open {
-            // The records come again; failures of theirs reported meanwhile go to
-            // the poison rule.
-            self.note_abort();
-            self.stats.aborted += 1;
-            self.cycle = CycleTally::default();
-            emit(TransactionAborted);
+            // The probe aborted it. The records come again; failures of theirs
+            // reported meanwhile go to the poison rule. No rewind: every
+            // partition is dropped below, or the process stops.
+            self.aborted(Rewind::Dropped).await?;
         }
         // A probe lost while its transaction aborted cleanly proves nothing
         // (the first request after a long pause can fail so): asked again in a
@@ -182,9 +180,9 @@ impl Pipeline {
         }
     }
 
-    pub(super) async fn on_rebalance(&mut self, ev: RebalanceEvent) -> Result<()> {
+    pub(super) async fn on_rebalance(&mut self, ev: Rebalance) -> Result<()> {
         match ev {
-            RebalanceEvent::Revoked {
+            Rebalance::Revoked {
                 partitions,
                 lost,
                 done,
@@ -208,14 +206,14 @@ impl Pipeline {
                 tracing::info!(?partitions, lost, "partitions revoked");
                 let _ = done.send(());
             }
-            RebalanceEvent::Assigned { partitions, epoch } => {
-                tracing::info!(?partitions, epoch, "partitions assigned; restoring state");
+            Rebalance::Assigned { partitions, rewind } => {
+                tracing::info!(?partitions, %rewind, "partitions assigned; restoring state");
                 self.check_insights_partitions(&partitions).await?;
                 emit(PartitionsAssigned {
                     partitions: &partitions,
                 });
                 for p in &partitions {
-                    self.partitions.insert(*p, PartitionState::new(epoch));
+                    self.partitions.insert(*p, PartitionState::new(rewind));
                 }
                 self.spawn_restore(partitions);
             }

@@ -306,15 +306,15 @@ impl Pipeline {
             "partition restored"
         );
         let (c, p, o) = (self.consumer.clone(), r.partition, rec.committed_offset);
-        let generation = blocking(move || {
-            let generation = c.seek(&[(p, o)])?;
+        let rewind = blocking(move || {
+            let rewind = c.seek(&[(p, o)])?;
             c.resume(&[p])?;
-            Ok::<_, kafka::Error>(generation)
+            Ok::<_, kafka::Error>(rewind)
         })
         .await?;
         // Nothing fetched before the seek may be processed, whatever the pause did.
         if let Some(st) = self.partitions.get_mut(&p) {
-            st.since_generation = generation;
+            st.since_rewind = rewind;
         }
         Ok(())
     }
