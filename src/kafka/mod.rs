@@ -10,12 +10,12 @@
 //! - [`admin`]: topic creation and group administration;
 //! - [`copy`]: the at-least-once copy loop, the benchmark baseline.
 
-pub mod admin;
-pub mod connection;
-pub mod consumer;
-pub mod copy;
-pub mod producer;
-pub mod reader;
+mod admin;
+mod connection;
+mod consumer;
+mod copy;
+mod producer;
+mod reader;
 
 pub use admin::{
     GroupAdmin, GroupDescription, TopicAdmin, TopicSpec, busiest, coordinator_partition,

@@ -8,32 +8,32 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use super::RestorePath;
 use crate::event::Reason;
-use crate::pipeline::RestorePath;
 
 /// Every family, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub records: IntCounterVec,
-    pub dead_letters: IntCounterVec,
-    pub transactions: IntCounterVec,
-    pub commit_seconds: Histogram,
-    pub consumer_lag: IntGaugeVec,
-    pub committed_offset: IntGaugeVec,
-    pub snapshot_offset: IntGaugeVec,
-    pub assigned_partitions: IntGauge,
-    pub partition_restoring: IntGaugeVec,
-    pub restore_records: IntCounter,
-    pub restores: IntCounterVec,
-    pub rebalances: IntCounter,
-    pub producer_replacements: IntCounter,
-    pub snapshot_refusals: IntCounter,
-    pub skipped_by_retention: IntCounter,
-    pub end_to_end_latency_seconds: Histogram,
-    pub checkpoint_seconds: Histogram,
-    pub ready: IntGauge,
-    pub last_commit_timestamp: Gauge,
+    pub(super) records: IntCounterVec,
+    pub(super) dead_letters: IntCounterVec,
+    pub(super) transactions: IntCounterVec,
+    pub(super) commit_seconds: Histogram,
+    pub(super) consumer_lag: IntGaugeVec,
+    pub(super) committed_offset: IntGaugeVec,
+    pub(super) snapshot_offset: IntGaugeVec,
+    pub(super) assigned_partitions: IntGauge,
+    pub(super) partition_restoring: IntGaugeVec,
+    pub(super) restore_records: IntCounter,
+    pub(super) restores: IntCounterVec,
+    pub(super) rebalances: IntCounter,
+    pub(super) producer_replacements: IntCounter,
+    pub(super) snapshot_refusals: IntCounter,
+    pub(super) skipped_by_retention: IntCounter,
+    pub(super) end_to_end_latency_seconds: Histogram,
+    pub(super) checkpoint_seconds: Histogram,
+    pub(super) ready: IntGauge,
+    pub(super) last_commit_timestamp: Gauge,
 }
 
 /// Record outcomes, the values of `tally_records_total{outcome}`.

@@ -16,15 +16,19 @@
 
 pub mod http;
 pub mod lag;
-pub mod metrics;
-pub mod partition;
-pub mod status;
-pub mod transaction;
+mod metrics;
+mod partition;
+mod status;
+mod transaction;
 
 use std::sync::LazyLock;
 
+pub use metrics::Metrics;
+pub use status::Status;
+
 pub use partition::{
-    PartitionRestored, PartitionsAssigned, PartitionsRevoked, RestoreProgress, RestoreStarted,
+    PartitionRestored, PartitionsAssigned, PartitionsRevoked, RestorePath, RestoreProgress,
+    RestoreStarted,
 };
 pub use transaction::{
     CheckpointWritten, CycleTally, LoopIteration, ProducerInitialised, ProducerReplaced,
@@ -35,15 +39,15 @@ pub use transaction::{
 /// Everything the process reports: the metrics and the live status.
 #[derive(Debug)]
 pub struct Telemetry {
-    pub metrics: metrics::Metrics,
-    pub status: status::Status,
+    pub metrics: Metrics,
+    pub status: Status,
 }
 
 /// One per process, like a metrics recorder: the pipeline emits without carrying
 /// a handle through every function, and the endpoint reads the same instance.
 static TELEMETRY: LazyLock<Telemetry> = LazyLock::new(|| Telemetry {
-    metrics: metrics::Metrics::new(),
-    status: status::Status::new(),
+    metrics: Metrics::new(),
+    status: Status::new(),
 });
 
 /// The process's telemetry.

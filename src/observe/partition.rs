@@ -77,6 +77,40 @@ impl InternalEvent for RestoreProgress {
     }
 }
 
+/// How a partition's aggregates were recovered on assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePath {
+    /// `K == C`: the checkpoint was exact.
+    Resume,
+    /// `K < C` (and no newer snapshot): replayed `[K, C)`.
+    Replay,
+    /// From the latest committed snapshot `S <= C`, then replayed `[S, C)`.
+    Snapshot,
+    /// Neither a usable checkpoint nor a snapshot: rebuilt from offset 0 (or the
+    /// group never committed: starts empty at the log start).
+    Rebuild,
+}
+
+impl RestorePath {
+    pub const ALL: [RestorePath; 4] = [
+        RestorePath::Resume,
+        RestorePath::Replay,
+        RestorePath::Snapshot,
+        RestorePath::Rebuild,
+    ];
+
+    /// The `path` of the `partition restored` log line and of
+    /// `tally_restores_total{path}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestorePath::Resume => "resume",
+            RestorePath::Replay => "replay",
+            RestorePath::Snapshot => "snapshot",
+            RestorePath::Rebuild => "rebuild",
+        }
+    }
+}
+
 /// A partition's restore was accepted: its committed state is known.
 #[derive(Debug)]
 pub struct PartitionRestored<'a> {
@@ -84,10 +118,7 @@ pub struct PartitionRestored<'a> {
     pub partition: i32,
     pub next_offset: i64,
     pub aggregate: &'a Aggregate,
-    /// `resume`, `replay`, `snapshot` or `rebuild` ([`RestorePath`]).
-    ///
-    /// [`RestorePath`]: crate::pipeline::RestorePath
-    pub path: &'static str,
+    pub path: RestorePath,
     /// Records replayed.
     pub records: u64,
 }
@@ -98,7 +129,7 @@ impl InternalEvent for PartitionRestored<'_> {
         Metrics::set(&m.partition_restoring, self.partition, 0);
         Metrics::set(&m.committed_offset, self.partition, self.next_offset);
         m.restore_records.inc_by(self.records);
-        Metrics::count(&m.restores, self.path, 1);
+        Metrics::count(&m.restores, self.path.as_str(), 1);
         let snap = status::snapshot(
             self.topic,
             self.partition,

@@ -41,7 +41,7 @@ use crate::kafka::{
 };
 use crate::observe::{self, CycleTally, LoopIteration, ProducerInitialised, RecordCounts, emit};
 
-pub use restore::{RestoreError, RestoreOptions, RestorePath};
+pub use restore::{RestoreError, RestoreOptions};
 use restore::{RestoreTicket, Restored};
 
 /// Past `--snapshot-interval`, a partition's snapshot is due only once it is

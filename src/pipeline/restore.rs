@@ -38,42 +38,8 @@ use crate::event::{ProcessConfig, process};
 use crate::failpoints;
 use crate::insights::{Fingerprint, Snapshot};
 use crate::kafka::{self, GroupConsumer, TopicReader};
-use crate::observe::{PartitionRestored, RestoreProgress, RestoreStarted, emit};
+use crate::observe::{PartitionRestored, RestorePath, RestoreProgress, RestoreStarted, emit};
 use plan::{Base, Plan, Planned, Refusal, RestoreFacts, Stored, Warning, plan};
-
-/// How a partition's aggregates were recovered on assignment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestorePath {
-    /// `K == C`: the checkpoint was exact.
-    Resume,
-    /// `K < C` (and no newer snapshot): replayed `[K, C)`.
-    Replay,
-    /// From the latest committed snapshot `S <= C`, then replayed `[S, C)`.
-    Snapshot,
-    /// Neither a usable checkpoint nor a snapshot: rebuilt from offset 0 (or the
-    /// group never committed: starts empty at the log start).
-    Rebuild,
-}
-
-impl RestorePath {
-    pub const ALL: [RestorePath; 4] = [
-        RestorePath::Resume,
-        RestorePath::Replay,
-        RestorePath::Snapshot,
-        RestorePath::Rebuild,
-    ];
-
-    /// The `path` of the `partition restored` log line and of
-    /// `tally_restores_total{path}`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestorePath::Resume => "resume",
-            RestorePath::Replay => "replay",
-            RestorePath::Snapshot => "snapshot",
-            RestorePath::Rebuild => "rebuild",
-        }
-    }
-}
 
 /// What decides how restores treat what they find.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -294,7 +260,7 @@ impl Pipeline {
             partition: r.partition,
             next_offset: rec.committed_offset,
             aggregate: &st.committed,
-            path: rec.path.as_str(),
+            path: rec.path,
             records: rec.records,
         });
         tracing::info!(
