@@ -64,7 +64,7 @@ const REFUSED: &[(&str, &str)] = &[
         "partition.assignment.strategy",
         "tally uses eager assignment (range): every revocation closes the one open \
          transaction; cooperative assignment is not proven by the recovery drill \
-         (DESIGN.md, Rebalancing)",
+         (docs/design.md, \"Rebalancing\")",
     ),
     (
         "group.protocol",

@@ -254,9 +254,8 @@ const PROBE_KEY: &[u8] = b"tally-fencing-probe";
 ///
 /// The transactional producer asks librdkafka for failed deliveries only
 /// (`delivery.report.only.error`): a report per delivered record, with a boxed
-/// origin as its opaque, cost a delivery event, a callback and an allocation
-/// per record (the `producer pollin` thread took 3 times the CPU of `tally
-/// copy`'s). A failed record is blamed by what it carries (see [`origin_of`]).
+/// origin as its opaque, would cost a delivery event, a callback and an
+/// allocation per record on librdkafka's polling thread. A failed record is blamed by what it carries (see [`origin_of`]).
 #[derive(Debug, Default)]
 pub struct DeliveryContext {
     /// The insights topic of the transactional producer: its records are
@@ -741,7 +740,7 @@ impl TxnProducer {
             check()?;
             crate::failpoints::stop("stop-before-send-offsets");
             // With `sleep(ms)`: the call hangs past its timeout, as librdkafka's
-            // has been seen to while the group coordinator is gone.
+            // can while the group coordinator is gone.
             crate::failpoints::error("send-offsets-hang");
             self.retry("send_offsets_to_transaction", deadline, |t| {
                 self.producer.send_offsets_to_transaction(&tpl, &meta, t)
@@ -761,9 +760,8 @@ impl TxnProducer {
     /// Waits (at most `limit`) until every record sent is delivered. rust-rdkafka's
     /// `commit_transaction` flushes first, and its flush, while records are in
     /// flight, waits for events in 100 ms slices on the queue that the
-    /// `ThreadedProducer`'s own thread serves: every commit cost 100 ms more than
-    /// the broker took (a profile of the commit: 100 ms between the offsets sent and
-    /// the commit called). Waiting here in short steps leaves that flush nothing
+    /// `ThreadedProducer`'s own thread serves: a commit with records in flight
+    /// would wait up to 100 ms more than the broker takes. Waiting here in short steps leaves that flush nothing
     /// to wait for. Past `limit`, the commit's own flush reports the failure.
     fn await_deliveries(&self, limit: Duration) {
         poll_until(limit, Duration::from_micros(500), || {
@@ -1121,7 +1119,7 @@ mod tests {
     }
 
     /// A failed delivery is blamed on the record it was produced for, from the
-    /// record alone: what the boxed opaque used to carry.
+    /// record alone, with no per-record opaque.
     #[test]
     fn a_failed_record_names_its_origin() {
         let good = br#"{"user_id":"u","app_version":"1.0.0","device_type":"iOS","ip":"10.1.2.3","locale":"en_US","device_id":"d","timestamp":1699999999}"#;

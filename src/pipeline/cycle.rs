@@ -1,4 +1,4 @@
-//! The transaction cycle (DESIGN.md steps 2 to 5): records into the open
+//! The transaction cycle (docs/design.md, "The transaction cycle"): records into the open
 //! transaction, the commit and the checkpoint after it, the abort and rewind,
 //! and the replacement of a producer that failed fatally.
 
@@ -406,7 +406,7 @@ impl Pipeline {
     pub(super) async fn send(&mut self, mut rec: OutputRecord, origin: Origin) -> Result<bool> {
         // A queue that stays full this long means the broker takes nothing (down,
         // unreachable or refusing): the transaction could not commit anyway.
-        // Started at the first refusal: a clock read per record showed in profiles.
+        // Started at the first refusal, so the common path reads no clock per record.
         let mut deadline = None;
         loop {
             let sent = if failpoints::error("queue-full") {
@@ -546,7 +546,7 @@ impl Pipeline {
         } else if data && failpoints::error("commit-fatal") {
             Err(TxnError::Fatal("injected by failpoint commit-fatal".into()))
         } else {
-            // librdkafka's `send_offsets_to_transaction` has been seen to wait
+            // librdkafka's `send_offsets_to_transaction` can wait
             // past its timeout while the group coordinator is gone (librdkafka
             // issues 5456, 5511). Past the deadline the transaction's outcome is
             // not known here: the producer is replaced, whose initialisation
@@ -880,7 +880,7 @@ impl Pipeline {
     /// the new one's `init_transactions` aborts whatever the old one left open.
     /// Whether a failed commit reached the broker is unknown, so every partition
     /// is then recovered as on assignment, from the group's committed offsets and
-    /// the checkpoints (DESIGN.md's rules), never from memory. Fenced errors stop
+    /// the checkpoints (the rules of docs/design.md), never from memory. Fenced errors stop
     /// the process unless the coordinator timed the transaction out; so do more
     /// than 3 replacements a minute.
     pub(super) async fn replace_producer(&mut self, e: TxnError) -> Result<()> {

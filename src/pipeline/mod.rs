@@ -5,7 +5,7 @@
 //! - [`rebalance`]: partitions assigned and revoked;
 //! - [`restore`]: recovering a partition's aggregates when it is assigned.
 //!
-//! The cycle (../shared/DESIGN.md): poll → process (pure) → produce outputs, DLQ
+//! The cycle (docs/design.md): poll → process (pure) → produce outputs, DLQ
 //! entries and aggregate deltas (pending) inside a transaction → at the end of the
 //! cycle produce the touched partitions' snapshots, send the next offsets with the
 //! group metadata, commit → only then merge the pending deltas and checkpoint them
