@@ -47,7 +47,7 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
     let total = (first.total + second.total + 3) as i64;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(&names, "oversize-1", &dir.path().join("state"), &[], &[]);
+    let mut run = TallyProc::builder(&names, "oversize-1", &dir.path().join("state")).start();
     wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut run]);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     let log = run.log();
@@ -125,13 +125,10 @@ fn record_the_broker_refuses_is_dead_lettered_after_one_abort() {
     let total = (first.total + second.total + 1) as i64;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(
-        &names,
-        "refused-1",
-        &dir.path().join("state"),
-        &REFUSED_LIMITS,
-        &[("FAILPOINTS", "topic-limits-unreadable=return")],
-    );
+    let mut run = TallyProc::builder(&names, "refused-1", &dir.path().join("state"))
+        .args(&REFUSED_LIMITS)
+        .env("FAILPOINTS", "topic-limits-unreadable=return")
+        .start();
     wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut run]);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     let log = run.log();
@@ -178,7 +175,10 @@ fn a_runtime_dead_letter_is_not_recounted_by_a_restore() {
     let args = [&REFUSED_LIMITS[..], &["--snapshot-interval", "3600000"]].concat();
     let env = [("FAILPOINTS", "topic-limits-unreadable=return")];
     let dir = tempfile::tempdir().unwrap();
-    let mut a = TallyProc::start(&names, "verdict-1", &dir.path().join("a"), &args, &env);
+    let mut a = TallyProc::builder(&names, "verdict-1", &dir.path().join("a"))
+        .args(&args)
+        .envs(env)
+        .start();
     wait_for_committed(
         &names.group,
         &names.input,
@@ -194,7 +194,10 @@ fn a_runtime_dead_letter_is_not_recounted_by_a_restore() {
     );
     // No shutdown snapshot, and a new host without the checkpoints.
     a.kill9();
-    let mut b = TallyProc::start(&names, "verdict-1", &dir.path().join("b"), &args, &env);
+    let mut b = TallyProc::builder(&names, "verdict-1", &dir.path().join("b"))
+        .args(&args)
+        .envs(env)
+        .start();
     b.wait_for_log("partition restored", 2, LONG);
     assert_eq!(b.terminate(), Some(0), "{}", b.log());
     let v = insights(&names);
@@ -217,7 +220,9 @@ fn dlq_entries_hold_the_ip_masked_when_asked() {
     let input = produce_generated(&names.input, 2_000, 39, 0.2);
     let dir = tempfile::tempdir().unwrap();
     let mask = ["--dlq-mask-ip"];
-    let mut run = TallyProc::start(&names, "mask-1", &dir.path().join("state"), &mask, &[]);
+    let mut run = TallyProc::builder(&names, "mask-1", &dir.path().join("state"))
+        .args(&mask)
+        .start();
     wait_for_committed(
         &names.group,
         &names.input,

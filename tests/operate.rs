@@ -33,13 +33,9 @@ fn drained_input_is_counted_exactly_and_readyz_follows_the_restore() {
     let input = produce_generated(&names.input, 3_000, 21, 0.05);
     let dir = tempfile::tempdir().unwrap();
     // The restore of the first assigned partition is held for 5 s.
-    let mut run = TallyProc::start(
-        &names,
-        "ops-1",
-        &dir.path().join("state"),
-        &[],
-        &[("FAILPOINTS", "restore-hold=1*sleep(5000)")],
-    );
+    let mut run = TallyProc::builder(&names, "ops-1", &dir.path().join("state"))
+        .env("FAILPOINTS", "restore-hold=1*sleep(5000)")
+        .start();
     let base = run.endpoint();
     assert_eq!(http_get(&format!("{base}/healthz")).0, 200);
     let not_ready = wait_for("/readyz to report a restore", LONG, || {
@@ -358,13 +354,9 @@ fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     let names = Names::create("prom", 3);
     let input = produce_generated(&names.input, 2_000, 22, 0.05);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(
-        &names,
-        "prom-1",
-        &dir.path().join("state"),
-        &["--log-format", "json"],
-        &[],
-    );
+    let mut run = TallyProc::builder(&names, "prom-1", &dir.path().join("state"))
+        .args(["--log-format", "json"])
+        .start();
     let base = run.endpoint();
     let prom = Prometheus::start(&base).expect("prometheus on PATH");
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
@@ -468,13 +460,10 @@ fn aborted_transactions_count_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // The first three commits fail: their records were produced, then aborted,
     // then processed again. Counting at produce time would overcount them.
-    let mut run = TallyProc::start(
-        &names,
-        "opsabort-1",
-        &dir.path().join("state"),
-        &["--max-batch-records", "400"],
-        &[("FAILPOINTS", "commit-error=3*return")],
-    );
+    let mut run = TallyProc::builder(&names, "opsabort-1", &dir.path().join("state"))
+        .args(["--max-batch-records", "400"])
+        .env("FAILPOINTS", "commit-error=3*return")
+        .start();
     let base = run.endpoint();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
     let (_, text) = http_get(&format!("{base}/metrics"));

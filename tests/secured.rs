@@ -134,7 +134,10 @@ fn least_privilege_over_sasl_ssl_is_exactly_once_and_a_missing_acl_is_a_prompt_c
     let state = dir.path().join("state");
     let start = |extra: &[&str]| {
         let all: Vec<&str> = args.iter().chain(extra).copied().collect();
-        TallyProc::start_on(&broker.bootstrap, &names, "sec-1", &state, &all, &[])
+        TallyProc::builder(&names, "sec-1", &state)
+            .bootstrap(&broker.bootstrap)
+            .args(&all)
+            .start()
     };
 
     // Exactly the documented ACLs: exactly once.

@@ -16,43 +16,73 @@ pub struct TallyProc {
     pub log: std::path::PathBuf,
 }
 
-impl TallyProc {
-    pub fn start(
-        names: &Names,
-        instance: &str,
-        state_dir: &std::path::Path,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> TallyProc {
-        Self::start_on(&bootstrap(), names, instance, state_dir, extra, env)
+/// How a test starts a `tally run`: [`TallyProc::builder`] takes what every
+/// run has (the pipeline, its instance id, its state directory); the rest is
+/// added as the test needs it, then [`RunBuilder::start`].
+#[must_use = "nothing runs until start()"]
+pub struct RunBuilder<'a> {
+    names: &'a Names,
+    instance: &'a str,
+    state_dir: &'a std::path::Path,
+    bootstrap: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl RunBuilder<'_> {
+    /// The broker at `bootstrap` (a [`super::PrivateBroker`]) instead of the
+    /// shared one, `KAFKA_BOOTSTRAP`.
+    pub fn bootstrap(mut self, bootstrap: &str) -> Self {
+        self.bootstrap = Some(bootstrap.to_string());
+        self
     }
 
-    /// Like [`TallyProc::start`], against the broker at `bootstrap`.
-    pub fn start_on(
-        bootstrap: &str,
-        names: &Names,
-        instance: &str,
-        state_dir: &std::path::Path,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> TallyProc {
-        let log = state_dir.with_extension(format!("{}.log", unique("run")));
+    /// More `tally run` flags, after the ones the harness always passes.
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// An environment variable of the process (`FAILPOINTS`, say).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Several environment variables, as [`RunBuilder::env`].
+    pub fn envs<K: AsRef<str>, V: AsRef<str>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        for (k, v) in vars {
+            self = self.env(k.as_ref(), v.as_ref());
+        }
+        self
+    }
+
+    /// Spawns the process; its stderr goes to a log file beside the state directory.
+    pub fn start(self) -> TallyProc {
+        let bootstrap = self.bootstrap.unwrap_or_else(bootstrap);
+        let log = self
+            .state_dir
+            .with_extension(format!("{}.log", unique("run")));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new(tally_bin());
         cmd.arg("run")
             .args([
                 "--bootstrap-servers",
-                bootstrap,
+                &bootstrap,
                 "--group-id",
-                &names.group,
+                &self.names.group,
                 "--instance-id",
-                instance,
+                self.instance,
             ])
-            .args(names.topic_args())
+            .args(self.names.topic_args())
             .arg("--state-dir")
-            .arg(state_dir)
+            .arg(self.state_dir)
             .args(["--progress-secs", "2"])
-            .args(extra)
+            .args(&self.args)
             // `TALLY_TEST_LOG` (a `RUST_LOG` filter) raises the level to investigate.
             .env(
                 "RUST_LOG",
@@ -63,13 +93,30 @@ impl TallyProc {
             .env_remove("TALLY_LOG_FORMAT")
             .env_remove("FAILPOINTS")
             .stdout(std::process::Stdio::null())
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+            .stderr(file)
+            .envs(self.env);
         TallyProc {
             child: cmd.spawn().expect("spawn tally run"),
             log,
+        }
+    }
+}
+
+impl TallyProc {
+    /// A `tally run` of `names`' pipeline as instance `instance`, its state in
+    /// `state_dir`; see [`RunBuilder`] for the rest.
+    pub fn builder<'a>(
+        names: &'a Names,
+        instance: &'a str,
+        state_dir: &'a std::path::Path,
+    ) -> RunBuilder<'a> {
+        RunBuilder {
+            names,
+            instance,
+            state_dir,
+            bootstrap: None,
+            args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
