@@ -86,7 +86,7 @@ fn broker_restarts_mid_transaction_lose_and_duplicate_nothing() {
         .bootstrap(&broker.bootstrap)
         .args(["--max-batch-records", "50", "--commit-interval", "1000"])
         .start();
-    run.wait_for_log("partition restored", 1, LONG);
+    run.wait_for_metric("tally_restores_total", 1, LONG);
     std::thread::sleep(Duration::from_secs(2));
     broker.node("stop");
     std::thread::sleep(Duration::from_secs(2));

@@ -48,14 +48,14 @@ fn new_host_after_retention_restores_from_snapshots() {
 
     let mut b = TallyProc::builder(&names, "retain-b", &dir.path().join("b")).start();
     wait_for_committed(&names.group, &names.input, 9_000, LONG, &mut [&mut b]);
-    assert_eq!(b.terminate(), Some(0), "{}", b.log());
-    let log = b.log();
     assert_eq!(
-        log.matches("path=\"snapshot\"").count(),
+        b.metric("tally_restores_total{path=\"snapshot\"}"),
         3,
-        "every partition restored from its snapshot:\n{log}"
+        "every partition restored from its snapshot:\n{}",
+        b.log()
     );
-    assert_eq!(log.matches("partition restored").count(), 3, "{log}");
+    assert_eq!(b.metric_sum("tally_restores_total"), 3, "{}", b.log());
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
     assert_insights_match(&names, &all);
     assert_eq!(insights(&names)["aggregate"]["uncounted"], 0);
     // Outputs of the deleted input records cannot be compared; nothing else is off.
@@ -236,14 +236,14 @@ fn stale_restore_is_ignored_after_producer_replacements() {
         )
         .start();
     wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut run]);
+    assert_eq!(
+        run.metric("tally_producer_replacements_total"),
+        2,
+        "{}",
+        run.log()
+    );
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     let log = run.log();
-    assert_eq!(
-        log.matches("replacing it and recovering every partition")
-            .count(),
-        2,
-        "{log}"
-    );
     assert_verified(&names, input.valid(), input.malformed);
     assert_insights_match(&names, &input);
     assert!(log.contains("stale restore result ignored"), "{log}");
@@ -270,14 +270,15 @@ fn retried_restore(test: &str, failpoints: &str, restore_failures: usize) {
         .env("FAILPOINTS", failpoints)
         .start();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
+    assert_eq!(run.metric_sum("tally_restores_total"), 2, "{}", run.log());
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    // No metric counts failed attempts: the retry warnings are what shows them.
     let log = run.log();
     assert_eq!(
         log.matches("restore failed").count(),
         restore_failures,
         "{log}"
     );
-    assert_eq!(log.matches("partition restored").count(), 2, "{log}");
     assert_verified(&names, input.valid(), input.malformed);
 }
 
@@ -327,17 +328,13 @@ fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
         .start();
     let more = produce_generated(&names.input, 100, 49, 0.05);
     wait_for_committed(&names.group, &names.input, 1_100, LONG, &mut [&mut rebuilt]);
-    assert_eq!(rebuilt.terminate(), Some(0), "{}", rebuilt.log());
     assert_eq!(
-        // The `partition restored` lines (the replay's start line has no next_offset).
-        rebuilt
-            .log()
-            .matches("path=\"rebuild\" next_offset")
-            .count(),
+        rebuilt.metric("tally_restores_total{path=\"rebuild\"}"),
         2,
         "{}",
         rebuilt.log()
     );
+    assert_eq!(rebuilt.terminate(), Some(0), "{}", rebuilt.log());
     let mut all = input;
     all.merge(&more);
     assert_insights_match(&names, &all);
@@ -516,26 +513,14 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     // A new host in a's place (its instance id, an empty state directory).
     let mut b = TallyProc::builder(&names, "interval-a", &dir.path().join("b")).start();
     wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut b]);
-    b.wait_for_log("partition restored", 2, Duration::from_secs(60));
-    assert_eq!(b.terminate(), Some(0), "{}", b.log());
-    let log = b.log();
-    let replayed: u64 = log
-        .lines()
-        .filter(|l| l.contains("partition restored") && l.contains("path=\"snapshot\""))
-        .map(|l| {
-            let at = l.find("records=").expect("records field") + "records=".len();
-            l[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        })
-        .sum();
+    b.wait_for_metric("tally_restores_total", 2, Duration::from_secs(60));
     assert_eq!(
-        replayed, 1_000,
-        "both partitions replayed [S, C) from their snapshots:\n{log}"
+        b.metric("tally_restore_records_total"),
+        1_000,
+        "both partitions replayed [S, C) from their snapshots:\n{}",
+        b.log()
     );
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
     assert_insights_match(&names, &all);
     assert_verified(&names, all.valid(), all.malformed);
 }

@@ -10,6 +10,9 @@ pub fn tally_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_tally"))
 }
 
+/// The series of `tally_transactions_total` counting aborted transactions.
+pub const ABORTED: &str = "tally_transactions_total{result=\"aborted\"}";
+
 /// A `tally run` child process; its stderr goes to a log file.
 pub struct TallyProc {
     pub child: std::process::Child,
@@ -244,16 +247,63 @@ impl TallyProc {
         }
     }
 
-    /// A counter or gauge from `/metrics` (the first series of that name).
+    /// A counter or gauge from `/metrics`: the series named exactly `name`, labels
+    /// included as exported (`tally_restores_total{path="snapshot"}`), or the
+    /// first series of a family named without labels.
     pub fn metric(&mut self, name: &str) -> u64 {
-        let (code, body) = http_get(&format!("{}/metrics", self.endpoint()));
-        assert_eq!(code, 200, "{body}");
+        let body = self.scrape();
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .unwrap_or_else(|| panic!("{name} not exported:\n{body}"))
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// The sum of every series of the counter `family`, whatever its labels
+    /// (`tally_restores_total`: restores by any path).
+    pub fn metric_sum(&mut self, family: &str) -> u64 {
+        let body = self.scrape();
+        body.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(family)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                Some(value.trim().parse::<u64>().unwrap())
+            })
+            .sum()
+    }
+
+    /// Waits until [`TallyProc::metric_sum`] of `family` reaches `at_least`;
+    /// fails, with the log, if the process exits first or `timeout` passes.
+    pub fn wait_for_metric(&mut self, family: &str, at_least: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            assert!(
+                !self.exited(),
+                "exited before {family} reached {at_least}:\n{}",
+                self.log()
+            );
+            let now = self.metric_sum(family);
+            if now >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{family} is {now}, not {at_least}, after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The whole exposition of `/metrics`.
+    fn scrape(&mut self) -> String {
+        let (code, body) = http_get(&format!("{}/metrics", self.endpoint()));
+        assert_eq!(code, 200, "{body}");
+        body
     }
 
     pub fn exited(&mut self) -> bool {
