@@ -145,22 +145,20 @@ fn drained_input_is_counted_exactly_and_readyz_follows_the_restore() {
     assert_verified(&names, input.valid(), input.malformed);
 }
 
-/// `promtool check metrics` on an exposition (skipped where promtool is missing).
+/// `promtool check metrics` on an exposition (a missing promtool: see `tool`).
 fn promtool_check_metrics(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let Ok(mut child) = Command::new("promtool")
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    else {
-        eprintln!(
-            "SKIPPED promtool check metrics: promtool not installed (scripts/setup.sh installs Debian's prometheus)"
-        );
-        return;
-    };
+        .expect("run promtool");
     child
         .stdin
         .take()
@@ -197,10 +195,9 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus on a free 127.0.0.1 port scraping `target` every
-    /// second, with deploy/prometheus/alerts.yml loaded. `None`: not installed.
-    fn start(target: &str) -> Option<Prometheus> {
-        let bin = which("prometheus")?;
+    /// Starts the Prometheus `bin` on a free 127.0.0.1 port scraping `target`
+    /// every second, with deploy/prometheus/alerts.yml loaded.
+    fn start(bin: &std::path::Path, target: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rules =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
@@ -231,11 +228,11 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("start prometheus");
-        Some(Prometheus {
+        Prometheus {
             child,
             base: format!("http://127.0.0.1:{port}"),
             _dir: dir,
-        })
+        }
     }
 
     fn log(&self) -> String {
@@ -283,14 +280,6 @@ impl Prometheus {
             })
             .collect()
     }
-}
-
-fn which(bin: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(bin))
-        .find(|p| p.is_file())
 }
 
 /// An alert's expression without its threshold comparisons: the quantities it
@@ -344,13 +333,9 @@ fn alert_thresholds_are_removed_operand_by_operand() {
 
 #[test]
 fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
-    if which("prometheus").is_none() {
-        eprintln!(
-            "SKIPPED: no prometheus binary on PATH (scripts/setup.sh installs Debian's `prometheus`; \
-             this machine could not)"
-        );
+    let Some(prometheus) = tool("prometheus") else {
         return;
-    }
+    };
     let names = Names::create("prom", 3);
     let input = produce_generated(&names.input, 2_000, 22, 0.05);
     let dir = tempfile::tempdir().unwrap();
@@ -358,7 +343,7 @@ fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
         .args(["--log-format", "json"])
         .start();
     let base = run.endpoint();
-    let prom = Prometheus::start(&base).expect("prometheus on PATH");
+    let prom = Prometheus::start(&prometheus, &base);
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
     // rate(), delta() and increase() need two samples in their window; the lag
     // gauge appears a few seconds after the first commit.

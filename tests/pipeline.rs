@@ -296,7 +296,9 @@ fn zombie_paused_right_before_its_commit_does_not_commit_on_resume() {
 /// directory, killed by PID), never the shared one.
 #[test]
 fn shutdown_is_bounded_when_the_broker_dies() {
-    let broker = PrivateBroker::start();
+    let Some(broker) = PrivateBroker::start() else {
+        return;
+    };
     let names = broker.pipeline("sdown", 20_000);
     let dir = tempfile::tempdir().unwrap();
     // Long cycles keep a transaction open; the shutdown's commit waits 1 s
@@ -374,7 +376,9 @@ fn commit_hold_is_honoured_by_the_shutdown() {
 #[ignore = "fails intermittently on Apache Kafka 4.1.1 (a stall, or an exit as fenced when the fencing probe is not delivered after the broker resumes): see docs/limits.md; run with --ignored"]
 fn forty_second_broker_freeze_mid_stream_is_ridden_out_exactly() {
     const EVENTS: u64 = 20_000;
-    let broker = PrivateBroker::start();
+    let Some(broker) = PrivateBroker::start() else {
+        return;
+    };
     let names = broker.pipeline("freeze", EVENTS);
     let dir = tempfile::tempdir().unwrap();
     let mut run = TallyProc::builder(&names, "freeze-1", &dir.path().join("state"))

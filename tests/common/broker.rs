@@ -11,7 +11,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Names, TIMEOUT, TallyProc, block_on, tally_on, tally_on_with, unique, wait_for};
+use super::{
+    Names, TIMEOUT, TallyProc, block_on, tally_on, tally_on_with, tool, tools, unique, wait_for,
+};
 
 /// The cluster under test: `KAFKA_BOOTSTRAP`, set by `scripts/test.sh` (which
 /// starts Apache Kafka with `scripts/kafka.sh`) or by the caller (any cluster).
@@ -68,7 +70,9 @@ const CLUSTER_JVM_OPTS: &str =
 
 /// An Apache Kafka of the test's own (`scripts/kafka.sh` in a temporary
 /// directory, free ports), for tests that kill, freeze or restart the broker:
-/// that cannot be done to a shared broker. Stopped on drop.
+/// that cannot be done to a shared broker. Stopped on drop. Every constructor
+/// returns `None` when a tool `scripts/kafka.sh` runs is missing and the test is
+/// to be skipped ([`super::tools`]): `let Some(broker) = ... else { return };`.
 pub struct PrivateBroker {
     pub bootstrap: String,
     dir: tempfile::TempDir,
@@ -77,20 +81,21 @@ pub struct PrivateBroker {
 }
 
 impl PrivateBroker {
-    pub fn start() -> PrivateBroker {
+    pub fn start() -> Option<PrivateBroker> {
         Self::start_with(1, &[])
     }
 
     /// A cluster of `n` nodes (`scripts/kafka.sh start --nodes n`): with 3,
     /// replication factor 3 and `min.insync.replicas=2` by default.
-    pub fn start_nodes(n: usize) -> PrivateBroker {
+    pub fn start_nodes(n: usize) -> Option<PrivateBroker> {
         Self::start_with(n, &[])
     }
 
     /// Like [`PrivateBroker::start_nodes`], with broker settings added to each
     /// node's `server.properties` (`KAFKA_EXTRA_PROPERTIES`), e.g.
     /// `("auto.create.topics.enable", "true")`.
-    pub fn start_with(n: usize, properties: &[(&str, &str)]) -> PrivateBroker {
+    pub fn start_with(n: usize, properties: &[(&str, &str)]) -> Option<PrivateBroker> {
+        Self::script_tools(false)?;
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut start = Self::script(dir.path(), &["start", "--nodes", &n.to_string()]);
@@ -99,17 +104,31 @@ impl PrivateBroker {
             // As scripts/drill.sh does: brokers that start with half the CPU.
             start.env("KAFKA_OPTS", CLUSTER_JVM_OPTS);
         }
-        Self::started(dir, start, false)
+        Some(Self::started(dir, start, false))
     }
 
     /// One node with a SASL_SSL listener (SCRAM-SHA-512), ACLs enforced and no
     /// ACL yet (`scripts/kafka.sh start --secure`): the users `admin` (super
     /// user), `tally` and `tally-reader`, each with `<user>.properties` for
     /// `--kafka-config` in [`PrivateBroker::secret`]'s directory.
-    pub fn start_secure() -> PrivateBroker {
+    pub fn start_secure() -> Option<PrivateBroker> {
+        Self::script_tools(true)?;
         let dir = tempfile::tempdir().unwrap();
         let start = Self::script(dir.path(), &["start", "--secure"]);
-        Self::started(dir, start, true)
+        Some(Self::started(dir, start, true))
+    }
+
+    /// What `scripts/kafka.sh start` runs: a JDK (`$JAVA`, else java and javac on
+    /// `PATH`), python3 (free ports) and, for `--secure`, openssl.
+    fn script_tools(secure: bool) -> Option<()> {
+        if std::env::var_os("JAVA").is_none() {
+            tools(&["java", "javac"])?;
+        }
+        tool("python3")?;
+        if secure {
+            tool("openssl")?;
+        }
+        Some(())
     }
 
     fn started(

@@ -1,6 +1,7 @@
 //! Broker test harness shared by the tests in `tests/`, by role: the cluster
 //! ([`broker`]), topics and records ([`topics`]), tally's processes
-//! ([`process`]) and the checks of a pipeline's result ([`checks`]).
+//! ([`process`]), the checks of a pipeline's result ([`checks`]) and the other
+//! programs some tests run ([`tools`]).
 //!
 //! Deliberately independent of tally's own Kafka code: it talks to the broker with
 //! plain rdkafka so a bug in tally cannot hide itself in the measurements.
@@ -10,11 +11,12 @@
 pub mod broker;
 pub mod checks;
 pub mod process;
+pub mod tools;
 pub mod topics;
 
 // Test files name the helpers flat (`common::*`); not every file uses every role.
 #[allow(unused_imports)]
-pub use {broker::*, checks::*, process::*, topics::*};
+pub use {broker::*, checks::*, process::*, tools::*, topics::*};
 
 use std::time::{Duration, Instant};
 
