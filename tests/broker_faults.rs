@@ -19,17 +19,15 @@ const LONG: Duration = Duration::from_secs(240);
 #[test]
 fn init_transactions_outlasting_a_frozen_broker_is_retried() {
     const EVENTS: u64 = 2_000;
-    let broker = PrivateBroker::start();
+    let Some(broker) = PrivateBroker::start() else {
+        return;
+    };
     let names = broker.pipeline("initwait", EVENTS);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start_on(
-        &broker.bootstrap,
-        &names,
-        "initwait-1",
-        &dir.path().join("state"),
-        &[],
-        &[("FAILPOINTS", "before-init-transactions=sleep(3000)")],
-    );
+    let mut run = TallyProc::builder(&names, "initwait-1", &dir.path().join("state"))
+        .bootstrap(&broker.bootstrap)
+        .env("FAILPOINTS", "before-init-transactions=sleep(3000)")
+        .start();
     run.wait_for_log("initialising transactions", 1, LONG);
     broker.node("pause");
     // Longer than any one broker call may take (30 s).
@@ -49,24 +47,23 @@ fn init_transactions_outlasting_a_frozen_broker_is_retried() {
 #[test]
 fn a_transaction_the_broker_timed_out_is_recovered_not_fenced() {
     const EVENTS: u64 = 3_000;
-    let broker = PrivateBroker::start();
+    let Some(broker) = PrivateBroker::start() else {
+        return;
+    };
     let names = broker.pipeline("txntimeout", EVENTS);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start_on(
-        &broker.bootstrap,
-        &names,
-        "txntimeout-1",
-        &dir.path().join("state"),
-        &[
+    let mut run = TallyProc::builder(&names, "txntimeout-1", &dir.path().join("state"))
+        .bootstrap(&broker.bootstrap)
+        .args([
             "--max-batch-records",
             "500",
             "--session-timeout",
             "6000",
             "-X",
             "transaction.timeout.ms=40000",
-        ],
-        &[("FAILPOINTS", "stop-before-commit=1*return")],
-    );
+        ])
+        .env("FAILPOINTS", "stop-before-commit=1*return")
+        .start();
     run.wait_stopped(LONG);
     // Past the transaction timeout and the coordinator's 1 s abort sweep.
     std::thread::sleep(Duration::from_secs(48));
@@ -85,19 +82,17 @@ fn a_transaction_the_broker_timed_out_is_recovered_not_fenced() {
 #[test]
 fn broker_restarts_mid_transaction_lose_and_duplicate_nothing() {
     const EVENTS: u64 = 30_000;
-    let broker = PrivateBroker::start();
+    let Some(broker) = PrivateBroker::start() else {
+        return;
+    };
     let names = broker.pipeline("bounce", EVENTS);
     let dir = tempfile::tempdir().unwrap();
     // Small batches and 1 s cycles: a transaction is open almost all the time.
-    let mut run = TallyProc::start_on(
-        &broker.bootstrap,
-        &names,
-        "bounce-1",
-        &dir.path().join("state"),
-        &["--max-batch-records", "50", "--commit-interval", "1000"],
-        &[],
-    );
-    run.wait_for_log("partition restored", 1, LONG);
+    let mut run = TallyProc::builder(&names, "bounce-1", &dir.path().join("state"))
+        .bootstrap(&broker.bootstrap)
+        .args(["--max-batch-records", "50", "--commit-interval", "1000"])
+        .start();
+    run.wait_for_metric("tally_restores_total", 1, LONG);
     std::thread::sleep(Duration::from_secs(2));
     broker.node("stop");
     std::thread::sleep(Duration::from_secs(2));
@@ -124,17 +119,15 @@ fn a_topic_deleted_at_runtime_stops_the_run_and_is_not_recreated() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
     const EVENTS: u64 = 1_000;
-    let broker = PrivateBroker::start_with(1, &[("auto.create.topics.enable", "true")]);
+    let Some(broker) = PrivateBroker::start_with(1, &[("auto.create.topics.enable", "true")])
+    else {
+        return;
+    };
     let names = broker.pipeline("gone", EVENTS);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start_on(
-        &broker.bootstrap,
-        &names,
-        "gone-1",
-        &dir.path().join("state"),
-        &[],
-        &[],
-    );
+    let mut run = TallyProc::builder(&names, "gone-1", &dir.path().join("state"))
+        .bootstrap(&broker.bootstrap)
+        .start();
     broker.wait_drained(&names, EVENTS, &mut run);
     let config = || {
         let mut c = ClientConfig::new();

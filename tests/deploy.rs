@@ -2,27 +2,18 @@
 //! `promtool` (alert rules and their unit tests), `kubernetes-validate` (the
 //! manifests against the Kubernetes schemas) and `check-jsonschema` with the
 //! compose specification. `scripts/setup.sh` installs them (Prometheus from
-//! Debian, the validators into `.tools/venv`). No broker needed.
+//! Debian, the validators into `.tools/venv`); a missing one fails its test, or
+//! skips it with `TALLY_SKIP_MISSING_TOOLS=1` (`common::tools`). No broker needed.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{tool, venv_tool};
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A validator from the venv setup.sh makes.
-fn venv_tool(name: &str) -> PathBuf {
-    let tools = std::env::var_os("TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".tools"));
-    let bin = tools.join("venv/bin").join(name);
-    assert!(
-        bin.is_file(),
-        "{} missing: run scripts/setup.sh (it installs the deploy validators)",
-        bin.display()
-    );
-    bin
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -39,25 +30,19 @@ fn run_ok(cmd: &mut Command) -> String {
     text
 }
 
-fn promtool() -> Option<Command> {
-    match Command::new("promtool").arg("--version").output() {
-        Ok(o) if o.status.success() => Some(Command::new("promtool")),
-        _ => {
-            eprintln!(
-                "SKIPPED: promtool not installed (scripts/setup.sh installs Debian's `prometheus`; this machine could not)"
-            );
-            None
-        }
-    }
-}
-
 #[test]
 fn alert_rules_check_and_their_unit_tests_pass() {
-    let Some(mut check) = promtool() else { return };
-    let out = run_ok(check.args(["check", "rules", "deploy/prometheus/alerts.yml"]));
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let out =
+        run_ok(Command::new(&promtool).args(["check", "rules", "deploy/prometheus/alerts.yml"]));
     assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
-    let mut test = promtool().unwrap();
-    let out = run_ok(test.args(["test", "rules", "deploy/prometheus/alerts_test.yml"]));
+    let out = run_ok(Command::new(&promtool).args([
+        "test",
+        "rules",
+        "deploy/prometheus/alerts_test.yml",
+    ]));
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
@@ -90,7 +75,9 @@ fn every_alert_has_a_runbook_section() {
 
 #[test]
 fn kubernetes_manifests_pass_schema_validation() {
-    let bin = venv_tool("kubernetes-validate");
+    let Some(bin) = venv_tool("kubernetes-validate") else {
+        return;
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/k8s"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -150,8 +137,7 @@ fn statefulset_keeps_the_operating_contract() {
 
 /// A YAML file as JSON, through the venv's Python (PyYAML, which
 /// kubernetes-validate brings): no YAML crate in the build for one test.
-fn yaml_as_json(path: &str) -> serde_json::Value {
-    let python = venv_tool("python");
+fn yaml_as_json(python: &Path, path: &str) -> serde_json::Value {
     let out = run_ok(Command::new(python).args([
         "-c",
         "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
@@ -167,9 +153,12 @@ fn yaml_as_json(path: &str) -> serde_json::Value {
 /// drain on a broken pod, and a session that rides out a rolling restart.
 #[test]
 fn kubernetes_manifests_have_the_operating_properties() {
-    let sts = yaml_as_json("deploy/k8s/statefulset.yaml");
-    let svc = yaml_as_json("deploy/k8s/service.yaml");
-    let pdb = yaml_as_json("deploy/k8s/poddisruptionbudget.yaml");
+    let Some(python) = venv_tool("python") else {
+        return;
+    };
+    let sts = yaml_as_json(&python, "deploy/k8s/statefulset.yaml");
+    let svc = yaml_as_json(&python, "deploy/k8s/service.yaml");
+    let pdb = yaml_as_json(&python, "deploy/k8s/poddisruptionbudget.yaml");
     let pod = &sts["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     let csc = &c["securityContext"];
@@ -242,7 +231,10 @@ fn kubernetes_manifests_have_the_operating_properties() {
 /// localhost only, and a stop grace period above tally's shutdown bound.
 #[test]
 fn docker_compose_keeps_kafka_data_and_checks_tally() {
-    let c = yaml_as_json("docker-compose.yml");
+    let Some(python) = venv_tool("python") else {
+        return;
+    };
+    let c = yaml_as_json(&python, "docker-compose.yml");
     let kafka = &c["services"]["kafka"];
     let mount = kafka["volumes"][0].as_str().unwrap();
     let data_dir = mount.split_once(':').unwrap().1;
@@ -273,7 +265,9 @@ fn docker_compose_keeps_kafka_data_and_checks_tally() {
 
 #[test]
 fn docker_compose_passes_the_compose_specification() {
-    let bin = venv_tool("check-jsonschema");
+    let Some(bin) = venv_tool("check-jsonschema") else {
+        return;
+    };
     run_ok(Command::new(bin).args([
         "--builtin-schema",
         "vendor.compose-spec",

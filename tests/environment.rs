@@ -166,7 +166,9 @@ fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
 /// take), failing and saying how many events were not delivered.
 #[test]
 fn generate_ends_soon_after_sigterm_when_the_broker_is_gone() {
-    let broker = PrivateBroker::start();
+    let Some(broker) = PrivateBroker::start() else {
+        return;
+    };
     let names = broker.pipeline("gen", 0);
     let dir = tempfile::tempdir().unwrap();
     let err_path = dir.path().join("generate.err");

@@ -127,7 +127,7 @@ fn transactional_input_is_drained_to_lag_zero() {
     // 7 transactions of 300 records, so every partition ends with a marker.
     let input = produce_with(&names.input, 2_000, 71, &[], Some(300));
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(&names, "txnin-1", &dir.path().join("s"), &[], &[]);
+    let mut run = TallyProc::builder(&names, "txnin-1", &dir.path().join("s")).start();
     wait_consumed_to_the_end(&names, 3, &mut run);
     // The gauge is refreshed every 5 s.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -164,7 +164,7 @@ fn compressed_input_is_read_whatever_the_codec() {
         all.merge(&part);
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(&names, "codec-1", &dir.path().join("s"), &[], &[]);
+    let mut run = TallyProc::builder(&names, "codec-1", &dir.path().join("s")).start();
     wait_for_committed(&names.group, &names.input, 4_000, LONG, &mut [&mut run]);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     assert_verified(&names, all.valid(), all.malformed);

@@ -33,13 +33,9 @@ fn drained_input_is_counted_exactly_and_readyz_follows_the_restore() {
     let input = produce_generated(&names.input, 3_000, 21, 0.05);
     let dir = tempfile::tempdir().unwrap();
     // The restore of the first assigned partition is held for 5 s.
-    let mut run = TallyProc::start(
-        &names,
-        "ops-1",
-        &dir.path().join("state"),
-        &[],
-        &[("FAILPOINTS", "restore-hold=1*sleep(5000)")],
-    );
+    let mut run = TallyProc::builder(&names, "ops-1", &dir.path().join("state"))
+        .env("FAILPOINTS", "restore-hold=1*sleep(5000)")
+        .start();
     let base = run.endpoint();
     assert_eq!(http_get(&format!("{base}/healthz")).0, 200);
     let not_ready = wait_for("/readyz to report a restore", LONG, || {
@@ -149,22 +145,20 @@ fn drained_input_is_counted_exactly_and_readyz_follows_the_restore() {
     assert_verified(&names, input.valid(), input.malformed);
 }
 
-/// `promtool check metrics` on an exposition (skipped where promtool is missing).
+/// `promtool check metrics` on an exposition (a missing promtool: see `tool`).
 fn promtool_check_metrics(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let Ok(mut child) = Command::new("promtool")
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    else {
-        eprintln!(
-            "SKIPPED promtool check metrics: promtool not installed (scripts/setup.sh installs Debian's prometheus)"
-        );
-        return;
-    };
+        .expect("run promtool");
     child
         .stdin
         .take()
@@ -201,10 +195,9 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus on a free 127.0.0.1 port scraping `target` every
-    /// second, with deploy/prometheus/alerts.yml loaded. `None`: not installed.
-    fn start(target: &str) -> Option<Prometheus> {
-        let bin = which("prometheus")?;
+    /// Starts the Prometheus `bin` on a free 127.0.0.1 port scraping `target`
+    /// every second, with deploy/prometheus/alerts.yml loaded.
+    fn start(bin: &std::path::Path, target: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rules =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
@@ -235,11 +228,11 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("start prometheus");
-        Some(Prometheus {
+        Prometheus {
             child,
             base: format!("http://127.0.0.1:{port}"),
             _dir: dir,
-        })
+        }
     }
 
     fn log(&self) -> String {
@@ -287,14 +280,6 @@ impl Prometheus {
             })
             .collect()
     }
-}
-
-fn which(bin: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(bin))
-        .find(|p| p.is_file())
 }
 
 /// An alert's expression without its threshold comparisons: the quantities it
@@ -348,25 +333,17 @@ fn alert_thresholds_are_removed_operand_by_operand() {
 
 #[test]
 fn real_prometheus_evaluates_every_dashboard_and_alert_expression() {
-    if which("prometheus").is_none() {
-        eprintln!(
-            "SKIPPED: no prometheus binary on PATH (scripts/setup.sh installs Debian's `prometheus`; \
-             this machine could not)"
-        );
+    let Some(prometheus) = tool("prometheus") else {
         return;
-    }
+    };
     let names = Names::create("prom", 3);
     let input = produce_generated(&names.input, 2_000, 22, 0.05);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(
-        &names,
-        "prom-1",
-        &dir.path().join("state"),
-        &["--log-format", "json"],
-        &[],
-    );
+    let mut run = TallyProc::builder(&names, "prom-1", &dir.path().join("state"))
+        .args(["--log-format", "json"])
+        .start();
     let base = run.endpoint();
-    let prom = Prometheus::start(&base).expect("prometheus on PATH");
+    let prom = Prometheus::start(&prometheus, &base);
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
     // rate(), delta() and increase() need two samples in their window; the lag
     // gauge appears a few seconds after the first commit.
@@ -468,13 +445,10 @@ fn aborted_transactions_count_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // The first three commits fail: their records were produced, then aborted,
     // then processed again. Counting at produce time would overcount them.
-    let mut run = TallyProc::start(
-        &names,
-        "opsabort-1",
-        &dir.path().join("state"),
-        &["--max-batch-records", "400"],
-        &[("FAILPOINTS", "commit-error=3*return")],
-    );
+    let mut run = TallyProc::builder(&names, "opsabort-1", &dir.path().join("state"))
+        .args(["--max-batch-records", "400"])
+        .env("FAILPOINTS", "commit-error=3*return")
+        .start();
     let base = run.endpoint();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
     let (_, text) = http_get(&format!("{base}/metrics"));

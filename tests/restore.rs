@@ -28,7 +28,9 @@ fn new_host_after_retention_restores_from_snapshots() {
     let mut all = produce_generated(&names.input, 6_000, 41, 0.05);
     // Leaves on shutdown: b, another instance, takes over at once.
     let leave = ["--leave-group-on-shutdown"];
-    let mut a = TallyProc::start(&names, "retain-a", &dir.path().join("a"), &leave, &[]);
+    let mut a = TallyProc::builder(&names, "retain-a", &dir.path().join("a"))
+        .args(&leave)
+        .start();
     wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut a]);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
 
@@ -44,16 +46,16 @@ fn new_host_after_retention_restores_from_snapshots() {
     }
     all.merge(&produce_generated(&names.input, 3_000, 42, 0.05));
 
-    let mut b = TallyProc::start(&names, "retain-b", &dir.path().join("b"), &[], &[]);
+    let mut b = TallyProc::builder(&names, "retain-b", &dir.path().join("b")).start();
     wait_for_committed(&names.group, &names.input, 9_000, LONG, &mut [&mut b]);
-    assert_eq!(b.terminate(), Some(0), "{}", b.log());
-    let log = b.log();
     assert_eq!(
-        log.matches("path=\"snapshot\"").count(),
+        b.metric("tally_restores_total{path=\"snapshot\"}"),
         3,
-        "every partition restored from its snapshot:\n{log}"
+        "every partition restored from its snapshot:\n{}",
+        b.log()
     );
-    assert_eq!(log.matches("partition restored").count(), 3, "{log}");
+    assert_eq!(b.metric_sum("tally_restores_total"), 3, "{}", b.log());
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
     assert_insights_match(&names, &all);
     assert_eq!(insights(&names)["aggregate"]["uncounted"], 0);
     // Outputs of the deleted input records cannot be compared; nothing else is off.
@@ -79,12 +81,9 @@ fn a_snapshot_behind_an_aborted_transaction_is_found() {
     let dir = tempfile::tempdir().unwrap();
     // A snapshot in every commit (about one per 50 records).
     let run = |id: &str, total: i64, failpoints: &[(&str, &str)]| {
-        let mut p = TallyProc::start(
-            &names,
-            id,
-            &dir.path().join(id),
+        let mut p = TallyProc::builder(&names, id, &dir.path().join(id))
             // Leaving on shutdown: the next instance takes over at once.
-            &[
+            .args([
                 "--snapshot-interval",
                 "1",
                 "--snapshot-input-ratio",
@@ -92,9 +91,9 @@ fn a_snapshot_behind_an_aborted_transaction_is_found() {
                 "--max-batch-records",
                 "50",
                 "--leave-group-on-shutdown",
-            ],
-            failpoints,
-        );
+            ])
+            .envs(failpoints.iter().copied())
+            .start();
         wait_for_committed(&names.group, &names.input, total, LONG, &mut [&mut p]);
         assert_eq!(p.terminate(), Some(0), "{}", p.log());
         p.log()
@@ -127,7 +126,7 @@ fn a_snapshot_behind_an_aborted_transaction_is_found() {
     delete_records_below(&names.input, 0, c);
     all.merge(&produce_generated(&names.input, 300, 50, 0.05));
 
-    let mut b = TallyProc::start(&names, "abortsnap-b", &dir.path().join("b"), &[], &[]);
+    let mut b = TallyProc::builder(&names, "abortsnap-b", &dir.path().join("b")).start();
     wait_for_committed(&names.group, &names.input, 3_900, LONG, &mut [&mut b]);
     assert_eq!(b.terminate(), Some(0), "{}", b.log());
     let log = b.log();
@@ -153,7 +152,9 @@ fn refuses_when_the_records_after_the_snapshot_are_gone() {
     let first = produce_generated(&names.input, 2_000, 43, 0.0);
     // Leaves on shutdown: `tally replay` refuses while the group has a member.
     let leave = ["--leave-group-on-shutdown"];
-    let mut a = TallyProc::start(&names, "refuse-a", &dir.path().join("a"), &leave, &[]);
+    let mut a = TallyProc::builder(&names, "refuse-a", &dir.path().join("a"))
+        .args(&leave)
+        .start();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut a]);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
     let snapshots = committed_offsets(&names.group, &names.input);
@@ -179,7 +180,7 @@ fn refuses_when_the_records_after_the_snapshot_are_gone() {
         deleted += c - 50 - s;
     }
 
-    let mut b = TallyProc::start(&names, "refuse-b", &dir.path().join("b"), &[], &[]);
+    let mut b = TallyProc::builder(&names, "refuse-b", &dir.path().join("b")).start();
     assert_eq!(b.wait(LONG), Some(1), "{}", b.log());
     let log = b.log();
     assert!(
@@ -195,13 +196,9 @@ fn refuses_when_the_records_after_the_snapshot_are_gone() {
     });
     assert!(named, "names partition and offsets:\n{log}");
 
-    let mut inexact = TallyProc::start(
-        &names,
-        "refuse-b",
-        &dir.path().join("b"),
-        &["--allow-inexact-restore"],
-        &[],
-    );
+    let mut inexact = TallyProc::builder(&names, "refuse-b", &dir.path().join("b"))
+        .args(["--allow-inexact-restore"])
+        .start();
     // New records, so it commits new snapshots.
     let more = produce_generated(&names.input, 200, 45, 0.0);
     let total = committed.values().sum::<i64>() + 200;
@@ -231,25 +228,22 @@ fn stale_restore_is_ignored_after_producer_replacements() {
     let names = Names::create("stale", 2);
     let input = produce_generated(&names.input, 6_000, 46, 0.05);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(
-        &names,
-        "stale-1",
-        &dir.path().join("state"),
-        &["--max-batch-records", "100"],
-        &[(
+    let mut run = TallyProc::builder(&names, "stale-1", &dir.path().join("state"))
+        .args(["--max-batch-records", "100"])
+        .env(
             "FAILPOINTS",
             "restore-delay-1=1*sleep(8000)->1*off->sleep(20000);commit-fatal=1*return->30*off->1*return->off",
-        )],
-    );
+        )
+        .start();
     wait_for_committed(&names.group, &names.input, 6_000, LONG, &mut [&mut run]);
+    assert_eq!(
+        run.metric("tally_producer_replacements_total"),
+        2,
+        "{}",
+        run.log()
+    );
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     let log = run.log();
-    assert_eq!(
-        log.matches("replacing it and recovering every partition")
-            .count(),
-        2,
-        "{log}"
-    );
     assert_verified(&names, input.valid(), input.malformed);
     assert_insights_match(&names, &input);
     assert!(log.contains("stale restore result ignored"), "{log}");
@@ -272,22 +266,19 @@ fn retried_restore(test: &str, failpoints: &str, restore_failures: usize) {
     let names = Names::create(test, 2);
     let input = produce_generated(&names.input, 2_000, 47, 0.05);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(
-        &names,
-        &format!("{test}-1"),
-        &dir.path().join("state"),
-        &[],
-        &[("FAILPOINTS", failpoints)],
-    );
+    let mut run = TallyProc::builder(&names, &format!("{test}-1"), &dir.path().join("state"))
+        .env("FAILPOINTS", failpoints)
+        .start();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
+    assert_eq!(run.metric_sum("tally_restores_total"), 2, "{}", run.log());
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
+    // No metric counts failed attempts: the retry warnings are what shows them.
     let log = run.log();
     assert_eq!(
         log.matches("restore failed").count(),
         restore_failures,
         "{log}"
     );
-    assert_eq!(log.matches("partition restored").count(), 2, "{log}");
     assert_verified(&names, input.valid(), input.malformed);
 }
 
@@ -300,12 +291,14 @@ fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
     let input = produce_generated(&names.input, 1_000, 48, 0.05);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut a = TallyProc::start(&names, "fprint-1", &state, &[], &[]);
+    let mut a = TallyProc::builder(&names, "fprint-1", &state).start();
     wait_for_committed(&names.group, &names.input, 1_000, LONG, &mut [&mut a]);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
 
     let changed = ["--minute-horizon", "60"];
-    let mut refused = TallyProc::start(&names, "fprint-1", &state, &changed, &[]);
+    let mut refused = TallyProc::builder(&names, "fprint-1", &state)
+        .args(&changed)
+        .start();
     assert_eq!(refused.wait(LONG), Some(1), "{}", refused.log());
     let log = refused.log();
     assert!(
@@ -313,7 +306,9 @@ fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
         "{log}"
     );
     // A new host (no checkpoint) finds the same mismatch in the snapshots.
-    let mut new_host = TallyProc::start(&names, "fprint-1", &dir.path().join("b"), &changed, &[]);
+    let mut new_host = TallyProc::builder(&names, "fprint-1", &dir.path().join("b"))
+        .args(&changed)
+        .start();
     assert_eq!(new_host.wait(LONG), Some(1), "{}", new_host.log());
     assert!(
         new_host
@@ -328,20 +323,18 @@ fn configuration_change_is_refused_until_a_rebuild_is_asked_for() {
         .copied()
         .chain(["--rebuild-on-config-change"])
         .collect();
-    let mut rebuilt = TallyProc::start(&names, "fprint-1", &state, &rebuild, &[]);
+    let mut rebuilt = TallyProc::builder(&names, "fprint-1", &state)
+        .args(&rebuild)
+        .start();
     let more = produce_generated(&names.input, 100, 49, 0.05);
     wait_for_committed(&names.group, &names.input, 1_100, LONG, &mut [&mut rebuilt]);
-    assert_eq!(rebuilt.terminate(), Some(0), "{}", rebuilt.log());
     assert_eq!(
-        // The `partition restored` lines (the replay's start line has no next_offset).
-        rebuilt
-            .log()
-            .matches("path=\"rebuild\" next_offset")
-            .count(),
+        rebuilt.metric("tally_restores_total{path=\"rebuild\"}"),
         2,
         "{}",
         rebuilt.log()
     );
+    assert_eq!(rebuilt.terminate(), Some(0), "{}", rebuilt.log());
     let mut all = input;
     all.merge(&more);
     assert_insights_match(&names, &all);
@@ -369,7 +362,7 @@ fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
             insights: insights.clone(),
             ..names.clone()
         };
-        let mut run = TallyProc::start(&bad, "insck-1", &dir.path().join("s"), &[], &[]);
+        let mut run = TallyProc::builder(&bad, "insck-1", &dir.path().join("s")).start();
         assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
         assert!(run.log().contains(expect), "{}", run.log());
     }
@@ -403,7 +396,7 @@ fn run_refuses_an_insights_topic_that_cannot_serve_restores() {
             &dlq,
         ),
     ] {
-        let mut run = TallyProc::start(&bad, "insck-1", &dir.path().join("s"), &[], &[]);
+        let mut run = TallyProc::builder(&bad, "insck-1", &dir.path().join("s")).start();
         assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
         let log = run.log();
         assert!(
@@ -449,7 +442,9 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     // Commits every 100 records: about 20 commits, which at one snapshot per
     // commit would be as many snapshots per partition.
     let args = ["--max-batch-records", "100", "--snapshot-interval", "4000"];
-    let mut a = TallyProc::start(&names, "interval-a", &state, &args, &[]);
+    let mut a = TallyProc::builder(&names, "interval-a", &state)
+        .args(&args)
+        .start();
     let mut all = Input::default();
     for round in 0..5u64 {
         all.merge(&produce_generated(&names.input, 400, 60 + round, 0.05));
@@ -484,7 +479,9 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
 
     // A snapshot at most once in 10 minutes: after its restore's, none until the crash.
     let args = ["--snapshot-interval", "600000"];
-    let mut a = TallyProc::start(&names, "interval-a", &state, &args, &[]);
+    let mut a = TallyProc::builder(&names, "interval-a", &state)
+        .args(&args)
+        .start();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while (0..2).any(|p| snapshots_written(&names, p) <= written[p as usize]) {
         assert!(
@@ -514,28 +511,16 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     );
 
     // A new host in a's place (its instance id, an empty state directory).
-    let mut b = TallyProc::start(&names, "interval-a", &dir.path().join("b"), &[], &[]);
+    let mut b = TallyProc::builder(&names, "interval-a", &dir.path().join("b")).start();
     wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut b]);
-    b.wait_for_log("partition restored", 2, Duration::from_secs(60));
-    assert_eq!(b.terminate(), Some(0), "{}", b.log());
-    let log = b.log();
-    let replayed: u64 = log
-        .lines()
-        .filter(|l| l.contains("partition restored") && l.contains("path=\"snapshot\""))
-        .map(|l| {
-            let at = l.find("records=").expect("records field") + "records=".len();
-            l[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        })
-        .sum();
+    b.wait_for_metric("tally_restores_total", 2, Duration::from_secs(60));
     assert_eq!(
-        replayed, 1_000,
-        "both partitions replayed [S, C) from their snapshots:\n{log}"
+        b.metric("tally_restore_records_total"),
+        1_000,
+        "both partitions replayed [S, C) from their snapshots:\n{}",
+        b.log()
     );
+    assert_eq!(b.terminate(), Some(0), "{}", b.log());
     assert_insights_match(&names, &all);
     assert_verified(&names, all.valid(), all.malformed);
 }
@@ -553,7 +538,7 @@ fn lost_group_offsets_are_refused_then_resumed_from_state() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("a");
     let mut all = produce_generated(&names.input, 2_000, 51, 0.05);
-    let mut a = TallyProc::start(&names, "lostoff-a", &state, &[], &[]);
+    let mut a = TallyProc::builder(&names, "lostoff-a", &state).start();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut a]);
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
     let committed = committed_offsets(&names.group, &names.input);
@@ -573,7 +558,7 @@ fn lost_group_offsets_are_refused_then_resumed_from_state() {
     );
     all.merge(&produce_generated(&names.input, 500, 52, 0.05));
 
-    let mut refused = TallyProc::start(&names, "lostoff-a", &state, &[], &[]);
+    let mut refused = TallyProc::builder(&names, "lostoff-a", &state).start();
     assert_eq!(
         refused.wait(Duration::from_secs(60)),
         Some(1),
@@ -594,7 +579,9 @@ fn lost_group_offsets_are_refused_then_resumed_from_state() {
         "nothing committed by the refusing run"
     );
 
-    let mut resumed = TallyProc::start(&names, "lostoff-a", &state, &["--resume-from-state"], &[]);
+    let mut resumed = TallyProc::builder(&names, "lostoff-a", &state)
+        .args(["--resume-from-state"])
+        .start();
     wait_for_committed(&names.group, &names.input, 2_500, LONG, &mut [&mut resumed]);
     assert_eq!(resumed.terminate(), Some(0), "{}", resumed.log());
     let log = resumed.log();
@@ -617,14 +604,10 @@ fn input_partitions_added_at_runtime_stop_the_run() {
     let names = Names::create("grow", 2);
     let dir = tempfile::tempdir().unwrap();
     produce_generated(&names.input, 500, 53, 0.0);
-    let mut run = TallyProc::start(
-        &names,
-        "grow-1",
-        &dir.path().join("s"),
+    let mut run = TallyProc::builder(&names, "grow-1", &dir.path().join("s"))
         // librdkafka notices new partitions at its next metadata refresh.
-        &["-X", "topic.metadata.refresh.interval.ms=1000"],
-        &[],
-    );
+        .args(["-X", "topic.metadata.refresh.interval.ms=1000"])
+        .start();
     wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut run]);
     add_partitions(&names.input, 3);
     produce(
@@ -668,7 +651,7 @@ fn retention_overtaking_the_running_consumer_is_not_skipped_silently() {
     let names = Names::create("overtaken", 1);
     let dir = tempfile::tempdir().unwrap();
     let first = produce_generated(&names.input, 500, 54, 0.0);
-    let mut run = TallyProc::start(&names, "overtaken-1", &dir.path().join("s"), &[], &[]);
+    let mut run = TallyProc::builder(&names, "overtaken-1", &dir.path().join("s")).start();
     wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut run]);
     // Stopped (well within the session timeout), it fetches nothing while
     // retention deletes records it has not read.
@@ -691,13 +674,9 @@ fn retention_overtaking_the_running_consumer_is_not_skipped_silently() {
     );
     assert_eq!(committed_offsets(&names.group, &names.input)[&0], 500);
 
-    let mut inexact = TallyProc::start(
-        &names,
-        "overtaken-1",
-        &dir.path().join("s"),
-        &["--allow-inexact-restore"],
-        &[],
-    );
+    let mut inexact = TallyProc::builder(&names, "overtaken-1", &dir.path().join("s"))
+        .args(["--allow-inexact-restore"])
+        .start();
     wait_for_committed(&names.group, &names.input, 1_500, LONG, &mut [&mut inexact]);
     assert_eq!(inexact.terminate(), Some(0), "{}", inexact.log());
     let a = insights(&names)["aggregate"].clone();
@@ -715,19 +694,15 @@ fn records_deleted_past_c_are_counted_once_by_a_new_host() {
     let names = Names::create("pastc", 1);
     let dir = tempfile::tempdir().unwrap();
     let first = produce_generated(&names.input, 500, 56, 0.0);
-    let mut a = TallyProc::start(&names, "pastc-a", &dir.path().join("a"), &[], &[]);
+    let mut a = TallyProc::builder(&names, "pastc-a", &dir.path().join("a")).start();
     wait_for_committed(&names.group, &names.input, 500, LONG, &mut [&mut a]);
     // The shutdown's snapshot is at `C` = 500.
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
     produce_generated(&names.input, 1_000, 57, 0.0);
     delete_records_below(&names.input, 0, 1_100);
-    let mut b = TallyProc::start(
-        &names,
-        "pastc-a",
-        &dir.path().join("b"),
-        &["--allow-inexact-restore"],
-        &[],
-    );
+    let mut b = TallyProc::builder(&names, "pastc-a", &dir.path().join("b"))
+        .args(["--allow-inexact-restore"])
+        .start();
     wait_for_committed(&names.group, &names.input, 1_500, LONG, &mut [&mut b]);
     // The live consumer counted them: the restore stopped at `C`.
     assert_eq!(b.metric("tally_skipped_by_retention_total"), 600);

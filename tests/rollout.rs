@@ -63,14 +63,12 @@ fn restart_one_of_two(test: &str, leave: bool) -> (u64, u64) {
         flags.push("--leave-group-on-shutdown");
     }
     let a_state = dir.path().join("a");
-    let mut a = TallyProc::start(&names, &format!("{test}-a"), &a_state, &flags, &[]);
-    let mut b = TallyProc::start(
-        &names,
-        &format!("{test}-b"),
-        &dir.path().join("b"),
-        &["--session-timeout", SESSION],
-        &[],
-    );
+    let mut a = TallyProc::builder(&names, &format!("{test}-a"), &a_state)
+        .args(&flags)
+        .start();
+    let mut b = TallyProc::builder(&names, &format!("{test}-b"), &dir.path().join("b"))
+        .args(["--session-timeout", SESSION])
+        .start();
     wait_for_committed(
         &names.group,
         &names.input,
@@ -98,7 +96,9 @@ fn restart_one_of_two(test: &str, leave: bool) -> (u64, u64) {
     // Records arrive while a is down: its partitions wait for it (or were
     // handed to b).
     let second = produce_generated(&names.input, 2_000, 62, 0.05);
-    let mut a = TallyProc::start(&names, &format!("{test}-a"), &a_state, &flags, &[]);
+    let mut a = TallyProc::builder(&names, &format!("{test}-a"), &a_state)
+        .args(&flags)
+        .start();
     wait_for_committed(
         &names.group,
         &names.input,

@@ -16,7 +16,7 @@ fn insights_equal_recount_and_state_lists_checkpoints() {
     let input = produce_generated(&names.input, 5_000, 21, 0.05);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut run = TallyProc::start(&names, "recount-1", &state, &[], &[]);
+    let mut run = TallyProc::builder(&names, "recount-1", &state).start();
     wait_for_committed(&names.group, &names.input, 5_000, LONG, &mut [&mut run]);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     assert_insights_match(&names, &input);
@@ -51,29 +51,26 @@ fn crash_between_commit_and_checkpoint_replays_the_gap() {
     let input = produce_generated(&names.input, 4_000, 22, 0.05);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut first = TallyProc::start(
-        &names,
-        "gap-1",
-        &state,
+    let mut first = TallyProc::builder(&names, "gap-1", &state)
         // A snapshot with every commit: the one committed with `C` is newer
         // than `K`.
-        &[
+        .args([
             "--max-batch-records",
             "500",
             "--snapshot-interval",
             "1",
             "--snapshot-input-ratio",
             "0",
-        ],
-        &[("FAILPOINTS", "after-commit-before-checkpoint=1*off->return")],
-    );
+        ])
+        .env("FAILPOINTS", "after-commit-before-checkpoint=1*off->return")
+        .start();
     assert_eq!(
         first.wait(LONG),
         None,
         "killed by the failpoint: {}",
         first.log()
     );
-    let mut second = TallyProc::start(&names, "gap-1", &state, &[], &[]);
+    let mut second = TallyProc::builder(&names, "gap-1", &state).start();
     wait_for_committed(&names.group, &names.input, 4_000, LONG, &mut [&mut second]);
     assert_eq!(second.terminate(), Some(0), "{}", second.log());
     let log = second.log();
@@ -91,10 +88,12 @@ fn crash_between_commit_and_checkpoint_replays_the_gap() {
 fn partitions_move_both_ways_between_two_instances() {
     let names = Names::create("move", 4);
     let dir = tempfile::tempdir().unwrap();
-    let mut a = TallyProc::start(&names, "move-a", &dir.path().join("a"), &[], &[]);
+    let mut a = TallyProc::builder(&names, "move-a", &dir.path().join("a")).start();
     // b leaves the group on shutdown, so a takes its partitions at once.
     let leave = ["--leave-group-on-shutdown"];
-    let mut b = TallyProc::start(&names, "move-b", &dir.path().join("b"), &leave, &[]);
+    let mut b = TallyProc::builder(&names, "move-b", &dir.path().join("b"))
+        .args(&leave)
+        .start();
     let mut total = Input::default();
     let mut add = |part: Input| total.merge(&part);
     for round in 0..3u64 {
@@ -108,7 +107,7 @@ fn partitions_move_both_ways_between_two_instances() {
         std::thread::sleep(Duration::from_millis(700));
     }
     // ...and b rejoins with its (now stale) state: partitions come back to it.
-    let mut b = TallyProc::start(&names, "move-b", &dir.path().join("b"), &[], &[]);
+    let mut b = TallyProc::builder(&names, "move-b", &dir.path().join("b")).start();
     for round in 6..9u64 {
         add(produce_generated(&names.input, 1_000, 30 + round, 0.05));
         std::thread::sleep(Duration::from_millis(700));
@@ -121,6 +120,7 @@ fn partitions_move_both_ways_between_two_instances() {
         &mut [&mut a, &mut b],
     );
     assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    let b_from_snapshots = b.metric("tally_restores_total{path=\"snapshot\"}");
     assert_eq!(b.terminate(), Some(0), "{}", b.log());
     let (log_a, log_b) = (a.log(), b.log());
     assert!(
@@ -133,7 +133,7 @@ fn partitions_move_both_ways_between_two_instances() {
         "b got partitions back:\n{log_b}"
     );
     assert!(
-        log_b.contains("path=\"snapshot\""),
+        b_from_snapshots > 0,
         "b caught up on what a processed (K < C) from the snapshots a wrote:\n{log_b}"
     );
     assert_insights_match(&names, &total);
@@ -148,7 +148,9 @@ fn replay_then_rerun_gives_the_same_aggregates() {
     let state = dir.path().join("state");
     // Leaves on shutdown: `tally replay` refuses while the group has a member.
     let leave = ["--leave-group-on-shutdown"];
-    let mut run = TallyProc::start(&names, "replay-1", &state, &leave, &[]);
+    let mut run = TallyProc::builder(&names, "replay-1", &state)
+        .args(&leave)
+        .start();
     wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut run]);
     // Refused while the group has a member.
     let replay_args = vec![
@@ -176,14 +178,14 @@ fn replay_then_rerun_gives_the_same_aggregates() {
         0
     );
 
-    let mut rerun = TallyProc::start(&names, "replay-1", &state, &[], &[]);
+    let mut rerun = TallyProc::builder(&names, "replay-1", &state).start();
     wait_for_committed(&names.group, &names.input, 3_000, LONG, &mut [&mut rerun]);
-    assert_eq!(rerun.terminate(), Some(0), "{}", rerun.log());
     assert!(
-        rerun.log().contains("path=\"rebuild\""),
+        rerun.metric("tally_restores_total{path=\"rebuild\"}") > 0,
         "K > C rebuilt the state:\n{}",
         rerun.log()
     );
+    assert_eq!(rerun.terminate(), Some(0), "{}", rerun.log());
     assert_eq!(insights(&names)["aggregate"], first);
     assert_insights_match(&names, &input);
 }
@@ -214,7 +216,7 @@ fn unreadable_state_is_an_error_until_reset() {
         };
         store.checkpoint(&ns, &[cp]).unwrap();
     }
-    let mut run = TallyProc::start(&names, "corrupt-1", &state, &[], &[]);
+    let mut run = TallyProc::builder(&names, "corrupt-1", &state).start();
     assert_eq!(run.wait(LONG), Some(1), "{}", run.log());
     let log = run.log();
     assert!(
@@ -225,7 +227,7 @@ fn unreadable_state_is_an_error_until_reset() {
 
     // A second process on the same directory is refused while the first holds it.
     let _holder = tally_state::StateStore::open(&state).unwrap();
-    let mut locked = TallyProc::start(&names, "corrupt-2", &state, &[], &[]);
+    let mut locked = TallyProc::builder(&names, "corrupt-2", &state).start();
     assert_eq!(locked.wait(LONG), Some(1));
     assert!(
         locked.log().contains("in use by another process"),
@@ -234,7 +236,9 @@ fn unreadable_state_is_an_error_until_reset() {
     );
     drop(_holder);
 
-    let mut reset = TallyProc::start(&names, "corrupt-1", &state, &["--reset-state"], &[]);
+    let mut reset = TallyProc::builder(&names, "corrupt-1", &state)
+        .args(["--reset-state"])
+        .start();
     wait_for_committed(&names.group, &names.input, 1_000, LONG, &mut [&mut reset]);
     assert_eq!(reset.terminate(), Some(0), "{}", reset.log());
     assert_insights_match(&names, &input);

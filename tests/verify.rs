@@ -26,7 +26,7 @@ fn output_of_a_partition_the_group_never_committed_is_a_violation() {
         .collect();
     produce(&names.input, Some(1), &records);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(&names, "neverc-1", &dir.path().join("s"), &[], &[]);
+    let mut run = TallyProc::builder(&names, "neverc-1", &dir.path().join("s")).start();
     wait_for_committed(&names.group, &names.input, 50, LONG, &mut [&mut run]);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     assert_verified(&names, 50, 0);
@@ -75,7 +75,7 @@ fn readers_ride_out_a_dead_bootstrap_server() {
     let names = Names::create("deadboot", 2);
     let input = produce_generated(&names.input, 2_000, 31, 0.05);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = TallyProc::start(&names, "deadboot-1", &dir.path().join("s"), &[], &[]);
+    let mut run = TallyProc::builder(&names, "deadboot-1", &dir.path().join("s")).start();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut run]);
     assert_eq!(run.terminate(), Some(0), "{}", run.log());
     // Port 1 on loopback: nothing listens there, every connection is refused.
