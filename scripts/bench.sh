@@ -111,7 +111,7 @@ measure() {
   if [ "$kind" = copy ]; then
     wait "$proc_pid"
   else
-    "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null \
+    "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900s > /dev/null \
       || echo "bench: $kind: not all committed within 900 s" >&2
     child=$(pgrep -P "$proc_pid" | head -1) || true
     if [ -n "$child" ]; then

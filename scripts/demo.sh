@@ -61,7 +61,7 @@ finish() {
   produced=$(sed -n 's/^generated \([0-9]*\) events.*/\1/p' "$work/generate.log")
   if [ -n "$run_pid" ] && [ -n "$produced" ]; then
     echo "demo: waiting for tally to process all $produced events" >&2
-    "$tally" lag --wait-for "$produced" --timeout 120 || true
+    "$tally" lag --wait-for "$produced" --timeout 120s || true
   fi
   [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null || true
   echo "demo: verifying (every input record exactly once in output or DLQ)" >&2

@@ -27,7 +27,7 @@ perf record -g -o "$data" -- "$tally" run "${topics[@]}" --group-id "$id" --inst
   --state-dir "$work/state" --commit-interval "${COMMIT_INTERVAL_MS:-100}ms" --progress-interval 60s \
   --metrics-addr 127.0.0.1:0 2> "$work/run.log" &
 run_pid=$!
-"$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null
+"$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900s > /dev/null
 pkill -TERM -P "$run_pid"
 wait "$run_pid" || true
 run_pid=

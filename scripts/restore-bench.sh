@@ -53,7 +53,7 @@ process_until() {
     "$tally" generate --topic "$id-in" --count "$3" --rate 2000 --invalid-ratio 0.05 \
       --huge false --seed 9 >&2
   fi
-  "$tally" lag "${group[@]}" --input-topic "$id-in" --wait-for "$1" --timeout 1800 > /dev/null
+  "$tally" lag "${group[@]}" --input-topic "$id-in" --wait-for "$1" --timeout 1800s > /dev/null
   t1=$(now)
   kill -TERM "$run_pid"; wait "$run_pid"; run_pid=
   python3 - "$t0" "$t1" "$log" <<'EOF'

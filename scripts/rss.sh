@@ -43,7 +43,7 @@ measure() {
   "${RSS_RUN_BIN:-$tally}" run "${topics[@]}" --group-id "$id" --instance-id "$id-1" --state-dir "$work/state-$name" \
     --progress-interval 60s ${RSS_RUN_ARGS:-} 2> "$work/run-$name.log" &
   run_pid=$!
-  "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null &
+  "$tally" lag --group-id "$id" --input-topic "$id-in" --wait-for "$events" --timeout 900s > /dev/null &
   local lag_pid=$!
   local peak=0 rss=0
   while kill -0 "$lag_pid" 2>/dev/null; do

@@ -58,7 +58,7 @@ fn a_transaction_the_broker_timed_out_is_recovered_not_fenced() {
             "--max-batch-records",
             "500",
             "--session-timeout",
-            "6000",
+            "6000ms",
             "-X",
             "transaction.timeout.ms=40000",
         ])
@@ -90,7 +90,7 @@ fn broker_restarts_mid_transaction_lose_and_duplicate_nothing() {
     // Small batches and 1 s cycles: a transaction is open almost all the time.
     let mut run = TallyProc::builder(&names, "bounce-1", &dir.path().join("state"))
         .bootstrap(&broker.bootstrap)
-        .args(["--max-batch-records", "50", "--commit-interval", "1000"])
+        .args(["--max-batch-records", "50", "--commit-interval", "1000ms"])
         .start();
     run.wait_for_metric("tally_restores_total", 1, LONG);
     std::thread::sleep(Duration::from_secs(2));

@@ -15,7 +15,7 @@ const LONG: Duration = Duration::from_secs(240);
 
 /// What a `tally run` of these tests adds to the defaults: small batches and
 /// 1 s cycles, so a transaction is open almost all the time.
-const BUSY: [&str; 4] = ["--max-batch-records", "50", "--commit-interval", "1000"];
+const BUSY: [&str; 4] = ["--max-batch-records", "50", "--commit-interval", "1000ms"];
 
 /// A commit call that does not return by the transaction's deadline is
 /// abandoned within `transaction.timeout.ms` + 5 s of the transaction's
@@ -33,7 +33,7 @@ fn abandoned_commit(prefix: &str, failpoints: &str, seed: u64) {
             "--max-batch-records",
             "200",
             "--session-timeout",
-            "6000",
+            "6000ms",
             "-X",
             "transaction.timeout.ms=40000",
         ])

@@ -172,7 +172,7 @@ fn a_runtime_dead_letter_is_not_recounted_by_a_restore() {
     let total = first.total + second.total + 1;
     // A snapshot an hour at most: without the dead letter's own, a new host
     // replays from the first snapshot (or from offset 0), over the dead letter.
-    let args = [&REFUSED_LIMITS[..], &["--snapshot-interval", "3600000"]].concat();
+    let args = [&REFUSED_LIMITS[..], &["--snapshot-interval", "3600000ms"]].concat();
     let env = [("FAILPOINTS", "topic-limits-unreadable=return")];
     let dir = tempfile::tempdir().unwrap();
     let mut a = TallyProc::builder(&names, "verdict-1", &dir.path().join("a"))

@@ -109,7 +109,7 @@ fn a_broken_log_pipe_neither_stops_nor_stalls_the_stream() {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             // A progress line every second: tally keeps writing into the broken pipe.
-            .args(["--progress-secs", "1"])
+            .args(["--progress-interval", "1s"])
             .env("RUST_LOG", "info")
             .env("TALLY_METRICS_ADDR", "127.0.0.1:0")
             .env_remove("TALLY_LOG_FORMAT")

@@ -98,7 +98,7 @@ fn sigkill_mid_stream_then_restart() {
     let state = dir.path().join("state");
     let first_part = produce_generated(&names.input, 2_000, 14, 0.05);
     let mut first = TallyProc::builder(&names, "kill9-1", &state)
-        .args(["--commit-interval", "50"])
+        .args(["--commit-interval", "50ms"])
         .start();
     wait_for_committed(&names.group, &names.input, 2_000, LONG, &mut [&mut first]);
     let second_part = produce_generated(&names.input, 20_000, 15, 0.05);
@@ -189,7 +189,7 @@ fn rewind_while_a_batch_is_in_flight_loses_nothing() {
     // Long cycles, so batches arrive while a transaction is open; the first such
     // batch is met by an abort and rewind (failpoint abort-during-poll).
     let mut run = TallyProc::builder(&names, "rewind-1", &dir.path().join("state"))
-        .args(["--commit-interval", "3000"])
+        .args(["--commit-interval", "3000ms"])
         .env("FAILPOINTS", "abort-during-poll=1*return")
         .start();
     let (mut valid, mut malformed) = (0, 0);
@@ -260,7 +260,7 @@ fn zombie_paused_right_before_its_commit_does_not_commit_on_resume() {
     // The second commit stops the process (SIGSTOP) after every check at the
     // top of the loop and of the cycle, right before the commit is sent.
     let mut first = TallyProc::builder(&names, "zpause-1", &state)
-        .args(["--max-batch-records", "200", "--session-timeout", "6000"])
+        .args(["--max-batch-records", "200", "--session-timeout", "6000ms"])
         .env("FAILPOINTS", "stop-before-commit=1*off->1*return")
         .start();
     first.wait_stopped(LONG);
@@ -305,8 +305,13 @@ fn shutdown_is_bounded_when_the_broker_dies() {
     // (failpoint), so the broker is surely gone by then.
     let mut run = TallyProc::builder(&names, "sdown-1", &dir.path().join("state"))
         .bootstrap(&broker.bootstrap)
-        .args(["--commit-interval", "5000", "--max-batch-records", "100000"])
-        .env("TALLY_SHUTDOWN_TIMEOUT", "5")
+        .args([
+            "--commit-interval",
+            "5000ms",
+            "--max-batch-records",
+            "100000",
+        ])
+        .env("TALLY_SHUTDOWN_TIMEOUT", "5s")
         .env("FAILPOINTS", "shutdown-before-commit=sleep(1000)")
         .start();
     run.wait_for_metric("tally_restores_total", 1, LONG);
@@ -346,7 +351,7 @@ fn commit_hold_is_honoured_by_the_shutdown() {
             "--max-batch-records",
             "100",
             "--session-timeout",
-            "30000",
+            "30000ms",
             "-X",
             "transaction.timeout.ms=90000",
         ])

@@ -85,7 +85,7 @@ fn a_snapshot_behind_an_aborted_transaction_is_found() {
             // Leaving on shutdown: the next instance takes over at once.
             .args([
                 "--snapshot-interval",
-                "1",
+                "1ms",
                 "--snapshot-input-ratio",
                 "0",
                 "--max-batch-records",
@@ -441,7 +441,12 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     let state = dir.path().join("a");
     // Commits every 100 records: about 20 commits, which at one snapshot per
     // commit would be as many snapshots per partition.
-    let args = ["--max-batch-records", "100", "--snapshot-interval", "4000"];
+    let args = [
+        "--max-batch-records",
+        "100",
+        "--snapshot-interval",
+        "4000ms",
+    ];
     let mut a = TallyProc::builder(&names, "interval-a", &state)
         .args(&args)
         .start();
@@ -478,7 +483,7 @@ fn snapshots_follow_the_interval_and_a_crash_replays_the_gap() {
     let written: Vec<usize> = (0..2).map(|p| snapshots_written(&names, p)).collect();
 
     // A snapshot at most once in 10 minutes: after its restore's, none until the crash.
-    let args = ["--snapshot-interval", "600000"];
+    let args = ["--snapshot-interval", "600000ms"];
     let mut a = TallyProc::builder(&names, "interval-a", &state)
         .args(&args)
         .start();

@@ -269,7 +269,7 @@ fn a_wrong_password_or_an_untrusted_certificate_is_one_clear_error() {
                 "--kafka-config",
                 config.to_str().unwrap(),
                 "--connect-timeout",
-                "5",
+                "5s",
             ],
         );
         let took = started.elapsed();

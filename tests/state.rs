@@ -58,7 +58,7 @@ fn crash_between_commit_and_checkpoint_replays_the_gap() {
             "--max-batch-records",
             "500",
             "--snapshot-interval",
-            "1",
+            "1ms",
             "--snapshot-input-ratio",
             "0",
         ])

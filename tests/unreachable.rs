@@ -33,7 +33,7 @@ fn tools_fail_within_the_connect_timeout_saying_what_to_check() {
             "--bootstrap-servers",
             &addr,
             "--connect-timeout",
-            "3",
+            "3s",
         ])
         .output()
         .unwrap();
@@ -58,7 +58,7 @@ fn run_waits_for_the_cluster_not_ready_and_gives_up_after_connect_timeout() {
             "--instance-id",
             "nobroker-1",
         ])
-        .args(["--connect-timeout", "12", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--connect-timeout", "12s", "--metrics-addr", "127.0.0.1:0"])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .stdout(Stdio::null())

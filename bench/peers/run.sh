@@ -184,7 +184,7 @@ measure() {
     t1=$(now); b1=$(broker_cpu)
     read -r c1 hwm < <(awk '{ print $1 + $2, $3 }' "$work/$id.time") || true
   else
-    "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$events" --timeout 900 > /dev/null \
+    "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$events" --timeout 900s > /dev/null \
       || echo "peers: $sys: not all committed within 900 s" >&2
     t1=$(now); b1=$(broker_cpu); c1=$(cpu_secs "$pid"); hwm=$(hwm_kib "$pid")
   fi
@@ -274,7 +274,7 @@ restore_row() {
   else
     WARMUP_EVENTS=0 warmup_events=0 start_system streams "$id" "$group" "$restore_events" "$port"
   fi
-  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$restore_events" --timeout 1800 > /dev/null \
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$restore_events" --timeout 1800s > /dev/null \
     || echo "peers: restore: $sys did not commit everything" >&2
   stop_system "$pid"
   # A Kafka Streams member that stopped stays in the group until its session
@@ -343,14 +343,14 @@ amplification() {
     *) warmup_events=0 start_system "$sys" "$id" "$group" "$n" "$port" ;;
   esac
   lpid=$pid
-  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$pre" --timeout 600 > /dev/null \
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for "$pre" --timeout 600s > /dev/null \
     || echo "peers: amplification: $sys did not commit the history" >&2
   sleep 7 # the history's last snapshots (tally: --snapshot-quiet after it ends)
   # shellcheck disable=SC2046
   s0=$(sizes "$id-in" "$id-out" "$id-dlq" "$id-ins" $(state_topics "$group") | amp_sums "$id")
   c0=$(cpu_secs "$lpid")
   "$tally" generate --topic "$id-in" --count "$n" --rate "$r" --invalid-ratio 0.05 --huge false --seed 8 > /dev/null 2>&1
-  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for $((pre + n)) --timeout 300 > /dev/null \
+  "$tally" lag --group-id "$group" --input-topic "$id-in" --wait-for $((pre + n)) --timeout 300s > /dev/null \
     || echo "peers: amplification: $sys did not commit everything" >&2
   # Steady state: what the stream wrote while it ran, not the one catch-up
   # snapshot per partition once it stops.

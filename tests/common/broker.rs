@@ -274,7 +274,7 @@ impl PrivateBroker {
             "--wait-for",
             &count,
             "--timeout",
-            "180",
+            "180s",
         ]);
         assert_eq!(
             code,

@@ -84,7 +84,7 @@ impl RunBuilder<'_> {
             .args(self.names.topic_args())
             .arg("--state-dir")
             .arg(self.state_dir)
-            .args(["--progress-secs", "2"])
+            .args(["--progress-interval", "2s"])
             .args(&self.args)
             // `TALLY_TEST_LOG` (a `RUST_LOG` filter) raises the level to investigate.
             .env(
