@@ -24,6 +24,7 @@
 #                                                    Streams and a naive Python pipeline:
 #                                                    runs bench/peers/run.sh
 #   env: RATE (2000), LATENCY_EVENTS (20000; 0 skips the latency phase),
+#        BROKER_WARMUP (1; 0 skips the untimed first row that warms the broker up),
 #        KINDS (rows, default "run-100 run-1000 copy": run-<commit interval ms>), TALLY_BIN,
 #        REPEAT (1): rows per kind, alternating kinds; with more than one, a second
 #        table gives each kind's median per column (single runs spread widely on a
@@ -176,6 +177,13 @@ EOF
 }
 
 echo "bench: $events events, $partitions partitions, latency at $rate events/s ($latency_events events)" >&2
+# A broker's JVM is slower until it has warmed up (the first row of a run drained
+# at about half the rate of the others, at three times the broker CPU per
+# record): one untimed `tally run` row first, so no timed row pays for it.
+if [ "${BROKER_WARMUP:-1}" != 0 ]; then
+  echo "bench: warming the broker up with one untimed run-100 row (BROKER_WARMUP=0 skips)" >&2
+  latency_events=0 measure run-100 warmup > /dev/null
+fi
 rows=()
 for r in $(seq 1 "${REPEAT:-1}"); do
   for kind in $kinds; do

@@ -22,6 +22,7 @@
 #   env: SYSTEMS (default "run copy streams streams-defaults quix seeds"), REPEAT (1,
 #        alternating systems; medians after), RATE (2000), LATENCY_EVENTS (20000; 0
 #        skips), WARMUP_EVENTS (20000: Kafka Streams' JIT warm-up, 0 skips),
+#        BROKER_WARMUP (1; 0 skips the untimed first row that warms the broker up),
 #        RESTORE_EVENTS (0: no restore rows; the issue's figure is 1000000),
 #        AMP (0; 1 adds the write-amplification table: tally and Kafka Streams at
 #        6 and 60 partitions, AMP_HIGH and AMP_LOW events/s (2000, 200) for
@@ -376,6 +377,12 @@ amp_sums() {
 }
 
 echo "peers: $events events, $partitions partitions, latency at $rate events/s ($latency_events events); load: $(uptime | sed 's/.*load average: //')" >&2
+# A broker's JVM is slower until it has warmed up: one untimed `tally run` row
+# first, so the first system measured does not pay for it.
+if [ "${BROKER_WARMUP:-1}" != 0 ]; then
+  echo "peers: warming the broker up with one untimed tally run row (BROKER_WARMUP=0 skips)" >&2
+  latency_events=0 measure run warmup > /dev/null
+fi
 rows=()
 for r in $(seq 1 "${REPEAT:-1}"); do
   for sys in $systems; do
