@@ -84,10 +84,6 @@ impl CycleTally {
     pub fn counts(&self) -> RecordCounts {
         self.counts
     }
-
-    pub fn total(&self) -> u64 {
-        self.counts.total()
-    }
 }
 
 fn now_ms() -> i64 {
