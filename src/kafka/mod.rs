@@ -29,6 +29,6 @@ pub use consumer::{GroupConsumer, MemberConfig, Polled, Rebalance, RewindId};
 pub use copy::copy_at_least_once;
 pub use producer::{
     Origin, OutputTopics, PlainProducer, RecordFailure, SendError, TxnError, TxnFailure,
-    TxnProducer,
+    TxnProducer, batch_bytes,
 };
 pub use reader::{ReadEnds, ReadRecord, StartAt, TopicReader};

@@ -188,8 +188,8 @@ pub struct RecordFailure {
 /// Errors the broker (or librdkafka) returns for one record's content; anything
 /// else (timeouts, purges on abort, coordinator trouble) concerns the transaction.
 /// The broker reports a size error for every record of a batch: `batch.size`
-/// ([`PRODUCER_BATCH_BYTES`]) keeps batches of several records under any topic
-/// limit above it, so such an error names the one record of its batch.
+/// ([`batch_bytes`]) keeps batches of several records under the topics' limits,
+/// so such an error names the one record of its batch.
 fn concerns_the_record(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
@@ -446,8 +446,32 @@ pub enum SendError {
     },
 }
 
-/// `batch.size` of the transactional producer (256 KiB).
-pub const PRODUCER_BATCH_BYTES: &str = "262144";
+/// librdkafka's default `batch.size`, the most a batch of the transactional
+/// producer holds.
+const MAX_BATCH_BYTES: usize = 1_000_000;
+
+/// `batch.size` of the transactional producer, given the `max.message.bytes` of
+/// the topics it writes records to: as large as the smallest of them allows, up
+/// to librdkafka's default.
+///
+/// A topic's limit applies to a whole record batch (framing included, as in
+/// `batch.size`), and the broker refuses every record of a batch over it. A batch
+/// takes a further record only while the batch stays within `batch.size`, so
+/// with this bound a batch of several records always fits, and a size error
+/// concerns a batch of one record (see `concerns_the_record`).
+///
+/// Smaller batches cost CPU rather than correctness: with its five requests in
+/// flight to a partition and a full batch waiting, librdkafka's idempotent
+/// producer polls its socket without sleeping until a response arrives. On a
+/// backlog the producer's queue is full, so every batch is full, and the larger
+/// they are, the fewer requests wait on the broker.
+pub fn batch_bytes(topic_limits: &[usize]) -> usize {
+    topic_limits
+        .iter()
+        .copied()
+        .fold(MAX_BATCH_BYTES, usize::min)
+        .max(1)
+}
 
 /// Ceiling of the transactional producer's local queue, in KiB (16 MiB: eight
 /// full-size 2 MiB DLQ entries, or tens of thousands of processed records).
@@ -489,18 +513,23 @@ impl TxnProducer {
         transactional_id: &str,
         topics: OutputTopics,
         input_topic: &str,
+        batch_bytes: usize,
     ) -> Result<Self> {
         let txn_timeout = TRANSACTION_TIMEOUT_MS.to_string();
+        let batch_bytes = batch_bytes.to_string();
         let mut config = conn.config(&[
-            ("linger.ms", "5"),
+            // Records older than `linger.ms` waiting behind five requests in
+            // flight to their partition make librdkafka's broker thread poll
+            // without sleeping (see `batch_bytes`); a longer linger lets a busy
+            // partition's responses come back first. The commit does not wait for
+            // it: committing flushes, and a flush sends at once.
+            ("linger.ms", "20"),
             // Each record is sized against its topic's own max.message.bytes by
             // `event::process` (read at start), so librdkafka's client-wide limit
             // only has to stay out of the way: the largest a request may be.
             ("message.max.bytes", "1000000000"),
-            // A topic's limit applies to a whole record batch: small batches stay
-            // under any sane limit even when they hold many small records (a batch
-            // still takes one record larger than this alone).
-            ("batch.size", PRODUCER_BATCH_BYTES),
+            // See `batch_bytes`.
+            ("batch.size", &batch_bytes),
             // Produced-but-unacknowledged data has a ceiling (librdkafka's default
             // is 1 GiB); `send` waits on QueueFull.
             ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
@@ -1039,6 +1068,17 @@ mod tests {
     use rdkafka::message::OwnedMessage;
 
     use super::*;
+
+    #[test]
+    fn batches_are_as_large_as_the_smallest_topic_limit_allows() {
+        // Kafka's default limit (1 MiB plus framing) leaves librdkafka's default.
+        assert_eq!(batch_bytes(&[1_048_588, 2_097_152]), 1_000_000);
+        // A topic that accepts less bounds every batch, whichever topic it is.
+        assert_eq!(batch_bytes(&[2_097_152, 300_000]), 300_000);
+        assert_eq!(batch_bytes(&[65_536, 1_048_588]), 65_536);
+        assert_eq!(batch_bytes(&[]), 1_000_000);
+        assert_eq!(batch_bytes(&[0]), 1);
+    }
 
     #[test]
     fn a_classified_error_keeps_librdkafkas_as_its_source() {

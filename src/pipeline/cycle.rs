@@ -925,6 +925,10 @@ impl Pipeline {
             &self.cfg.transactional_id,
             self.cfg.topics.clone(),
             &self.cfg.process.input_topic,
+            kafka::batch_bytes(&[
+                self.cfg.process.output_limits.processed_max_bytes,
+                self.cfg.process.output_limits.dlq_max_bytes,
+            ]),
         )?);
         let initialised = init_producer(fresh.clone(), self.shutdown.clone())
             .await

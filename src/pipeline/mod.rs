@@ -392,6 +392,10 @@ impl Pipeline {
             &cfg.transactional_id,
             cfg.topics.clone(),
             &cfg.process.input_topic,
+            kafka::batch_bytes(&[
+                cfg.process.output_limits.processed_max_bytes,
+                cfg.process.output_limits.dlq_max_bytes,
+            ]),
         )?;
         let producer = Arc::new(producer);
         let p = producer.clone();
