@@ -473,9 +473,11 @@ pub fn batch_bytes(topic_limits: &[usize]) -> usize {
         .max(1)
 }
 
-/// Ceiling of the transactional producer's local queue, in KiB (16 MiB: eight
-/// full-size 2 MiB DLQ entries, or tens of thousands of processed records).
-pub const PRODUCER_QUEUE_KBYTES: &str = "16384";
+/// Ceiling of the transactional producer's local queue, in KiB (8 MiB: four
+/// full-size 2 MiB DLQ entries, or tens of thousands of processed records). The
+/// requests in flight hold copies of the small records among them, so the
+/// producer's memory is about twice this with 1 MB batches.
+pub const PRODUCER_QUEUE_KBYTES: &str = "8192";
 
 pub struct TxnProducer {
     producer: ThreadedProducer<DeliveryContext>,
