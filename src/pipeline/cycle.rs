@@ -920,16 +920,7 @@ impl Pipeline {
         }
         self.producer_replacements.push(now);
         tracing::warn!(error = %why, "transactional producer failed; replacing it and recovering every partition");
-        let fresh = Arc::new(TxnProducer::new(
-            &self.cfg.connection,
-            &self.cfg.transactional_id,
-            self.cfg.topics.clone(),
-            &self.cfg.process.input_topic,
-            kafka::batch_bytes(&[
-                self.cfg.process.output_limits.processed_max_bytes,
-                self.cfg.process.output_limits.dlq_max_bytes,
-            ]),
-        )?);
+        let fresh = Arc::new(self.cfg.txn_producer()?);
         let initialised = init_producer(fresh.clone(), self.shutdown.clone())
             .await
             .map_err(|e| txn_fatal(&self.cfg, e))?;

@@ -92,6 +92,23 @@ pub struct PipelineConfig {
     pub leave_group_on_shutdown: bool,
 }
 
+impl PipelineConfig {
+    /// The transactional producer of this configuration: at start, and each time
+    /// a failed one is replaced.
+    fn txn_producer(&self) -> kafka::Result<TxnProducer> {
+        TxnProducer::new(
+            &self.connection,
+            &self.transactional_id,
+            self.topics.clone(),
+            &self.process.input_topic,
+            kafka::batch_bytes(&[
+                self.process.output_limits.processed_max_bytes,
+                self.process.output_limits.dlq_max_bytes,
+            ]),
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(
@@ -387,17 +404,7 @@ impl Pipeline {
         let dir = cfg.state_dir.clone();
         let store = Arc::new(blocking(move || StateStore::open(dir)).await?);
         let (consumer, rebalances) = GroupConsumer::new(&cfg.connection, &cfg.member)?;
-        let producer = TxnProducer::new(
-            &cfg.connection,
-            &cfg.transactional_id,
-            cfg.topics.clone(),
-            &cfg.process.input_topic,
-            kafka::batch_bytes(&[
-                cfg.process.output_limits.processed_max_bytes,
-                cfg.process.output_limits.dlq_max_bytes,
-            ]),
-        )?;
-        let producer = Arc::new(producer);
+        let producer = Arc::new(cfg.txn_producer()?);
         let p = producer.clone();
         tracing::info!(transactional_id = %cfg.transactional_id, "initialising transactions");
         failpoints::error("before-init-transactions");
