@@ -82,14 +82,18 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
 
 /// The limits tally believes in when it cannot read the topics' (failpoint
 /// `topic-limits-unreadable`): an 8 MiB output, so the 3 MB record of
-/// [`produce_refused`] is sent, and the 2 MiB DLQ it really has.
-const REFUSED_LIMITS: [&str; 6] = [
+/// [`produce_refused`] is sent, and the 2 MiB DLQ it really has. Uncompressed:
+/// the broker sizes a batch as it arrives, and the record's padding would
+/// compress far below the limit.
+const REFUSED_LIMITS: [&str; 8] = [
     "--max-value-bytes",
     "8388608",
     "--output-max-message-bytes",
     "8388608",
     "--dlq-max-message-bytes",
     "2097152",
+    "-X",
+    "compression.codec=none",
 ];
 
 /// Writes to input partition 1 a valid event padded to 3 MB (key `refused`):

@@ -19,7 +19,8 @@
 #                  committed every input offset; otherwise what differs
 #
 #   bench/peers/run.sh [EVENTS] [PARTITIONS]        (default 200000 6)
-#   env: SYSTEMS (default "run copy streams streams-defaults quix seeds"), REPEAT (1,
+#   env: SYSTEMS (default "run copy streams streams-defaults quix seeds"; also
+#        run-<codec>: tally run with that producer compression), REPEAT (1,
 #        alternating systems; medians after), RATE (2000), LATENCY_EVENTS (20000; 0
 #        skips), WARMUP_EVENTS (20000: Kafka Streams' JIT warm-up, 0 skips),
 #        BROKER_WARMUP (1; 0 skips the untimed first row that warms the broker up),
@@ -114,9 +115,11 @@ start_system() {
   local sys=$1 id=$2 group=$3 n=$4 port=$5 log=$work/$2.log
   local topics=(--input-topic "$id-in" --output-topic "$id-out" --dlq-topic "$id-dlq" --insights-topic "$id-ins")
   case "$sys" in
-    run|run-*)
+    run|run-*) # run-<codec>: with that producer compression
+      local codec=()
+      [ "$sys" = run ] || codec=(-X "compression.codec=${sys#run-}")
       "$tally" run "${topics[@]}" --group-id "$group" --instance-id "$group" --state-dir "$work/state-$id" \
-        --progress-interval 60s --metrics-addr "127.0.0.1:$port" ${TALLY_RUN_ARGS:-} > /dev/null 2> "$log" & ;;
+        --progress-interval 60s --metrics-addr "127.0.0.1:$port" "${codec[@]}" ${TALLY_RUN_ARGS:-} > /dev/null 2> "$log" & ;;
     copy) # exits once it committed `n` records; GNU time keeps its CPU and peak RSS
       /usr/bin/time -f '%U %S %M' -o "$work/$id.time" \
         "$tally" copy "${topics[@]}" --group-id "$group" --count "$n" > /dev/null 2> "$log" & ;;
@@ -340,7 +343,7 @@ amplification() {
     --start-time $(($(date +%s) - 86400)) --events-per-minute $((pre / 1440)) > /dev/null
   port=$(tally_free_port)
   case "$sys" in
-    run-*) TALLY_RUN_ARGS="-X compression.codec=${sys#run-}" start_system run "$id" "$group" "$n" "$port" ;;
+    run-*) start_system "$sys" "$id" "$group" "$n" "$port" ;;
     *) warmup_events=0 start_system "$sys" "$id" "$group" "$n" "$port" ;;
   esac
   lpid=$pid

@@ -425,18 +425,42 @@ impl Connection {
         self.config(&all)
     }
 
-    /// tally's defaults, then the user's `-X` properties on top.
+    /// tally's defaults, then the user's `-X` properties on top. A default the
+    /// user set under another of librdkafka's names for it (`compression.type`
+    /// for `compression.codec`) is left out: librdkafka applies the properties
+    /// in no set order, so both would leave either value.
     pub(super) fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
         for (k, v) in defaults {
-            c.set(*k, *v);
+            if !self
+                .properties
+                .iter()
+                .any(|(user, _)| same_property(user, k))
+            {
+                c.set(*k, *v);
+            }
         }
         for (k, v) in &self.properties {
             c.set(k, v);
         }
         c
     }
+}
+
+/// librdkafka's aliases among the properties tally sets (`CONFIGURATION.md`:
+/// "alias for").
+const ALIASES: &[[&str; 2]] = &[
+    ["compression.codec", "compression.type"],
+    ["linger.ms", "queue.buffering.max.ms"],
+    ["bootstrap.servers", "metadata.broker.list"],
+    ["max.in.flight", "max.in.flight.requests.per.connection"],
+    ["retries", "message.send.max.retries"],
+];
+
+/// Whether `a` and `b` name the same librdkafka property.
+fn same_property(a: &str, b: &str) -> bool {
+    a == b || ALIASES.iter().any(|p| p.contains(&a) && p.contains(&b))
 }
 
 /// A client context that keeps librdkafka quiet: the probe reports failure
@@ -608,6 +632,17 @@ mod tests {
         }
         assert!(shown.contains("security.protocol=SASL_SSL"), "{shown}");
         assert!(shown.contains("sasl.password=<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn a_property_set_under_an_alias_replaces_the_default() {
+        let c = with(&[("compression.type", "zstd")])
+            .config(&[("compression.codec", "lz4"), ("linger.ms", "20")]);
+        assert_eq!(c.get("compression.codec"), None);
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        let c = with(&[("linger.ms", "5")]).config(&[("linger.ms", "20")]);
+        assert_eq!(c.get("linger.ms"), Some("5"));
     }
 
     fn with(props: &[(&str, &str)]) -> Connection {
