@@ -82,22 +82,34 @@ fn oversized_records_in_an_8_mib_topic_drain_truncated_without_looping() {
 
 /// The limits tally believes in when it cannot read the topics' (failpoint
 /// `topic-limits-unreadable`): an 8 MiB output, so the 3 MB record of
-/// [`produce_refused`] is sent, and the 2 MiB DLQ it really has. Uncompressed:
-/// the broker sizes a batch as it arrives, and the record's padding would
-/// compress far below the limit.
-const REFUSED_LIMITS: [&str; 8] = [
+/// [`produce_refused`] is sent, and the 2 MiB DLQ it really has.
+const REFUSED_LIMITS: [&str; 6] = [
     "--max-value-bytes",
     "8388608",
     "--output-max-message-bytes",
     "8388608",
     "--dlq-max-message-bytes",
     "2097152",
-    "-X",
-    "compression.codec=none",
 ];
 
+/// Random letters and digits, `len` of them: lz4 finds nothing to shrink, so
+/// the producer sends a batch holding them uncompressed, as large as it is.
+fn incompressible(len: usize, seed: u64) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(alphabet[(x % alphabet.len() as u64) as usize])
+        })
+        .collect()
+}
+
 /// Writes to input partition 1 a valid event padded to 3 MB (key `refused`):
-/// a 2 MiB output topic refuses its processed record. Returns its value.
+/// a 2 MiB output topic refuses its processed record, compressed or not.
+/// Returns its value.
 fn produce_refused(names: &Names, seed: u64) -> Vec<u8> {
     let mut event: serde_json::Value = serde_json::from_slice(
         &tally::generate::Generator::new(seed, chrono::Utc::now().timestamp() - 60, 0.0, false)
@@ -106,7 +118,7 @@ fn produce_refused(names: &Names, seed: u64) -> Vec<u8> {
             .unwrap(),
     )
     .unwrap();
-    event["padding"] = serde_json::json!("p".repeat(3_000_000));
+    event["padding"] = serde_json::json!(incompressible(3_000_000, seed));
     let big = event.to_string().into_bytes();
     produce(
         &names.input,

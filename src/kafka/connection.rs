@@ -390,10 +390,10 @@ impl Connection {
     ) -> Result<(), ConfigError> {
         let mut timeout_ms = TRANSACTION_TIMEOUT_MS;
         for (k, v) in &self.properties {
-            if MANAGED.contains(&k.as_str()) {
+            if MANAGED.iter().any(|m| same_property(k, m)) {
                 return Err(ConfigError::Managed(k.clone()));
             }
-            if let Some((_, why)) = REFUSED.iter().find(|(r, _)| r == k) {
+            if let Some((_, why)) = REFUSED.iter().find(|(r, _)| same_property(k, r)) {
                 return Err(ConfigError::Refused {
                     key: k.clone(),
                     why,
@@ -448,19 +448,25 @@ impl Connection {
     }
 }
 
-/// librdkafka's aliases among the properties tally sets (`CONFIGURATION.md`:
-/// "alias for").
+/// librdkafka's aliases among the properties tally sets or guards
+/// (`CONFIGURATION.md`: "alias for").
 const ALIASES: &[[&str; 2]] = &[
     ["compression.codec", "compression.type"],
     ["linger.ms", "queue.buffering.max.ms"],
     ["bootstrap.servers", "metadata.broker.list"],
-    ["max.in.flight", "max.in.flight.requests.per.connection"],
-    ["retries", "message.send.max.retries"],
+    ["max.partition.fetch.bytes", "fetch.message.max.bytes"],
 ];
 
-/// Whether `a` and `b` name the same librdkafka property.
+/// Whether `a` and `b` name the same librdkafka property. librdkafka also takes
+/// a topic property with a `topic.` prefix on the client's configuration
+/// (`topic.auto.offset.reset`), so the prefix does not make another name.
 fn same_property(a: &str, b: &str) -> bool {
+    let (a, b) = (unprefixed(a), unprefixed(b));
     a == b || ALIASES.iter().any(|p| p.contains(&a) && p.contains(&b))
+}
+
+fn unprefixed(key: &str) -> &str {
+    key.strip_prefix("topic.").unwrap_or(key)
 }
 
 /// A client context that keeps librdkafka quiet: the probe reports failure
@@ -643,6 +649,23 @@ mod tests {
         assert_eq!(c.get("linger.ms"), Some("20"));
         let c = with(&[("linger.ms", "5")]).config(&[("linger.ms", "20")]);
         assert_eq!(c.get("linger.ms"), Some("5"));
+        let c = with(&[("topic.auto.offset.reset", "earliest")])
+            .config(&[("auto.offset.reset", "earliest")]);
+        assert_eq!(c.get("auto.offset.reset"), None);
+    }
+
+    #[test]
+    fn a_guarded_property_is_refused_under_its_topic_prefix_or_alias() {
+        for key in ["topic.auto.offset.reset", "auto.offset.reset"] {
+            let e = with(&[(key, "latest")])
+                .validate(COMMIT, SESSION)
+                .unwrap_err();
+            assert!(matches!(e, ConfigError::Refused { .. }), "{key}: {e:?}");
+        }
+        let e = with(&[("metadata.broker.list", "elsewhere:9092")])
+            .validate(COMMIT, SESSION)
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Managed(_)), "{e:?}");
     }
 
     fn with(props: &[(&str, &str)]) -> Connection {
