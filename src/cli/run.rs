@@ -282,8 +282,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         Err(e) => tracing::debug!(error = %e, "the topics' replication could not be read"),
     }
     // Not kept for the pipeline's lifetime: an idle client still holds its
-    // connections and refreshes metadata. Dropping it joins its threads.
-    blocking(move || drop(admin)).await;
+    // connections and refreshes metadata. Dropped beside the start-up, not
+    // before it: the drop joins a thread that polls every 100 ms.
+    tokio::task::spawn_blocking(move || drop(admin));
     let cfg = PipelineConfig {
         connection,
         process,

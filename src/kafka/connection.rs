@@ -507,10 +507,9 @@ impl Connection {
     /// answered. Says nothing on failure but the error it returns.
     pub fn probe(&self, timeout: Duration) -> Result<()> {
         let consumer: BaseConsumer<QuietContext> = self
-            .config(&[
-                ("group.id", "tally-probe"),
-                ("log.connection.close", "false"),
-            ])
+            // No group.id, as for a reader: its drop is then immediate, not
+            // held 100 ms by the group's teardown.
+            .config(&[("log.connection.close", "false")])
             .create_with_context(QuietContext::default())
             .map_err(ctx("creating a client"))?;
         consumer
