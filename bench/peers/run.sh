@@ -25,6 +25,8 @@
 #        skips), WARMUP_EVENTS (20000: Kafka Streams' JIT warm-up, 0 skips),
 #        BROKER_WARMUP (1; 0 skips the untimed first row that warms the broker up),
 #        RESTORE_EVENTS (0: no restore rows; the issue's figure is 1000000),
+#        RESTORE_REPEAT (1; N alternates the restore rows N times, medians after),
+#        RESTORE_SYSTEMS ("run streams"),
 #        AMP (0; 1 adds the write-amplification table: tally and Kafka Streams at
 #        6 and 60 partitions, AMP_HIGH and AMP_LOW events/s (2000, 200) for
 #        AMP_SECONDS (20) each, tally with each of AMP_CODECS ("none lz4");
@@ -44,6 +46,8 @@ rate=${RATE:-2000}
 latency_events=${LATENCY_EVENTS:-20000}
 warmup_events=${WARMUP_EVENTS:-20000}
 restore_events=${RESTORE_EVENTS:-0}
+restore_repeat=${RESTORE_REPEAT:-1}
+restore_systems=${RESTORE_SYSTEMS:-run streams}
 tools=${TOOLS_DIR:-$repo/.tools}
 export TOOLS_DIR=$tools
 # Every peer runs with a 10 s consumer session (see README.md): tally too.
@@ -420,8 +424,26 @@ fi
 
 if [ "$restore_events" -gt 0 ]; then
   echo
-  restore_row run
-  restore_row streams
+  restores=()
+  for _ in $(seq 1 "$restore_repeat"); do
+    for sys in $restore_systems; do
+      # Not in a subshell: the row's processes must be in `procs` for the trap.
+      restore_row "$sys" > "$work/restore.row"
+      restores+=("$(cat "$work/restore.row")")
+      echo "${restores[-1]}"
+    done
+  done
+  if [ "$restore_repeat" -gt 1 ]; then
+    printf '%s\n' "${restores[@]}" | python3 -c '
+import sys, statistics
+ready = {}
+for line in sys.stdin:
+    f = line.split()
+    ready.setdefault(f[1], []).append(float(f[7]))
+print(f"restore, median of {len(next(iter(ready.values())))}: " + ", ".join(
+    f"{s} ready in {statistics.median(v):.2f} s" for s, v in ready.items()))
+'
+  fi
 fi
 
 if [ "${AMP:-0}" = 1 ]; then

@@ -117,23 +117,6 @@ impl std::fmt::Debug for TopicReader {
     }
 }
 
-/// Closes the consumer before rdkafka's own drop does: that one polls in
-/// 100 ms steps until librdkafka reports the consumer closed, which no event
-/// wakes, so every reader's drop took 100 ms (a new host drops one per
-/// partition it restores, before the partition counts as restored). Past
-/// the deadline, rdkafka's drop waits on as before.
-impl Drop for TopicReader {
-    fn drop(&mut self) {
-        if self.consumer.close_queue().is_err() {
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.consumer.closed() && Instant::now() < deadline {
-            let _ = self.consumer.poll(Duration::from_millis(2));
-        }
-    }
-}
-
 impl TopicReader {
     pub fn new(conn: &Connection, topic: &str) -> Result<Self> {
         let mut config = conn.consumer_config(&[("fetch.wait.max.ms", "50")]);
@@ -183,6 +166,11 @@ impl TopicReader {
     }
 
     pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        // The topic's metadata first: librdkafka's watermark query, when the
+        // client does not know the partition's leader yet (a new reader),
+        // waits for it in growing steps (100 ms, 200 ms, ...) and missed a
+        // metadata answer that came back faster often enough to take 0.7 s.
+        self.partitions()?;
         self.consumer
             .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)
             .map_err(ctx(format!(

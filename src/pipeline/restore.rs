@@ -544,7 +544,15 @@ fn replay(
             }
         })
         .map_err(transient("replaying the input"))?;
+    drop_later(reader);
     Ok((replayed, records))
+}
+
+/// Drops a reader on another thread: rdkafka's drop of a consumer polls in
+/// 100 ms steps until librdkafka reports it closed, and no event wakes it,
+/// so dropping it here would hold the partition's restore for 100 ms.
+fn drop_later(reader: TopicReader) {
+    drop(tokio::task::spawn_blocking(move || drop(reader)));
 }
 
 /// Logs what [`plan`] warned about.
@@ -636,6 +644,7 @@ fn latest_snapshot(
         })?;
         let newest = newest.and_then(|v| serde_json::from_slice::<Snapshot>(&v).ok());
         if newest.is_some() || from <= low {
+            drop_later(reader);
             return Ok(newest);
         }
         window = window.saturating_mul(8);
