@@ -107,6 +107,8 @@ fn on_error(code: Option<RDKafkaErrorCode>, client_fatal: bool) -> OnError {
 pub struct TopicReader {
     consumer: BaseConsumer<ReaderContext>,
     topic: String,
+    /// Named in a refusal for want of an ACL.
+    principal: String,
 }
 
 impl std::fmt::Debug for TopicReader {
@@ -138,12 +140,16 @@ impl TopicReader {
                 .create_with_context(ReaderContext)
                 .map_err(ctx("creating a reader"))?,
             topic: topic.to_string(),
+            principal: conn.principal(),
         })
     }
 
-    /// The topic's partitions (error if the topic does not exist).
+    /// The topic's partitions (error if the topic does not exist). Also
+    /// tells the client every partition's leader, which a new reader's first
+    /// [`TopicReader::watermarks`] would otherwise wait for.
     pub fn partitions(&self) -> Result<Vec<i32>> {
         partitions(self.consumer.client(), &self.topic)
+            .map_err(|e| e.for_principal(&self.principal).needing("Read"))
     }
 
     /// The partition's log end offset (the high watermark as a read_uncommitted
@@ -166,11 +172,6 @@ impl TopicReader {
     }
 
     pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
-        // The topic's metadata first: librdkafka's watermark query, when the
-        // client does not know the partition's leader yet (a new reader),
-        // waits for it in growing steps (100 ms, 200 ms, ...) and missed a
-        // metadata answer that came back faster often enough to take 0.7 s.
-        self.partitions()?;
         self.consumer
             .fetch_watermarks(&self.topic, partition, CALL_TIMEOUT)
             .map_err(ctx(format!(
