@@ -546,9 +546,9 @@ impl TxnProducer {
             ("delivery.report.only.error", "true"),
             // librdkafka connects to a broker it learned from metadata only once
             // it needs it, and its transaction coordinator lookup, finding none
-            // connected yet, retries on a 500 ms timer: about every other
-            // `init_transactions` (each start, each producer replacement) waited
-            // those 500 ms. Connected to every broker at once, the lookup goes
+            // connected yet, retries on a 500 ms timer, which an
+            // `init_transactions` (each start, each producer replacement) would
+            // often wait out. Connected to every broker at once, the lookup goes
             // ahead as soon as one is up; the producer writes to most brokers
             // anyway (the leaders of three topics' partitions).
             ("enable.sparse.connections", "false"),

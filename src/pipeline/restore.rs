@@ -619,8 +619,8 @@ fn latest_snapshot(
     let reader = TopicReader::new(&ctx.conn, &ctx.insights_topic)?;
     // The topic's metadata first: librdkafka's watermark query, when the
     // client does not know the partition's leader yet, waits for it in growing
-    // steps (100 ms, 200 ms, ...) and often missed a faster answer: a new
-    // host's restore took 0.7 s instead of 0.07 s in about a third of starts.
+    // steps (100 ms, 200 ms, ...) and can miss a faster answer, which would
+    // add up to 0.7 s to a restore that otherwise takes under 0.1 s.
     reader.partitions()?;
     let (low, high) = reader.watermarks(partition)?;
     // Each committed snapshot takes two offsets (the record and the commit
