@@ -207,6 +207,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking task panicked")
 }
 
+/// Drops a Kafka client on a blocking thread, not waited for: rdkafka's drop
+/// of a consumer polls in 100 ms steps until librdkafka reports it closed
+/// (no event wakes it), and closing a fenced consumer may wait on the
+/// coordinator.
+fn drop_later<T: Send + 'static>(client: T) {
+    drop(tokio::task::spawn_blocking(move || drop(client)));
+}
+
 #[derive(Debug)]
 enum Phase {
     /// Paused while its aggregates are restored.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    PartitionState, Pipeline, PipelineError, Result, Rewind, Snapshots, Txn, blocking, fenced,
-    txn_fatal,
+    PartitionState, Pipeline, PipelineError, Result, Rewind, Snapshots, Txn, blocking, drop_later,
+    fenced, txn_fatal,
 };
 use crate::kafka::Rebalance;
 use crate::kafka::{GroupConsumer, TxnError};
@@ -100,8 +100,7 @@ impl Pipeline {
         // finds nobody to wait for.
         drop(std::mem::replace(&mut self.rebalances, rebalances));
         let old = std::mem::replace(&mut self.consumer, Arc::new(consumer));
-        // Closing a fenced consumer may wait on the coordinator: not awaited.
-        drop(tokio::task::spawn_blocking(move || drop(old)));
+        drop_later(old);
         tracing::warn!(partitions = ?lost, "the producer is not fenced: the consumer was fenced by its own rejoin; rejoined the group with a new consumer");
         Ok(())
     }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use tally_state::{Checkpoint, Namespace, StateError, StateStore};
 
-use super::{Phase, Pipeline, PipelineError, Result, blocking};
+use super::{Phase, Pipeline, PipelineError, Result, blocking, drop_later};
 use crate::aggregate::{Aggregate, Horizon};
 use crate::event::{ProcessConfig, process};
 use crate::failpoints;
@@ -544,15 +544,9 @@ fn replay(
             }
         })
         .map_err(transient("replaying the input"))?;
+    // Not dropped here: that would hold the partition's restore for 100 ms.
     drop_later(reader);
     Ok((replayed, records))
-}
-
-/// Drops a reader on another thread: rdkafka's drop of a consumer polls in
-/// 100 ms steps until librdkafka reports it closed, and no event wakes it,
-/// so dropping it here would hold the partition's restore for 100 ms.
-fn drop_later(reader: TopicReader) {
-    drop(tokio::task::spawn_blocking(move || drop(reader)));
 }
 
 /// Logs what [`plan`] warned about.
